@@ -1,0 +1,344 @@
+"""Experiment configuration: loading, ``--set`` overrides and validation.
+
+The schema is the original research code's YAML schema plus a few keys (``experiment.problem``,
+``dtype``, ``dataset``, ``centralized``, engine settings). Validation runs before anything else and
+raises :class:`ConfigError` with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from optimizers import BASELINES, OPTIMIZERS
+from optimizers.base import REQUIRED
+from optimizers.graphs import GRAPH_TYPES
+from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES
+
+
+class ConfigError(ValueError):
+    """A bad configuration or command line: one line saying which key and what is allowed."""
+
+
+class Choice(tuple):
+    """Allowed string values of a key."""
+
+
+class ListOf:
+    def __init__(self, item):
+        self.item = item
+
+
+Float, Int, Bool, Str = float, int, bool, str
+OPTIONAL = None
+
+PROBLEM_KINDS = ("mnist", "density", "online_density")
+MNIST_METRICS = ("forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
+                 "current_epoch", "validation_as_vector", "train_loss_moving_average")
+DENSITY_METRICS = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+                   "train_loss_moving_average", "mesh_grid_density", "current_position", "current_graph")
+
+GRAPH_SCHEMA = {
+    "num_nodes": (Int, REQUIRED),
+    "type": (Choice(GRAPH_TYPES), REQUIRED),
+    "p": (Float, OPTIONAL),
+    "gen_attempts": (Int, 100),
+    "radius": (Float, OPTIONAL),
+    "target_fiedler": (Float, OPTIONAL),
+}
+
+INDIVIDUAL_SCHEMA = {
+    "train_solo": (Bool, False),
+    "optimizer": (Choice(("adam", "adamw", "sgd")), "adam"),
+    "lr": (Float, 0.005),
+    "epochs": (Int, 1),
+    "train_batch_size": (Int, 64),
+    "val_batch_size": (Int, 128),
+    "verbose": (Bool, True),
+}
+
+COMMON_EXPERIMENT = {
+    "name": (Str, REQUIRED),
+    "problem": (Choice(PROBLEM_KINDS), OPTIONAL),
+    "data_dir": (Str, OPTIONAL),
+    "output_metadir": (Str, OPTIONAL),
+    "writeout": (Bool, True),
+    "use_cuda": (Bool, False),
+    "seed": (Int, 0),
+    "dtype": (Choice(("float32", "float64")), "float32"),
+    "centralized": (Bool, False),
+    "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
+    "node_chunk_size": (Int, OPTIONAL),
+    "individual_training": (INDIVIDUAL_SCHEMA, {}),
+}
+
+MNIST_EXPERIMENT = {
+    **COMMON_EXPERIMENT,
+    "dataset": (Choice(DATASET_CHOICES), "mnist"),
+    "download": (Bool, False),
+    "data_split_type": (Choice(SPLIT_TYPES), "random"),
+    "dirichlet_alpha": (Float, 0.5),
+    "loss": (Choice(("NLL",)), "NLL"),
+    "graph": (GRAPH_SCHEMA, REQUIRED),
+    "model": ({"num_filters": (Int, 3), "kernel_size": (Int, 5), "linear_width": (Int, 64)}, {}),
+}
+
+METRICS_CONFIG = {
+    "evaluate_frequency": (Int, 20),
+    "tloss_decay": (Float, 0.2),
+    "mesh_only_at_end": (Bool, False),
+}
+
+MNIST_PROBLEM = {
+    "problem_name": (Str, REQUIRED),
+    "train_batch_size": (Int, 64),
+    "val_batch_size": (Int, 128),
+    "verbose_evals": (Bool, False),
+    "metrics": (ListOf(Choice(MNIST_METRICS)), ["forward_pass_count", "validation_loss",
+                                                "consensus_error", "top1_accuracy", "current_epoch"]),
+    "metrics_config": (METRICS_CONFIG, {}),
+    "save_models": (Bool, False),
+    "optimizer_config": ("optimizer", REQUIRED),
+}
+
+# Problem kinds register their schemas here: kind -> (experiment schema, problem schema).
+SCHEMAS: dict[str, tuple[dict, dict]] = {"mnist": (MNIST_EXPERIMENT, MNIST_PROBLEM)}
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(kind) -> str:
+    if isinstance(kind, Choice):
+        return "one of " + ", ".join(kind)
+    if isinstance(kind, ListOf):
+        return "a list"
+    if isinstance(kind, dict):
+        return "a mapping"
+    return {Float: "a number", Int: "an integer", Bool: "true or false", Str: "a string"}[kind]
+
+
+def _check_value(key: str, kind, value):
+    if isinstance(kind, Choice):
+        if value not in kind:
+            raise ConfigError(f"{key}: {value!r} is not allowed{_did_you_mean(value, kind)}; "
+                              f"allowed: {', '.join(kind)}")
+        return value
+    if isinstance(kind, ListOf):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(f"{key}[{i}]", kind.item, v) for i, v in enumerate(value)]
+    if isinstance(kind, dict):
+        return validate_mapping(key, kind, value)
+    if kind is Bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if kind is Int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind is Float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if kind is Str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(kind)
+
+
+def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
+    """Check ``data`` against ``schema`` (key -> (kind, default)); return it with defaults filled in."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+    out = {}
+    for key, value in data.items():
+        if key not in schema:
+            raise ConfigError(f"{prefix}.{key}: unknown key{_did_you_mean(key, schema)}; "
+                              f"allowed: {', '.join(schema)}")
+    for key, (kind, default) in schema.items():
+        full = f"{prefix}.{key}"
+        if key in data and data[key] is not None:
+            if kind == "optimizer":
+                out[key] = validate_optimizer(full, data[key])
+            else:
+                out[key] = _check_value(full, kind, data[key])
+        elif default is REQUIRED:
+            raise ConfigError(f"{full}: required key is missing")
+        elif isinstance(kind, dict):
+            out[key] = validate_mapping(full, kind, default)
+        else:
+            out[key] = copy.deepcopy(default)
+    return out
+
+
+def validate_optimizer(prefix: str, data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+    name = data.get("alg_name")
+    if name is None:
+        raise ConfigError(f"{prefix}.alg_name: required key is missing; allowed: {', '.join(OPTIMIZERS)}")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{prefix}.alg_name: {name!r} is not allowed{_did_you_mean(name, OPTIMIZERS)}; "
+                          f"allowed: {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    schema = {"alg_name": (Str, REQUIRED)}
+    for key, (kind, default) in cls.config_schema.items():
+        kind = Choice(kind) if isinstance(kind, tuple) else kind
+        schema[key] = (kind, default)
+    out = validate_mapping(prefix, schema, data)
+    for key in ("outer_iterations", "primal_iterations"):
+        if key in out and out[key] < 1:
+            raise ConfigError(f"{prefix}.{key}: must be at least 1, got {out[key]}")
+    if name == "dinno":
+        if out.get("primal_lr_start") is None and out.get("primal_lr") is None:
+            raise ConfigError(f"{prefix}.primal_lr_start: required for dinno (or the constant primal_lr)")
+        if out.get("lr_decay_type") != "constant" and out.get("primal_lr_finish") is None:
+            raise ConfigError(f"{prefix}.primal_lr_finish: required when lr_decay_type is "
+                              f"{out['lr_decay_type']}")
+    return out
+
+
+def infer_problem_kind(experiment: dict) -> str:
+    kind = experiment.get("problem")
+    if kind is not None:
+        if kind not in PROBLEM_KINDS:
+            raise ConfigError(f"experiment.problem: {kind!r} is not allowed{_did_you_mean(kind, PROBLEM_KINDS)}; "
+                              f"allowed: {', '.join(PROBLEM_KINDS)}")
+        return kind
+    data = experiment.get("data")
+    if isinstance(data, dict):
+        return "online_density" if "num_scans_in_window" in data else "density"
+    return "mnist"
+
+
+def validate_config(raw: Any) -> dict:
+    """The validated, default-filled configuration (raises ConfigError)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping with keys 'experiment' and 'problem_configs'")
+    for key in raw:
+        if key not in ("experiment", "problem_configs"):
+            hint = _did_you_mean(key, ("experiment", "problem_configs"))
+            if key == "problem":
+                hint = " (single-problem scaling configs are not supported; use problem_configs)"
+            raise ConfigError(f"{key}: unknown top-level key{hint}; allowed: experiment, problem_configs")
+    experiment = raw.get("experiment")
+    if not isinstance(experiment, dict):
+        raise ConfigError("experiment: required mapping is missing")
+    kind = infer_problem_kind(experiment)
+    if kind not in SCHEMAS:
+        raise ConfigError(f"experiment.problem: {kind!r} is not available in this installation; "
+                          f"allowed: {', '.join(SCHEMAS)}")
+    exp_schema, problem_schema = SCHEMAS[kind]
+    exp = validate_mapping("experiment", exp_schema, experiment)
+    exp["problem"] = kind
+
+    problems = raw.get("problem_configs")
+    if not isinstance(problems, dict) or not problems:
+        raise ConfigError("problem_configs: expected a mapping with at least one problem, "
+                          "e.g. problem1: {problem_name: dinno, optimizer_config: {alg_name: dinno, ...}}")
+    validated = {}
+    names = set()
+    for key, value in problems.items():
+        prefix = f"problem_configs.{key}"
+        pc = validate_mapping(prefix, problem_schema, value)
+        if pc["problem_name"] in names or pc["problem_name"] in ("individual", "centralized"):
+            raise ConfigError(f"{prefix}.problem_name: {pc['problem_name']!r} is used twice or reserved "
+                              f"(individual, centralized); every problem needs its own name")
+        names.add(pc["problem_name"])
+        for size_key in ("train_batch_size", "val_batch_size"):
+            if pc[size_key] < 1:
+                raise ConfigError(f"{prefix}.{size_key}: must be at least 1, got {pc[size_key]}")
+        if pc["metrics_config"]["evaluate_frequency"] < 1:
+            raise ConfigError(f"{prefix}.metrics_config.evaluate_frequency: must be at least 1")
+        validated[key] = pc
+    cfg = {"experiment": exp, "problem_configs": validated}
+    CROSS_CHECKS[kind](cfg)
+    return cfg
+
+
+def _check_mnist(cfg: dict) -> None:
+    exp = cfg["experiment"]
+    n = exp["graph"]["num_nodes"]
+    if n < 1:
+        raise ConfigError(f"experiment.graph.num_nodes: must be at least 1, got {n}")
+    if exp["data_split_type"] == "hetero" and n > 10:
+        raise ConfigError(f"experiment.data_split_type: hetero gives each node whole digit classes, "
+                          f"so at most 10 nodes (got graph.num_nodes = {n}); use sorted, random or dirichlet")
+    graph = exp["graph"]
+    if graph["type"] == "random" and graph.get("p") is None:
+        raise ConfigError("experiment.graph.p: required for graph type random (edge probability in (0, 1])")
+    if graph["type"] == "disk" and graph.get("radius") is None:
+        raise ConfigError("experiment.graph.radius: required for graph type disk")
+    if graph["type"] == "fiedler" and graph.get("target_fiedler") is None:
+        raise ConfigError("experiment.graph.target_fiedler: required for graph type fiedler")
+    if exp["dirichlet_alpha"] <= 0:
+        raise ConfigError("experiment.dirichlet_alpha: must be positive")
+
+
+CROSS_CHECKS = {"mnist": _check_mnist}
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML."""
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if part in node and node[part] is not None:
+                    raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def baseline_optimizer_config(kind: str, cfg: dict) -> dict:
+    """Config of the individual / centralized baselines, from experiment.individual_training."""
+    ind = cfg["experiment"]["individual_training"]
+    first = next(iter(cfg["problem_configs"].values()))
+    if kind == "centralized":
+        rounds = first["optimizer_config"]["outer_iterations"]
+    else:
+        rounds = None  # set from epochs and data sizes by the runner
+    return {"outer_iterations": rounds, "optimizer": ind["optimizer"], "lr": ind["lr"],
+            "profile": False, "alg_name": BASELINES["local"].alg_name}

@@ -1,0 +1,113 @@
+"""Shared training loop of every distributed optimizer.
+
+An optimizer implements ``setup()`` and ``round(k)``; it reads and writes the node stack
+``problem.theta`` (shape (N, n)) in place, gets gradients from ``problem.local_grads`` and talks
+to neighbours only through ``network``. The loop here evaluates metrics, detects divergence,
+profiles the first rounds on request and reports progress.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from problems.base import DivergedError
+
+PROFILED_ROUNDS = 5
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
+def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """An element-wise optimizer over stacked node parameters: exactly N independent optimizers."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown primal optimizer {name!r}; allowed: adam, adamw, sgd")
+
+
+class DistributedOptimizer:
+    """Base class. ``config_schema`` maps each config key to (type, default); default
+    ``REQUIRED`` marks keys a config must give."""
+
+    alg_name = ""
+    config_schema: dict[str, tuple[Any, Any]] = {}
+
+    def __init__(self, problem, network, config: dict[str, Any]):
+        self.problem = problem
+        self.network = network
+        self.config = {k: v for k, (_, v) in self.config_schema.items() if v is not REQUIRED}
+        self.config.update(config)
+        self.outer_iterations = int(self.config["outer_iterations"])
+        self.elapsed = 0.0
+
+    def setup(self) -> None:
+        pass
+
+    def round(self, k: int) -> None:
+        raise NotImplementedError
+
+    def _extras(self) -> dict[str, torch.Tensor]:
+        return {"bytes_sent": self.network.bytes_sent.clone(),
+                "wall_time": torch.tensor(self.elapsed, dtype=torch.float64)}
+
+    def _check_finite(self, k: int) -> None:
+        if not bool(torch.isfinite(self.problem.last_losses).all()):
+            raise DivergedError(k, "training loss")
+        if not bool(torch.isfinite(self.problem.theta).all()):
+            raise DivergedError(k, "parameter")
+
+    def train(self, progress: Callable[[int, dict | None], None] | None = None,
+              profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None
+              ) -> None:
+        """Run ``outer_iterations`` rounds, evaluating at round 0, every ``evaluate_frequency``
+        rounds and at the last round. ``progress(k, metrics_or_None)`` is called after each round."""
+        problem = self.problem
+        freq = max(1, int(problem.evaluate_frequency))
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.setup()
+        self.elapsed = time.perf_counter() - start
+        problem.evaluate(0, extras=self._extras())
+        profiler = self._profiler(profile_dir)
+        for k in range(1, self.outer_iterations + 1):
+            if before_round is not None:
+                before_round(k)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                self.round(k)
+            self.elapsed += time.perf_counter() - t0
+            self._check_finite(k)
+            if profiler is not None:
+                profiler.step()
+                if k >= PROFILED_ROUNDS or k == self.outer_iterations:
+                    profiler.__exit__(None, None, None)
+                    profiler.export_chrome_trace(str(Path(profile_dir) / f"{problem.name}_profile.json"))
+                    profiler = None
+            metrics = None
+            if k % freq == 0 or k == self.outer_iterations:
+                metrics = problem.evaluate(k, extras=self._extras())
+            if progress is not None:
+                progress(k, metrics)
+
+    def _profiler(self, profile_dir):
+        if not self.config.get("profile") or profile_dir is None:
+            return None
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.problem.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(activities=activities, record_shapes=True)
+        prof.__enter__()
+        return prof

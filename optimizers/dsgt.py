@@ -1,0 +1,37 @@
+"""Decentralized stochastic gradient tracking.
+
+y_i = g_i = grad f_i(theta_i^0) at the start when ``init_grads`` (zeros otherwise); per round:
+theta <- W (theta - alpha y); g' = grad f_i(theta_i); y <- W y + g' - g; g <- g'.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optimizers.base import REQUIRED, DistributedOptimizer
+
+
+class DSGT(DistributedOptimizer):
+    alg_name = "dsgt"
+    config_schema = {
+        "outer_iterations": (int, REQUIRED),
+        "alpha": (float, REQUIRED),
+        "init_grads": (bool, True),
+        "profile": (bool, False),
+    }
+
+    def setup(self) -> None:
+        theta = self.problem.theta
+        if self.config["init_grads"]:
+            _, self.grads = self.problem.local_grads(theta)
+        else:
+            self.grads = torch.zeros_like(theta)
+        self.tracker = self.grads.clone()
+
+    def round(self, k: int) -> None:
+        alpha = float(self.config["alpha"])
+        theta = self.problem.theta
+        theta.copy_(self.network.mix(theta - alpha * self.tracker))
+        _, new_grads = self.problem.local_grads(theta)
+        self.tracker = self.network.mix(self.tracker) + new_grads - self.grads
+        self.grads = new_grads

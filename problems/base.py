@@ -1,0 +1,190 @@
+"""Problem-level half of a (problem, optimizer) pair.
+
+A problem owns the node models (as a :class:`NodeStack`), each node's data, the local loss and
+the metrics. Optimizers only ask it for ``local_grads(theta)`` (every node's loss and gradient on a
+fresh batch of its own data) and ``evaluate(...)`` at evaluation rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from problems.node_stack import NodeStack
+from problems.sampling import NodeBatchSampler
+
+
+class DivergedError(RuntimeError):
+    def __init__(self, round_index: int, what: str = "loss"):
+        super().__init__(f"non-finite {what} at round {round_index}")
+        self.round_index = round_index
+
+
+def per_node_loss(name: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample losses (k, B) for outputs (k, B, ...) and targets (k, B, ...)."""
+    if name == "NLL":
+        return -torch.gather(out, -1, target.unsqueeze(-1)).squeeze(-1)
+    if name == "CE":
+        return nn.functional.cross_entropy(out.flatten(0, 1), target.flatten(0, 1),
+                                           reduction="none").view(target.shape)
+    target = target.to(out.dtype).reshape(out.shape)
+    if name == "BCE":
+        values = nn.functional.binary_cross_entropy(out, target, reduction="none")
+    elif name == "MSE":
+        values = (out - target) ** 2
+    elif name == "L1":
+        values = (out - target).abs()
+    else:
+        raise ValueError(f"unknown loss {name!r}; allowed: NLL, CE, BCE, MSE, L1")
+    return values.flatten(2).mean(2)
+
+
+def consensus_distances(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-normalized parameter vectors: distance of each to their mean, and all pairwise distances."""
+    unit = theta / theta.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    to_mean = (unit - unit.mean(dim=0, keepdim=True)).norm(dim=1)
+    return to_mean, torch.cdist(unit, unit)
+
+
+class SupervisedProblem:
+    """Nodes that each fit (input -> target) pairs of their own, evaluated on one shared validation set.
+
+    ``node_indices[i]`` are the rows of ``train_x``/``train_y`` node ``i`` owns. The data tensors
+    move to the device once; batches are gathered by index every round.
+    """
+
+    classification = False
+    base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+                    "train_loss_moving_average")
+
+    def __init__(self, name: str, model: nn.Module, node_indices: Sequence[torch.Tensor],
+                 train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                 loss: str, metrics: Sequence[str], train_batch_size: int, val_batch_size: int,
+                 evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
+                 dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
+                 execution: str = "auto", chunk_size: int | None = None):
+        self.name = name
+        self.num_nodes = len(node_indices)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size)
+        self.loss_name = loss
+        self.metrics = list(metrics)
+        unknown = [m for m in self.metrics if m not in self.available_metrics()]
+        if unknown:
+            raise ValueError(f"metric {unknown[0]!r} is not available for {type(self).__name__}; "
+                             f"allowed: {', '.join(self.available_metrics())}")
+        self.train_batch_size = train_batch_size
+        self.val_batch_size = val_batch_size
+        self.evaluate_frequency = evaluate_frequency
+        self.tloss_decay = tloss_decay
+        self.verbose_evals = verbose_evals
+        self.train_x = self._to_device(train_x)
+        self.train_y = train_y.to(self.device)
+        self.val_x = self._to_device(val_x)
+        self.val_y = val_y.to(self.device)
+        self.sampler = NodeBatchSampler(node_indices, self.device, seed=seed)
+        self.train_loss_ma = torch.full((self.num_nodes,), math.nan, dtype=torch.float64)
+        self.last_losses = torch.zeros(self.num_nodes, dtype=dtype, device=self.device)
+        self.history: dict[str, list] = {}
+
+    @classmethod
+    def available_metrics(cls) -> tuple[str, ...]:
+        extra = ("top1_accuracy", "validation_as_vector") if cls.classification else ()
+        return cls.base_metrics + extra
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.to(self.dtype) if x.is_floating_point() else x
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.stack.theta
+
+    # ------------------------------------------------------------------------ training
+    def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sampler.next_indices(batch_size or self.train_batch_size)
+        return self.train_x[idx], self.train_y[idx]
+
+    def local_grads(self, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's loss and gradient at ``theta`` (default: the current stack) on a fresh batch."""
+        theta = self.theta if theta is None else theta
+        x, y = self.next_batch()
+        losses, grads = self.stack.loss_and_grad(theta, x, y, self.batch_loss)
+        self.last_losses = losses
+        self._update_train_loss(losses)
+        return losses, grads
+
+    def batch_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return per_node_loss(self.loss_name, out, target).mean(dim=1)
+
+    def _update_train_loss(self, losses: torch.Tensor) -> None:
+        current = losses.detach().to("cpu", torch.float64)
+        fresh = torch.isnan(self.train_loss_ma)
+        self.train_loss_ma = torch.where(
+            fresh, current, (1.0 - self.tloss_decay) * self.train_loss_ma + self.tloss_decay * current)
+
+    # ---------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def validation_outputs(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-node, per-validation-sample losses (N, M) and, for classifiers, correctness (N, M)."""
+        losses, correct = [], []
+        for start in range(0, self.val_x.shape[0], self.val_batch_size):
+            xb = self.val_x[start:start + self.val_batch_size]
+            yb = self.val_y[start:start + self.val_batch_size]
+
+            def per_sample(out, yb=yb):
+                target = yb.unsqueeze(0).expand(out.shape[0], *yb.shape)
+                rows = [per_node_loss(self.loss_name, out, target)]
+                if self.classification:
+                    rows.append((out.argmax(dim=-1) == target).to(out.dtype))
+                return torch.stack(rows, dim=1)
+
+            values = self.stack.evaluate(theta, xb, per_sample)
+            losses.append(values[:, 0])
+            if self.classification:
+                correct.append(values[:, 1])
+        result = {"losses": torch.cat(losses, dim=1)}
+        if self.classification:
+            result["correct"] = torch.cat(correct, dim=1) > 0.5
+        return result
+
+    def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.metrics)
+        values: dict[str, torch.Tensor] = {}
+        if wanted & {"validation_loss", "top1_accuracy", "validation_as_vector"}:
+            val = self.validation_outputs(theta)
+            values["validation_loss"] = val["losses"].mean(dim=1)
+            if self.classification:
+                values["top1_accuracy"] = val["correct"].to(torch.float64).mean(dim=1)
+                if "validation_as_vector" in wanted:
+                    values["validation_as_vector"] = val["correct"]
+        if "consensus_error" in wanted:
+            values["consensus_error"], values["consensus_pairwise"] = consensus_distances(theta.detach())
+        values["forward_pass_count"] = self.sampler.samples_seen.clone()
+        values["current_epoch"] = self.sampler.epochs.clone()
+        values["train_loss_moving_average"] = self.train_loss_ma.clone()
+        keep = wanted | {"consensus_pairwise", "forward_pass_count"}
+        return {k: v.detach().cpu() for k, v in values.items() if k in keep}
+
+    def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
+                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Compute the configured metrics, append them to ``history`` and return them."""
+        theta = self.theta if theta is None else theta
+        values = self.compute_metrics(theta)
+        for key, value in (extras or {}).items():
+            values[key] = torch.as_tensor(value).detach().cpu().clone()
+        self.history.setdefault("round", []).append(round_index)
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+        return values
+
+    def make_node_models(self) -> list[nn.Module]:
+        return [self.stack.node_model(i) for i in range(self.num_nodes)]
+
+
+class ClassificationProblem(SupervisedProblem):
+    classification = True

@@ -1,0 +1,277 @@
+"""N copies of one ``nn.Module`` architecture held as one stacked parameter tensor.
+
+Every node's parameters are one row of ``theta`` (shape ``(N, n)``). A forward pass for a
+block of nodes takes the matching rows, so one call evaluates every node on its own batch.
+
+Two execution forms are used:
+
+* **grouped kernels** for ``nn.Sequential`` models built from common layers (Conv2d as one
+  grouped convolution with ``groups = nodes * groups``, Linear as ``baddbmm``, element-wise
+  activations, pooling, Flatten, (Log)Softmax);
+* ``torch.vmap`` over ``torch.func.functional_call`` for every other module.
+
+Nodes are processed in chunks; the chunk size is chosen from the per-node batch size so that
+small batches run as one stacked call and very large (memory-bound) ones node by node.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+# Layers that act element-wise (or per channel) and therefore need no node awareness.
+_ELEMENTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus,
+    nn.Identity, nn.Hardtanh, nn.Mish,
+)
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d)
+
+# Per-node samples per chunk that the automatic chunking aims for.
+DEFAULT_SAMPLES_PER_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    name: str
+    shape: torch.Size
+    offset: int
+    numel: int
+
+
+def parameter_slots(model: nn.Module) -> list[ParamSlot]:
+    slots, offset = [], 0
+    for name, p in model.named_parameters():
+        slots.append(ParamSlot(name, p.shape, offset, p.numel()))
+        offset += p.numel()
+    return slots
+
+
+def flatten_parameters(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def load_flat_parameters(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy one flat parameter vector into ``model``'s parameters."""
+    with torch.no_grad():
+        for slot, p in zip(parameter_slots(model), model.parameters()):
+            p.copy_(flat[slot.offset:slot.offset + slot.numel].view(slot.shape))
+
+
+def is_elementwise(module: nn.Module) -> bool:
+    return isinstance(module, _ELEMENTWISE) or getattr(module, "elementwise", False)
+
+
+def supports_grouped(model: nn.Module) -> bool:
+    """True when every layer of ``model`` has a grouped (node-batched) kernel."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    for layer in model:
+        if isinstance(layer, nn.Conv2d):
+            if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                return False
+        elif isinstance(layer, (nn.Linear, nn.Flatten, nn.LogSoftmax, nn.Softmax) + _POOLING):
+            if isinstance(layer, nn.Flatten) and layer.end_dim != -1:
+                return False
+        elif not is_elementwise(layer):
+            return False
+    return True
+
+
+class _GroupedForward:
+    """Forward of an ``nn.Sequential`` for a block of nodes with grouped kernels.
+
+    Activations live in one of two layouts: ``"nodes"`` = (k, B, *features) for linear
+    layers, ``"channels"`` = (B, k * C, H, W) for convolution and pooling.
+    """
+
+    def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot]):
+        self.layers = list(model)
+        by_name = {s.name: s for s in slots}
+        self.layer_slots = []
+        for idx, layer in enumerate(self.layers):
+            names = [f"{idx}.{n}" for n, _ in layer.named_parameters()]
+            self.layer_slots.append({n.split(".", 1)[1]: by_name[n] for n in names})
+
+    @staticmethod
+    def _param(theta: torch.Tensor, slot: ParamSlot) -> torch.Tensor:
+        return theta[:, slot.offset:slot.offset + slot.numel].reshape(theta.shape[0], *slot.shape)
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        k = theta.shape[0]
+        layout = "shared" if shared_input else "nodes"
+        for layer, slots in zip(self.layers, self.layer_slots):
+            if isinstance(layer, nn.Conv2d):
+                x = self._to_channels(x, layout, k)
+                layout = "channels"
+                weight = self._param(theta, slots["weight"])
+                weight = weight.reshape(k * weight.shape[1], *weight.shape[2:])
+                bias = None
+                if "bias" in slots:
+                    bias = self._param(theta, slots["bias"]).reshape(-1)
+                x = nn.functional.conv2d(x, weight, bias, layer.stride, layer.padding,
+                                         layer.dilation, layer.groups * k)
+            elif isinstance(layer, _POOLING):
+                x = self._to_channels(x, layout, k)
+                layout = "channels"
+                x = layer(x)
+            elif isinstance(layer, nn.Flatten):
+                if layout == "channels":
+                    batch = x.shape[0]
+                    x = x.reshape(batch, k, -1).transpose(0, 1)
+                    layout = "nodes"
+                elif layout == "shared":
+                    x = torch.flatten(x, layer.start_dim, layer.end_dim)
+                else:
+                    x = torch.flatten(x, layer.start_dim + 1, layer.end_dim)
+            elif isinstance(layer, nn.Linear):
+                weight = self._param(theta, slots["weight"])
+                if layout == "channels":
+                    raise ValueError("nn.Linear directly after a convolution needs an nn.Flatten")
+                if layout == "shared":
+                    x = x.unsqueeze(0).expand(k, *x.shape)
+                    layout = "nodes"
+                if "bias" in slots:
+                    bias = self._param(theta, slots["bias"]).unsqueeze(1)
+                    x = torch.baddbmm(bias, x, weight.transpose(1, 2)) if x.dim() == 3 else \
+                        torch.matmul(x, weight.transpose(1, 2).unsqueeze(1)) + bias.unsqueeze(1)
+                else:
+                    x = torch.bmm(x, weight.transpose(1, 2)) if x.dim() == 3 else \
+                        torch.matmul(x, weight.transpose(1, 2).unsqueeze(1))
+            elif isinstance(layer, (nn.LogSoftmax, nn.Softmax)):
+                x = self._to_nodes(x, layout, k)
+                layout = "nodes"
+                dim = layer.dim if layer.dim is not None else -1
+                dim = dim + 1 if dim >= 0 else dim
+                fn = torch.log_softmax if isinstance(layer, nn.LogSoftmax) else torch.softmax
+                x = fn(x, dim)
+            else:  # element-wise
+                x = layer(x)
+        x = self._to_nodes(x, layout, k)
+        return x
+
+    @staticmethod
+    def _to_channels(x: torch.Tensor, layout: str, k: int) -> torch.Tensor:
+        if layout == "channels":
+            return x
+        if layout == "shared":  # (B, C, H, W) -> (B, k*C, H, W)
+            return x.repeat(1, k, 1, 1)
+        # (k, B, C, H, W) -> (B, k*C, H, W)
+        return x.transpose(0, 1).reshape(x.shape[1], k * x.shape[2], *x.shape[3:])
+
+    @staticmethod
+    def _to_nodes(x: torch.Tensor, layout: str, k: int) -> torch.Tensor:
+        if layout == "nodes":
+            return x
+        if layout == "shared":
+            return x.unsqueeze(0).expand(k, *x.shape)
+        batch = x.shape[0]
+        return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+class NodeStack:
+    """All node models of one architecture as a stacked ``(N, n)`` parameter tensor.
+
+    ``theta`` starts as N copies of ``model``'s parameters. The stack never modifies
+    ``model`` itself; it keeps its own frozen template copy.
+    """
+
+    def __init__(self, model: nn.Module, num_nodes: int, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, execution: str = "auto",
+                 chunk_size: int | None = None):
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
+        self.num_nodes = num_nodes
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.template = copy.deepcopy(model).to(device=self.device, dtype=dtype)
+        for p in self.template.parameters():
+            p.requires_grad_(False)
+        self.template.eval()
+        self.slots = parameter_slots(self.template)
+        self.num_params = sum(s.numel for s in self.slots)
+        initial = flatten_parameters(self.template)
+        self.theta = initial.unsqueeze(0).repeat(num_nodes, 1).contiguous()
+        if execution not in ("auto", "grouped", "vmap", "loop"):
+            raise ValueError(f"execution must be auto, grouped, vmap or loop, got {execution!r}")
+        if execution == "auto":
+            execution = "grouped" if supports_grouped(self.template) else "vmap"
+        if execution == "grouped" and not supports_grouped(self.template):
+            raise ValueError("this model has layers without grouped kernels; use execution 'vmap'")
+        self.execution = execution
+        self.chunk_size = chunk_size
+        self._grouped = _GroupedForward(self.template, self.slots) if execution == "grouped" else None
+        self._buffers = {n: b for n, b in self.template.named_buffers()}
+
+    # ----------------------------------------------------------------------------- views
+    def param_dict(self, theta_row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-layer views of one node's flat parameter vector (or of a (k, n) block)."""
+        lead = theta_row.shape[:-1]
+        return {s.name: theta_row[..., s.offset:s.offset + s.numel].reshape(*lead, *s.shape)
+                for s in self.slots}
+
+    def node_model(self, node: int) -> nn.Module:
+        """An ordinary ``nn.Module`` holding a copy of one node's parameters."""
+        model = copy.deepcopy(self.template)
+        load_flat_parameters(model, self.theta[node])
+        return model
+
+    def chunks(self, batch_size: int) -> list[slice]:
+        size = self.chunk_size or auto_chunk(self.num_nodes, batch_size)
+        return [slice(s, min(s + size, self.num_nodes)) for s in range(0, self.num_nodes, size)]
+
+    # --------------------------------------------------------------------------- forward
+    def forward(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
+        """Outputs of ``theta.shape[0]`` nodes.
+
+        ``x`` is (k, B, ...) with one batch per node, or (B, ...) fed to every node when
+        ``shared_input``. Returns (k, B, ...).
+        """
+        if self.execution == "grouped":
+            return self._grouped(theta, x, shared_input)
+        if self.execution == "loop":
+            outs = [functional_call(self.template, {**self.param_dict(theta[i]), **self._buffers},
+                                    (x if shared_input else x[i],)) for i in range(theta.shape[0])]
+            return torch.stack(outs)
+
+        def single(params, inputs):
+            return functional_call(self.template, {**params, **self._buffers}, (inputs,))
+
+        in_dims = (0, None if shared_input else 0)
+        return torch.vmap(single, in_dims=in_dims)(self.param_dict(theta), x)
+
+    def loss_and_grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each node's mean loss on its own batch and its gradient, for all nodes.
+
+        ``loss_fn(out (k, B, ...), y (k, B, ...)) -> (k,)`` per-node losses.
+        Returns ``(losses (N,), grads (N, n))``, both detached.
+        """
+        losses = torch.empty(theta.shape[0], device=theta.device, dtype=theta.dtype)
+        grads = torch.empty_like(theta)
+        for block in self.chunks(x.shape[1]):
+            rows = theta[block].detach().requires_grad_(True)
+            with torch.enable_grad():
+                node_losses = loss_fn(self.forward(rows, x[block]), y[block])
+                (grad,) = torch.autograd.grad(node_losses.sum(), rows)
+            losses[block] = node_losses.detach()
+            grads[block] = grad
+        return losses, grads
+
+    @torch.no_grad()
+    def evaluate(self, theta: torch.Tensor, x: torch.Tensor,
+                 fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(outputs (k, B, ...))`` for every node on a shared input batch, concatenated over nodes."""
+        parts = [fn(self.forward(theta[block], x, shared_input=True))
+                 for block in self.chunks(x.shape[0])]
+        return torch.cat(parts, dim=0)
+
+
+def auto_chunk(num_nodes: int, batch_size: int, samples_per_chunk: int = DEFAULT_SAMPLES_PER_CHUNK) -> int:
+    """Nodes per chunk: all of them for small batches, one for batches beyond the target."""
+    return max(1, min(num_nodes, samples_per_chunk // max(1, batch_size)))

@@ -1,0 +1,110 @@
+"""Figures of experiment results, shared by the runner and the notebooks.
+
+``load_results(folder)`` reads an output folder; the ``plot_*`` functions draw one metric of every
+pair on one axis (mean over nodes, with the min-max range of the nodes shaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "inline"):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import torch  # noqa: E402
+
+METRIC_LABELS = {
+    "validation_loss": "validation loss",
+    "top1_accuracy": "top-1 accuracy",
+    "consensus_error": "consensus error (unit-normalized parameters)",
+    "train_loss_moving_average": "training loss (moving average)",
+}
+
+
+def load_results(folder: str | Path) -> dict[str, dict]:
+    """problem_name -> results dict (metric -> list of per-evaluation values), in run order."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    results = {}
+    for pair in manifest["pairs"]:
+        path = folder / f"{pair['problem_name']}_results.pt"
+        if path.exists():
+            results[pair["problem_name"]] = torch.load(path, weights_only=True)
+    return results
+
+
+def load_graph(folder: str | Path) -> nx.Graph:
+    from optimizers.graphs import graph_from_json
+    return graph_from_json(json.loads((Path(folder) / "graph.json").read_text()))
+
+
+def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None):
+    """One line per pair: node mean vs round, shaded between node min and max."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
+    for name, res in results.items():
+        if metric not in res or not res[metric]:
+            continue
+        rounds = torch.as_tensor(res["round"][:len(res[metric])], dtype=torch.float64)
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
+        mean, low, high = values.mean(1), values.min(1).values, values.max(1).values
+        line, = ax.plot(rounds, mean, label=name, lw=1.8)
+        if values.shape[1] > 1:
+            ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
+        drawn += 1
+    ax.set_xlabel("round")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if log_scale or (log_scale is None and metric == "consensus_error"):
+        ax.set_yscale("log")
+    if drawn:
+        ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_graph(graph: nx.Graph, ax=None, title: str | None = None):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    pos = nx.get_node_attributes(graph, "pos") or nx.circular_layout(graph)
+    nx.draw_networkx(graph, pos=pos, ax=ax, node_color="#4c72b0", font_color="white", node_size=320,
+                     font_size=8, edge_color="#777777")
+    ax.set_title(title or f"communication graph: {graph.number_of_nodes()} nodes, "
+                          f"{graph.number_of_edges()} edges")
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
+def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_accuracy", "consensus_error")
+                          ) -> list[Path]:
+    """Write figures/<metric>.png for each metric any pair recorded, and figures/graph.png."""
+    folder = Path(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    results = load_results(folder)
+    written = []
+    for metric in metrics:
+        if not any(metric in res and res[metric] for res in results.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        plot_metric(results, metric, ax)
+        ax.set_title(METRIC_LABELS.get(metric, metric) + " vs round")
+        fig.tight_layout()
+        path = out / f"{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if (folder / "graph.json").exists():
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        plot_graph(load_graph(folder), ax)
+        fig.tight_layout()
+        path = out / "graph.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
