@@ -160,7 +160,11 @@ def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, gr
 
     start = time.perf_counter()
     try:
-        optimizer.train(progress=progress, profile_dir=out_dir)
+        before_round = None
+        if hasattr(problem, "before_round"):  # problems whose data or graph change every round
+            def before_round(k):
+                problem.before_round(k, network)
+        optimizer.train(progress=progress, profile_dir=out_dir, before_round=before_round)
         pair["status"] = "completed"
     except DivergedError as exc:
         pair["status"] = "diverged"
@@ -313,6 +317,7 @@ def main(argv=None) -> int:
             from visualization.plotting import save_standard_figures
             write_json(out_dir / "manifest.json", manifest)
             figures = save_standard_figures(out_dir)
+            figures += setup.save_figures(out_dir)
             manifest["figures"] = [str(p.relative_to(out_dir)) for p in figures]
         except Exception as exc:  # figures must never cost the results
             manifest["figures_error"] = f"{type(exc).__name__}: {exc}"

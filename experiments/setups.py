@@ -63,6 +63,10 @@ class ExperimentSetup:
     def describe(self) -> dict:
         return {}
 
+    def save_figures(self, out_dir: Path) -> list[Path]:
+        """Domain-specific figures written after the standard ones."""
+        return []
+
 
 def build_graph(exp: dict) -> nx.Graph:
     g = exp["graph"]
