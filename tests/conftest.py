@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_mnist_dir() -> Path | None:
+    """MNIST in torchvision's layout: $NNDT_MNIST_DIR, else ../shared/data/mnist beside the repository."""
+    candidate = Path(os.environ.get("NNDT_MNIST_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
+    return candidate if (candidate / "MNIST" / "raw").is_dir() else None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("NNDT_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or NNDT_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    path = shared_mnist_dir()
+    if path is None:
+        pytest.skip("MNIST folder not present (set NNDT_MNIST_DIR)")
+    return path
