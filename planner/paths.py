@@ -86,28 +86,34 @@ def line_of_sight(allowed, a, b, step: float = 0.25) -> bool:
     return bool(allowed[rr, cc].all())
 
 
-def shorten_path(grid, path, clearance: float = 0.0, allowed=None) -> np.ndarray:
+def shorten_path(grid, path, clearance: float = 0.0, allowed=None, max_detour: float = 1.25) -> np.ndarray:
     """Greedy string pulling: keep a subset of the path's cells joined by straight, allowed segments.
 
     The first and last cells are kept; each kept cell is followed by the farthest later cell that is in
-    line of sight. Returns (n, 2) int64 cells.
+    line of sight and whose stretch of path is at most ``max_detour`` times the straight distance (so a
+    path that comes back on itself, e.g. into a room and out again, is not cut short). Returns (n, 2)
+    int64 cells.
     """
     p = np.asarray(path, dtype=np.int64).reshape(-1, 2)
     if len(p) <= 2:
         return p.copy()
     free = free_mask(grid, clearance) if allowed is None else allowed
+    arc = np.concatenate([[0.0], np.cumsum(np.sqrt((np.diff(p, axis=0).astype(np.float64) ** 2).sum(axis=1)))])
+    n = len(p)
+
+    def ok(i, j):
+        d = float(np.hypot(*(p[j] - p[i])))
+        return arc[j] - arc[i] <= max_detour * d + 1e-9 and line_of_sight(free, p[i], p[j])
+
     keep = [0]
     i = 0
-    n = len(p)
     while i < n - 1:
         j = i + 1
-        lo, hi = i + 1, n - 1
-        # exponential search for a far visible cell, then walk forward while visible
         step = 1
-        while j + step <= hi and line_of_sight(free, p[i], p[j + step]):
+        while j + step <= n - 1 and ok(i, j + step):
             j += step
             step *= 2
-        while j + 1 <= hi and line_of_sight(free, p[i], p[j + 1]):
+        while j + 1 <= n - 1 and ok(i, j + 1):
             j += 1
         keep.append(j)
         i = j
