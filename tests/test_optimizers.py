@@ -1,0 +1,250 @@
+"""The optimizers on the node stack against slow, obvious per-node references, and on a convex problem."""
+
+import copy
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optimizers import DSGD, DSGT, DiNNO, LocalTraining
+from optimizers.network import InProcessNetwork
+from optimizers.schedules import learning_rates
+from problems.base import SupervisedProblem
+from problems.sampling import NodeBatchSampler
+
+DT = torch.float64
+N, M_PER_NODE, B = 4, 12, 5
+
+
+def tiny_model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def tiny_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N * M_PER_NODE, 3, generator=g, dtype=DT)
+    y = torch.randn(N * M_PER_NODE, 2, generator=g, dtype=DT)
+    # different nodes see different functions so consensus matters
+    y += torch.arange(N * M_PER_NODE).div(M_PER_NODE, rounding_mode="floor").unsqueeze(1).to(DT)
+    split = [torch.arange(i * M_PER_NODE, (i + 1) * M_PER_NODE) for i in range(N)]
+    return x, y, split
+
+
+def graph():
+    g = nx.Graph()
+    g.add_nodes_from(range(N))
+    g.add_edges_from([(0, 1), (1, 2), (2, 3), (1, 3)])
+    return g
+
+
+def make_problem(batch=B):
+    x, y, split = tiny_data()
+    return SupervisedProblem("p", tiny_model(), split, x, y, x[:6], y[:6], loss="MSE",
+                             metrics=["validation_loss"], train_batch_size=batch, val_batch_size=6,
+                             dtype=DT, seed=11)
+
+
+class Reference:
+    """N ordinary modules, a loop over nodes, mixing as explicit sums over neighbours."""
+
+    def __init__(self, batch=B):
+        self.x, self.y, split = tiny_data()
+        self.models = [copy.deepcopy(tiny_model()).to(DT) for _ in range(N)]
+        self.sampler = NodeBatchSampler(split, seed=11)  # same stream of batches as the problem
+        self.graph = graph()
+        self.batch = batch
+
+    def weight(self, i, j):
+        di, dj = self.graph.degree[i], self.graph.degree[j]
+        if i == j:
+            return 1.0 - sum(self.weight(i, k) for k in self.graph.neighbors(i))
+        return 1.0 / (1 + max(di, dj)) if self.graph.has_edge(i, j) else 0.0
+
+    def vec(self, i):
+        return torch.cat([p.detach().reshape(-1) for p in self.models[i].parameters()])
+
+    def set_vec(self, i, v):
+        nn.utils.vector_to_parameters(v.clone(), self.models[i].parameters())
+
+    def batch_indices(self):
+        return self.sampler.next_indices(self.batch)
+
+    def loss(self, i, idx):
+        xb, yb = self.x[idx[i]], self.y[idx[i]]
+        return ((self.models[i](xb) - yb) ** 2).mean()
+
+    def grads(self):
+        idx = self.batch_indices()
+        out = []
+        for i in range(N):
+            self.models[i].zero_grad()
+            self.loss(i, idx).backward()
+            out.append(torch.cat([p.grad.reshape(-1) for p in self.models[i].parameters()]))
+        return out
+
+    def mix(self, vectors):
+        return [sum(self.weight(i, j) * vectors[j] for j in range(N)) for i in range(N)]
+
+    def stacked(self):
+        return torch.stack([self.vec(i) for i in range(N)])
+
+
+def run_stack(cls, cfg, rounds=5):
+    problem = make_problem()
+    net = InProcessNetwork(graph(), dtype=DT)
+    opt = cls(problem, net, {"outer_iterations": rounds, **cfg})
+    with torch.no_grad():
+        opt.setup()
+        for k in range(1, rounds + 1):
+            opt.round(k)
+    return problem.theta
+
+
+def test_dsgd_matches_per_node_loop():
+    theta = run_stack(DSGD, {"alpha0": 0.1, "mu": 0.5})
+    ref = Reference()
+    alpha = 0.1
+    for _ in range(5):
+        alpha *= 1 - 0.5 * alpha
+        mixed = ref.mix([ref.vec(i) for i in range(N)])
+        for i in range(N):
+            ref.set_vec(i, mixed[i])
+        grads = ref.grads()
+        for i in range(N):
+            ref.set_vec(i, ref.vec(i) - alpha * grads[i])
+    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+    assert not torch.allclose(theta, make_problem().theta, atol=1e-3)  # it did move
+
+
+@pytest.mark.parametrize("init_grads", [True, False])
+def test_dsgt_matches_per_node_loop(init_grads):
+    theta = run_stack(DSGT, {"alpha": 0.05, "init_grads": init_grads})
+    ref = Reference()
+    zeros = [torch.zeros_like(ref.vec(0)) for _ in range(N)]
+    g = ref.grads() if init_grads else zeros
+    y = list(g)
+    for _ in range(5):
+        stepped = [ref.vec(i) - 0.05 * y[i] for i in range(N)]
+        new_theta = ref.mix(stepped)
+        for i in range(N):
+            ref.set_vec(i, new_theta[i])
+        g_new = ref.grads()
+        y_mixed = ref.mix(y)
+        y = [y_mixed[i] + g_new[i] - g[i] for i in range(N)]
+        g = g_new
+    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("primal_optimizer,persistent,decay", [("adam", False, "log"), ("sgd", False, "linear"),
+                                                               ("adamw", True, "constant")])
+def test_dinno_matches_per_node_loop(primal_optimizer, persistent, decay):
+    cfg = {"rho_init": 0.5, "rho_scaling": 1.1, "primal_iterations": 3, "primal_optimizer": primal_optimizer,
+           "persistant_primal_opt": persistent, "primal_lr_start": 0.05, "primal_lr_finish": 0.005,
+           "lr_decay_type": decay}
+    theta = run_stack(DiNNO, cfg)
+    ref = Reference()
+    lrs = learning_rates(decay, 0.05, 0.005, 5)
+    duals = [torch.zeros_like(ref.vec(0)) for _ in range(N)]
+    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[primal_optimizer]
+    persistent_opts = [opt_cls(ref.models[i].parameters(), lr=lrs[0]) for i in range(N)]
+    rho = 0.5
+    for k in range(5):
+        rho *= 1.1
+        snap = [ref.vec(i) for i in range(N)]
+        for i in range(N):
+            duals[i] = duals[i] + rho * sum(snap[i] - snap[j] for j in ref.graph.neighbors(i))
+        opts = persistent_opts if persistent else [opt_cls(ref.models[i].parameters(), lr=lrs[k])
+                                                   for i in range(N)]
+        for o in opts:
+            for group in o.param_groups:
+                group["lr"] = lrs[k]
+        for _ in range(3):
+            idx = ref.batch_indices()
+            for i in range(N):
+                opts[i].zero_grad()
+                th = torch.cat([p.reshape(-1) for p in ref.models[i].parameters()])
+                penalty = sum(((th - (snap[i] + snap[j]) / 2) ** 2).sum() for j in ref.graph.neighbors(i))
+                total = ref.loss(i, idx) + th @ duals[i] + rho * penalty
+                total.backward()
+                opts[i].step()
+    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+
+
+def test_local_training_is_independent_adam_per_node():
+    theta = run_stack(LocalTraining, {"optimizer": "adam", "lr": 0.01})
+    ref = Reference()
+    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in ref.models]
+    for _ in range(5):
+        idx = ref.batch_indices()
+        for i in range(N):
+            opts[i].zero_grad()
+            ref.loss(i, idx).backward()
+            opts[i].step()
+    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------- convex: distributed least squares
+
+def least_squares_problem(num_nodes=5, rows=20, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(num_nodes * rows, dim, generator=g, dtype=DT)
+    # each node has its own ground truth, so local optima differ from the global one
+    truths = torch.randn(num_nodes, dim, generator=g, dtype=DT) * 2
+    b = torch.cat([a[i * rows:(i + 1) * rows] @ truths[i] for i in range(num_nodes)]).unsqueeze(1)
+    split = [torch.arange(i * rows, (i + 1) * rows) for i in range(num_nodes)]
+    model = nn.Linear(dim, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    problem = SupervisedProblem("ls", model, split, a, b, a, b, loss="MSE", metrics=["validation_loss"],
+                                train_batch_size=rows, val_batch_size=len(a), dtype=DT, seed=0)
+    optimum = torch.linalg.lstsq(a, b).solution.reshape(-1)
+    return problem, optimum, nx.cycle_graph(num_nodes)
+
+
+def run_convex(cls, cfg, rounds):
+    problem, optimum, g = least_squares_problem()
+    net = InProcessNetwork(g, dtype=DT)
+    opt = cls(problem, net, {"outer_iterations": rounds, **cfg})
+    start_error = (problem.theta - optimum).norm() / optimum.norm()
+    with torch.no_grad():
+        opt.setup()
+        for k in range(1, rounds + 1):
+            opt.round(k)
+    errors = (problem.theta - optimum).norm(dim=1) / optimum.norm()
+    return errors, start_error
+
+
+def test_dsgt_reaches_centralized_least_squares_solution():
+    errors, _ = run_convex(DSGT, {"alpha": 0.05, "init_grads": True}, 1500)
+    assert errors.max() < 1e-3
+
+
+def test_dinno_reaches_centralized_least_squares_solution():
+    errors, _ = run_convex(DiNNO, {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30,
+                                   "primal_optimizer": "sgd", "primal_lr_start": 0.05,
+                                   "lr_decay_type": "constant"}, 300)
+    assert errors.max() < 1e-3
+
+
+def test_dsgd_with_decaying_step_gets_50x_closer_and_keeps_improving():
+    # DSGD's bias shrinks with its step (alpha_k ~ 1 / (mu k)): 50x closer after 1500 rounds,
+    # and closer still after twice as many.
+    errors, start = run_convex(DSGD, {"alpha0": 0.1, "mu": 0.5}, 1500)
+    assert errors.max() < start / 50
+    longer, _ = run_convex(DSGD, {"alpha0": 0.1, "mu": 0.5}, 3000)
+    assert longer.max() < 0.7 * errors.max()
+
+
+def test_individual_training_does_not_reach_consensus_optimum():
+    # Sanity check that the problem really needs communication.
+    errors, _ = run_convex(LocalTraining, {"optimizer": "sgd", "lr": 0.05}, 1500)
+    assert errors.min() > 0.1
+
+
+def test_learning_rate_schedules():
+    assert np.allclose(learning_rates("log", 1e-2, 1e-4, 3), [1e-2, 1e-3, 1e-4])
+    assert np.allclose(learning_rates("linear", 1.0, 0.0, 5), [1, 0.75, 0.5, 0.25, 0])
+    assert np.allclose(learning_rates("constant", 0.3, 0.1, 2), [0.3, 0.3])
