@@ -342,3 +342,8 @@ def baseline_optimizer_config(kind: str, cfg: dict) -> dict:
         rounds = None  # set from epochs and data sizes by the runner
     return {"outer_iterations": rounds, "optimizer": ind["optimizer"], "lr": ind["lr"],
             "profile": False, "alg_name": BASELINES["local"].alg_name}
+
+
+from experiments.density_config import register as _register_density  # noqa: E402
+
+_register_density(SCHEMAS, CROSS_CHECKS)

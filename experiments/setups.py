@@ -137,3 +137,8 @@ class MnistSetup(ExperimentSetup):
 
 
 SETUPS: dict[str, type[ExperimentSetup]] = {"mnist": MnistSetup}
+
+
+from experiments.density_setup import DensitySetup, OnlineDensitySetup  # noqa: E402
+
+SETUPS.update({"density": DensitySetup, "online_density": OnlineDensitySetup})

@@ -1,0 +1,157 @@
+"""Config schemas of the density mapping problems (``experiment.problem: density | online_density``).
+
+Keys follow the original research code's density configs; registered into
+:data:`experiments.config.SCHEMAS` and :data:`experiments.config.CROSS_CHECKS`.
+"""
+
+from __future__ import annotations
+
+from experiments.config import (
+    COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, METRICS_CONFIG, OPTIONAL, REQUIRED, Bool, Choice,
+    ConfigError, Float, Int, ListOf, Str,
+)
+
+DENSITY_LOSSES = ("BCE", "MSE", "L1")
+ONLINE_ONLY_METRICS = ("current_position", "current_graph")
+
+DATA_SCHEMA = {
+    "data_dir": (Str, REQUIRED),
+    "floor_img": (Str, "floor_img.png"),
+    "waypoint_subdir": (Str, "tight_paths"),
+    "num_nodes": (Int, OPTIONAL),
+    "split_type": (Choice(("trajectory", "random")), "trajectory"),
+    "num_beams": (Int, 20),
+    "beam_length": (Float, 0.2),
+    "beam_samps": (Int, 25),
+    "collision_samps": (Int, 50),
+    "fine_samps": (Int, 3),
+    "samp_distribution_factor": (Float, 1.0),
+    "border_width": (Int, 30),
+    "round_density": (Bool, True),
+    "spline_res": (Int, 30),
+    "clipped_lidar": (Bool, False),
+    "num_scans": (Int, OPTIONAL),
+    "num_scans_in_window": (Int, OPTIONAL),
+    "window_step": (Int, 1),
+    "num_validation_scans": (Int, 500),
+}
+
+MODEL_SCHEMA = {
+    "shape": (ListOf(Int), [2, 256, 64, 64, 64, 1]),
+    "scale": (Float, 0.05),
+}
+
+DENSITY_EXPERIMENT = {
+    **COMMON_EXPERIMENT,
+    "data": (DATA_SCHEMA, REQUIRED),
+    "loss": (Choice(DENSITY_LOSSES), "BCE"),
+    "model": (MODEL_SCHEMA, {}),
+    # optional block: every key optional here, "type" given means a fixed graph is configured
+    "graph": ({k: (kind, None if default is REQUIRED else default) for k, (kind, default) in GRAPH_SCHEMA.items()},
+              {}),
+}
+
+DENSITY_PROBLEM = {
+    "problem_name": (Str, REQUIRED),
+    "train_batch_size": (Int, 10000),
+    "val_batch_size": (Int, 10000),
+    "verbose_evals": (Bool, False),
+    "metrics": (ListOf(Choice(DENSITY_METRICS)), ["forward_pass_count", "train_loss_moving_average",
+                                                  "validation_loss", "consensus_error", "current_epoch"]),
+    "metrics_config": (METRICS_CONFIG, {}),
+    "save_models": (Bool, False),
+    "comm_radius": (Float, OPTIONAL),
+    "dynamic_graph": (Bool, False),
+    "optimizer_config": ("optimizer", REQUIRED),
+}
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def _check_common(cfg: dict) -> None:
+    exp = cfg["experiment"]
+    data = exp["data"]
+    for key in ("num_beams", "beam_samps", "collision_samps", "spline_res", "num_validation_scans",
+                "beam_length", "samp_distribution_factor", "num_nodes", "num_scans", "num_scans_in_window"):
+        _positive(f"experiment.data.{key}", data[key])
+    for key in ("fine_samps", "border_width"):
+        _positive(f"experiment.data.{key}", data[key], allow_zero=True)
+    shape = exp["model"]["shape"]
+    if len(shape) < 3 or shape[0] != 2 or shape[-1] != 1 or min(shape) < 1:
+        raise ConfigError(f"experiment.model.shape: expected [2, first, ..., 1] with at least 3 positive "
+                          f"widths (input (x, y), output density), got {shape}")
+    for key, pc in cfg["problem_configs"].items():
+        if pc["comm_radius"] is not None and pc["comm_radius"] <= 0:
+            raise ConfigError(f"problem_configs.{key}.comm_radius: must be positive (pixels), got {pc['comm_radius']}")
+
+
+def _check_density(cfg: dict) -> None:
+    _check_common(cfg)
+    exp = cfg["experiment"]
+    data = exp["data"]
+    if data["split_type"] == "random" and data["num_scans"] is None:
+        raise ConfigError("experiment.data.num_scans: required for split_type random (scans from random poses)")
+    graph = exp["graph"]
+    if graph["type"] is None and graph["num_nodes"] is not None:
+        raise ConfigError("experiment.graph.type: required when experiment.graph is given")
+    if graph["type"] is not None:
+        if graph["num_nodes"] is None:
+            raise ConfigError("experiment.graph.num_nodes: required when experiment.graph is given")
+        if graph["num_nodes"] < 1:
+            raise ConfigError(f"experiment.graph.num_nodes: must be at least 1, got {graph['num_nodes']}")
+        if graph["type"] == "random" and graph.get("p") is None:
+            raise ConfigError("experiment.graph.p: required for graph type random (edge probability in (0, 1])")
+        if graph["type"] == "disk" and graph.get("radius") is None:
+            raise ConfigError("experiment.graph.radius: required for graph type disk")
+        if graph["type"] == "fiedler" and graph.get("target_fiedler") is None:
+            raise ConfigError("experiment.graph.target_fiedler: required for graph type fiedler")
+        if data["num_nodes"] is not None and data["num_nodes"] != graph["num_nodes"]:
+            raise ConfigError(f"experiment.data.num_nodes: {data['num_nodes']} differs from "
+                              f"experiment.graph.num_nodes {graph['num_nodes']}")
+    elif not any(pc["comm_radius"] is not None for pc in cfg["problem_configs"].values()):
+        raise ConfigError("experiment.graph: required for the density problem unless the problems give "
+                          "comm_radius (a disk graph on the robots' mean positions)")
+    for key, pc in cfg["problem_configs"].items():
+        bad = [m for m in pc["metrics"] if m in ONLINE_ONLY_METRICS]
+        if bad:
+            raise ConfigError(f"problem_configs.{key}.metrics: {bad[0]!r} is only available for "
+                              f"experiment.problem online_density")
+        if pc["dynamic_graph"]:
+            raise ConfigError(f"problem_configs.{key}.dynamic_graph: only for experiment.problem "
+                              f"online_density (robots that move)")
+
+
+def _check_online(cfg: dict) -> None:
+    _check_common(cfg)
+    exp = cfg["experiment"]
+    data = exp["data"]
+    if data["num_scans_in_window"] is None:
+        raise ConfigError("experiment.data.num_scans_in_window: required for online_density")
+    if data["clipped_lidar"]:
+        raise ConfigError("experiment.data.clipped_lidar: not supported by online_density "
+                          "(every scan needs the same number of points)")
+    if exp["graph"]["type"] is not None or exp["graph"]["num_nodes"] is not None:
+        raise ConfigError("experiment.graph: online_density builds its graph from the robots' positions "
+                          "(problem comm_radius); remove experiment.graph")
+    _positive("experiment.data.window_step", data["window_step"], allow_zero=True)
+    for key, pc in cfg["problem_configs"].items():
+        if pc["comm_radius"] is None:
+            raise ConfigError(f"problem_configs.{key}.comm_radius: required for online_density "
+                              f"(disk graph radius in pixels)")
+    window_points = data["num_scans_in_window"] * data["num_beams"] * data["beam_samps"]
+    for key, pc in cfg["problem_configs"].items():
+        if pc["train_batch_size"] > window_points:
+            raise ConfigError(f"problem_configs.{key}.train_batch_size: {pc['train_batch_size']} is larger than "
+                              f"a window's {window_points} points (num_scans_in_window x num_beams x beam_samps)")
+
+
+def register(schemas: dict, cross_checks: dict) -> None:
+    schemas["density"] = (DENSITY_EXPERIMENT, DENSITY_PROBLEM)
+    schemas["online_density"] = (DENSITY_EXPERIMENT, DENSITY_PROBLEM)
+    cross_checks["density"] = _check_density
+    cross_checks["online_density"] = _check_online

@@ -1,0 +1,281 @@
+"""Implicit density mapping: every robot fits position -> occupancy density from its own lidar scans.
+
+* :func:`fourier_net` is the paper's "Fourier" network as an ordinary ``nn.Sequential``
+  (``Linear -> Sine -> (Linear -> ReLU)* -> Linear -> Sigmoid``) that the node stack runs with
+  grouped kernels (:class:`Sine` declares itself element-wise).
+* :class:`DensityProblem`: static data (each node's scan points), plus the mesh-grid metric.
+* :class:`OnlineDensityProblem`: each robot sees a sliding window of consecutive trajectory poses;
+  when it has used the window once (an epoch) the window moves on. All nodes' windows live in one
+  padded tensor, so a batch for every node is one gather (:class:`WindowSampler`). Before every round
+  the communication graph is rebuilt as a disk graph on the robots' current positions.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import nn
+
+from optimizers.graphs import disk_graph
+from problems.base import SupervisedProblem
+
+MESH_STRIDE = 8
+
+
+class Sine(nn.Module):
+    """``sin(scale * x)``, element-wise."""
+
+    elementwise = True
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.scale * x)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def fourier_net(shape: Sequence[int], scale: float = 1.0) -> nn.Sequential:
+    """``shape = [in, first, hidden..., out]``: ``sin(scale * (W x + b))`` with
+    ``W ~ U(-sqrt(6/first), sqrt(6/first))``, ReLU hidden layers and a sigmoid output."""
+    shape = [int(s) for s in shape]
+    if len(shape) < 3:
+        raise ValueError(f"model.shape needs at least [in, first, out], got {shape}")
+    first = nn.Linear(shape[0], shape[1])
+    bound = math.sqrt(6.0 / shape[1])
+    nn.init.uniform_(first.weight, -bound, bound)
+    layers: list[nn.Module] = [first, Sine(scale)]
+    for i in range(1, len(shape) - 2):
+        layers += [nn.Linear(shape[i], shape[i + 1]), nn.ReLU()]
+    layers += [nn.Linear(shape[-2], shape[-1]), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+def mesh_grid(image_shape: tuple[int, int], stride: int = MESH_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Lidar coordinates of every ``stride``-th pixel centre, (H' * W', 2) row-major, and (H', W')."""
+    ny, nx_ = image_shape
+    rows = np.arange(0, ny, stride)
+    cols = np.arange(0, nx_, stride)
+    ys = rows + 0.5 - ny / 2.0
+    xs = cols + 0.5 - nx_ / 2.0
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    return torch.as_tensor(pts, dtype=torch.float32), (len(rows), len(cols))
+
+
+class DensityProblem(SupervisedProblem):
+    """Nodes fit (x, y) -> density on their own scan points; validation on scans from random poses.
+
+    Extra metric ``mesh_grid_density``: every node's density on the image grid (every 8th pixel),
+    (N, H/8, W/8), recorded with ``mesh_round`` (at the last round only when ``mesh_only_at_end``).
+    """
+
+    base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+                    "train_loss_moving_average", "mesh_grid_density")
+
+    def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
+                 total_rounds: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.mesh_only_at_end = bool(mesh_only_at_end)
+        self.total_rounds = total_rounds
+        grid, self.mesh_shape = mesh_grid(self.image_shape)
+        self.mesh_points = self._to_device(grid)
+
+    @torch.no_grad()
+    def mesh_density(self, theta: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start in range(0, self.mesh_points.shape[0], self.val_batch_size):
+            xb = self.mesh_points[start:start + self.val_batch_size]
+            parts.append(self.stack.evaluate(theta, xb, lambda out: out.reshape(out.shape[0], -1)))
+        return torch.cat(parts, dim=1).reshape(theta.shape[0], *self.mesh_shape)
+
+    def _mesh_due(self, round_index: int) -> bool:
+        if not self.mesh_only_at_end:
+            return True
+        return self.total_rounds is not None and round_index >= self.total_rounds
+
+    def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
+                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        self._round = round_index
+        return super().evaluate(round_index, theta, extras)
+
+    def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = super().compute_metrics(theta)
+        if "mesh_grid_density" in self.metrics and self._mesh_due(self._round):
+            values["mesh_grid_density"] = self.mesh_density(theta).to("cpu", torch.float32)
+            values["mesh_round"] = torch.tensor(self._round)
+        return values
+
+
+class WindowSampler:
+    """Mini-batches of every robot's current window of scans, drawn for all robots at once.
+
+    ``scans`` is (N, P_max, S, 3): robot ``i``'s trajectory has ``num_poses[i]`` poses of ``S`` points
+    (padded to ``P_max``). A window is ``window`` consecutive poses (modulo the trajectory), i.e.
+    ``M = window * S`` points. Each robot reads its window through a random permutation of ``range(M)``;
+    when the permutation is used up (an epoch), its window moves on by ``step`` poses and a new
+    permutation starts. Batches are one gather, without a loop over robots.
+    """
+
+    def __init__(self, scans: torch.Tensor, num_poses: Sequence[int], window: int, step: int = 1,
+                 seed: int = 0):
+        self.scans = scans
+        self.device = scans.device
+        self.num_nodes, self.max_poses, self.points_per_pose, _ = scans.shape
+        self.flat = scans.reshape(self.num_nodes, -1, 3)
+        self.num_poses = torch.as_tensor(list(num_poses), dtype=torch.long, device=self.device)
+        self.window = int(window)
+        self.step = int(step)
+        self.window_size = self.window * self.points_per_pose
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        n = self.num_nodes
+        self.start = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.epochs = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.samples_seen = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.current = self._permutations(n)
+        self.upcoming = self._permutations(n)
+
+    def _permutations(self, count: int) -> torch.Tensor:
+        keys = torch.rand(count, self.window_size, generator=self.generator)
+        return torch.argsort(keys, dim=1).to(self.device)
+
+    def current_pose_index(self) -> torch.Tensor:
+        """(N,) index of each robot's current pose: the last pose of its window."""
+        return (self.start + self.window - 1) % self.num_poses
+
+    def next_points(self, batch_size: int) -> torch.Tensor:
+        """(N, B, 3) points ``(x, y, density)``, one batch per robot."""
+        if batch_size > self.window_size:
+            raise ValueError(f"batch size {batch_size} is larger than a window's {self.window_size} points "
+                             f"({self.window} scans of {self.points_per_pose} points)")
+        M = self.window_size
+        offsets = self.position.unsqueeze(1) + torch.arange(batch_size, device=self.device)
+        wrapped = offsets >= M
+        next_start = (self.start + self.step) % self.num_poses
+        local = torch.where(
+            wrapped,
+            torch.gather(self.upcoming, 1, torch.where(wrapped, offsets - M, 0)),
+            torch.gather(self.current, 1, torch.where(wrapped, 0, offsets)),
+        )
+        start = torch.where(wrapped, next_start.unsqueeze(1), self.start.unsqueeze(1))
+        rows = self._rows_mixed(local, start)
+        self.position += batch_size
+        self.samples_seen += batch_size
+        finished = self.position >= M
+        if bool(finished.any()):
+            rows_done = torch.nonzero(finished).squeeze(1)
+            self.position[rows_done] -= M
+            self.epochs[rows_done] += 1
+            self.start[rows_done] = next_start[rows_done]
+            self.current[rows_done] = self.upcoming[rows_done]
+            self.upcoming[rows_done] = self._permutations(len(rows_done))
+        return torch.gather(self.flat, 1, rows.unsqueeze(2).expand(-1, -1, 3))
+
+    def _rows_mixed(self, local: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        pose = (start + local // self.points_per_pose) % self.num_poses.unsqueeze(1)
+        return pose * self.points_per_pose + local % self.points_per_pose
+
+    def window_points(self, node: int) -> torch.Tensor:
+        """(M, 3) points of robot ``node``'s current window, poses in window order."""
+        local = torch.arange(self.window_size, device=self.device).unsqueeze(0)
+        rows = self._rows_mixed(local, self.start[node:node + 1].unsqueeze(1))[0]
+        return self.flat[node, rows]
+
+
+class OnlineDensityProblem(DensityProblem):
+    """Robots drive along their trajectories and learn from a sliding window of their latest scans.
+
+    ``scans``: (N, P_max, S, 3) per-robot trajectory scans (padded), ``poses``: (N, P_max, 2) their
+    positions, ``num_poses``: trajectory lengths. With ``pooled=True`` the problem is one node that
+    trains on every robot's window batch at once (the centralized baseline).
+    """
+
+    base_metrics = DensityProblem.base_metrics + ("current_position", "current_graph")
+
+    def __init__(self, name: str, model: nn.Module, scans: torch.Tensor, poses: np.ndarray,
+                 num_poses: Sequence[int], val_x: torch.Tensor, val_y: torch.Tensor, *, loss: str,
+                 num_scans_in_window: int, window_step: int = 1, comm_radius: float | None = None,
+                 dynamic_graph: bool = True, pooled: bool = False, log=None, **kwargs):
+        self.num_robots = scans.shape[0]
+        self.pooled = bool(pooled)
+        nodes = 1 if pooled else self.num_robots
+        dummy = [torch.zeros(1, dtype=torch.long)] * nodes
+        dtype = kwargs.get("dtype", torch.float32)
+        super().__init__(name, model, dummy, torch.zeros(1, 2, dtype=dtype), torch.zeros(1, 1, dtype=dtype),
+                         val_x, val_y, loss=loss, **kwargs)
+        self.window_sampler = WindowSampler(scans.to(self.device, self.dtype), num_poses, num_scans_in_window,
+                                            window_step, seed=kwargs.get("seed", 0))
+        if not pooled:
+            self.sampler = self.window_sampler
+        self.poses = np.asarray(poses, dtype=np.float64)
+        self.comm_radius = comm_radius
+        self.dynamic_graph = bool(dynamic_graph) and not pooled and comm_radius is not None
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.graph: nx.Graph | None = None
+        self._edges: frozenset | None = None
+        self.graph_changes: list[dict] = []
+        self.data_seconds = 0.0
+
+    # ------------------------------------------------------------------ robots
+    def current_positions(self) -> np.ndarray:
+        idx = self.window_sampler.current_pose_index().cpu().numpy()
+        return self.poses[np.arange(self.num_robots), idx]
+
+    def comm_graph(self) -> nx.Graph:
+        return disk_graph(self.current_positions(), self.comm_radius)
+
+    def before_round(self, k: int, network) -> None:
+        """Rebuild the communication graph from the robots' current positions (when dynamic)."""
+        if not self.dynamic_graph:
+            return
+        import time
+        t0 = time.perf_counter()
+        graph = self.comm_graph()
+        edges = frozenset(graph.edges())
+        if edges != self._edges:
+            network.set_graph(graph)
+            connected = network.is_connected
+            self.graph_changes.append({"round": k, "num_edges": len(edges), "connected": connected})
+            if not connected:  # reported once per change of the graph, not every round
+                parts = [sorted(c) for c in nx.connected_components(graph)]
+                self.log(f"  [{self.name}] round {k}: communication graph is disconnected "
+                         f"({len(parts)} components: {parts})")
+            self._edges = edges
+        self.graph = graph
+        self.data_seconds += time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- training
+    def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        pts = self.window_sampler.next_points(batch_size or self.train_batch_size)
+        if self.pooled:
+            pts = pts.reshape(1, -1, 3)
+        return pts[..., :2], pts[..., 2:3]
+
+    def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = super().compute_metrics(theta)
+        ws = self.window_sampler
+        if self.pooled:
+            values["forward_pass_count"] = ws.samples_seen.sum().reshape(1).cpu()
+            if "current_epoch" in self.metrics:
+                values["current_epoch"] = ws.epochs.min().reshape(1).cpu()
+        if "current_position" in self.metrics:
+            values["current_position"] = torch.as_tensor(self.current_positions(), dtype=torch.float64)
+        if "current_graph" in self.metrics:
+            graph = self.graph if self.graph is not None else (
+                self.comm_graph() if self.comm_radius is not None else None)
+            adj = torch.zeros(self.num_robots, self.num_robots, dtype=torch.bool)
+            if graph is not None:
+                for i, j in graph.edges():
+                    adj[i, j] = adj[j, i] = True
+            values["current_graph"] = adj
+        return values
