@@ -127,9 +127,9 @@ def parse_svg(svg_path):
 
 
 def _fill(img, polys, value, scale, border):
-    pts = [np.round((p * scale + border) * 16).astype(np.int32) for p in polys]
-    if pts:
-        cv2.fillPoly(img, pts, value, lineType=cv2.LINE_8, shift=4)
+    for p in polys:  # one call per polygon: overlapping polygons in one call would cancel out
+        pts = np.round((p * scale + border) * 16).astype(np.int32)
+        cv2.fillPoly(img, [pts], value, lineType=cv2.LINE_8, shift=4)
 
 
 def render_svg(svg_path, width: int = 1024, border: int = 30, doors: str = "free", windows: str = "wall",
