@@ -14,6 +14,8 @@ from .coords import lidar_to_pixel
 
 __all__ = ["Lidar2D", "ScanError"]
 
+_ZERO, _ONE, _SURE_HIT, _MAYBE_HIT = 1, 2, 4, 8
+
 
 class ScanError(ValueError):
     """A pose cannot be scanned: it lies inside a wall or outside the image."""
@@ -106,26 +108,85 @@ class Lidar2D:
         self.fine_fracs = np.arange(1, self.fine_samps + 1) / (self.fine_samps + 1)
         self.beam_fracs = np.linspace(0.0, 1.0, self.beam_samps) ** self.samp_distribution_factor
         self._coeffs = ndimage.spline_filter(self.img, order=3, mode="nearest")
+        # Bounds of the spline over each pixel cell: the density at a point is a convex combination
+        # (B-spline weights) of the 4 x 4 coefficients around it, so it is at most their maximum.
+        # Entry [r + 1, c + 1] covers the points whose floor(row), floor(col) are (r, c), r in -1..ny-1.
+        cpad = np.pad(self._coeffs, 2, mode="edge")
+        R, Cn = self.ny + 1, self.nx + 1
+
+        def window(reduce):
+            rows = reduce.reduce([cpad[i : i + R] for i in range(4)])
+            return reduce.reduce([rows[:, j : j + Cn] for j in range(4)])
+
+        cell_max = window(np.maximum)
+        cell_min = window(np.minimum)
+        cell_absmax = np.maximum(cell_max, -cell_min)
+        # one byte per cell: which shortcut applies there
+        code = np.zeros(cell_max.shape, dtype=np.uint8)
+        code |= np.uint8(_ZERO) * (cell_absmax <= 1e-6)
+        code |= np.uint8(_ONE) * (cell_min >= 1.0 - 1e-6)
+        code |= np.uint8(_SURE_HIT) * (cell_min >= self.threshold + 1e-9)
+        code |= np.uint8(_MAYBE_HIT) * (cell_max >= self.threshold - 1e-9)
+        self._cell_code = code.ravel()
 
     # ------------------------------------------------------------------ map
     @property
     def shape(self):
         return (self.ny, self.nx)
 
+    def _cells(self, x, y):
+        """Inside-image mask and flat indices into the per-cell bound arrays."""
+        inside = (np.abs(x) <= self.nx / 2.0) & (np.abs(y) <= self.ny / 2.0)
+        # floor(row) + 1 and floor(col) + 1; truncation equals floor for the non-negative values of
+        # points inside the image, points outside are masked anyway
+        a = (y + (self.ny / 2.0 + 0.5)).astype(np.int64)
+        b = (x + (self.nx / 2.0 + 0.5)).astype(np.int64)
+        np.clip(a, 0, self.ny, out=a)
+        np.clip(b, 0, self.nx, out=b)
+        a *= self.nx + 1
+        a += b
+        return inside, a
+
+    def _spline(self, x, y) -> np.ndarray:
+        col = x + self.nx / 2.0 - 0.5
+        row = y + self.ny / 2.0 - 0.5
+        out = ndimage.map_coordinates(self._coeffs, [row, col], order=3, mode="nearest", prefilter=False)
+        return np.clip(out, 0.0, 1.0, out=out)
+
     def density(self, x, y) -> np.ndarray:
-        """Map density at lidar coordinates (arrays of any matching shape); 1 outside the image."""
+        """Map density at lidar coordinates (arrays of any matching shape); 1 outside the image.
+
+        Densities within 1e-6 of 0 (far from walls) or of 1 (deep inside walls) are returned as 0 or 1.
+        """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         x, y = np.broadcast_arrays(x, y)
-        col = x + self.nx / 2.0 - 0.5
-        row = y + self.ny / 2.0 - 0.5
-        out = ndimage.map_coordinates(
-            self._coeffs, [row.ravel(), col.ravel()], order=3, mode="nearest", prefilter=False
-        ).reshape(x.shape)
-        np.clip(out, 0.0, 1.0, out=out)
-        outside = (np.abs(x) > self.nx / 2.0) | (np.abs(y) > self.ny / 2.0)
-        out[outside] = 1.0
-        return out
+        shape = x.shape
+        x, y = x.ravel(), y.ravel()
+        inside, idx = self._cells(x, y)
+        out = np.zeros(x.shape, dtype=np.float64)
+        code = self._cell_code.take(idx)
+        one = ~inside | ((code & _ONE) > 0)
+        nz = ~one & ((code & _ZERO) == 0)
+        if nz.any():
+            out[nz] = self._spline(x[nz], y[nz])
+        out[one] = 1.0
+        return out.reshape(shape)
+
+    def hits(self, x, y) -> np.ndarray:
+        """Boolean ``density(x, y) >= threshold``, evaluating the spline only near walls."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        x, y = np.broadcast_arrays(x, y)
+        shape = x.shape
+        x, y = x.ravel(), y.ravel()
+        inside, idx = self._cells(x, y)
+        code = self._cell_code.take(idx)
+        out = ~inside | ((code & _SURE_HIT) > 0)
+        maybe = ~out & ((code & _MAYBE_HIT) > 0)
+        if maybe.any():
+            out[maybe] = self._spline(x[maybe], y[maybe]) >= self.threshold
+        return out.reshape(shape)
 
     def is_free(self, poses) -> np.ndarray:
         """Boolean mask of (K, 2) lidar poses that lie inside the image and in free space."""
@@ -161,41 +222,55 @@ class Lidar2D:
         return p
 
     # ---------------------------------------------------------------- scans
-    def _hit_distances(self, p: np.ndarray):
-        """Hit distance per (pose, beam), whether a beam hit, the coarse hit index and coarse data."""
-        dirs = self.directions
+    def _hit_distances(self, p: np.ndarray, block: int = 10):
+        """Hit distance per (pose, beam), whether each beam hit, and the index of its first coarse hit.
+
+        Coarse samples are tested ``block`` at a time along the beams; beams that have hit drop out.
+        """
+        k, B, C = len(p), self.num_beams, self.collision_samps
         cd = self.coarse_dists
-        # (k, B, C)
-        cx = p[:, None, None, 0] + cd[None, None, :] * dirs[None, :, None, 0]
-        cy = p[:, None, None, 1] + cd[None, None, :] * dirs[None, :, None, 1]
-        cdens = self.density(cx, cy)
-        hit = cdens >= self.threshold
-        has_hit = hit.any(axis=2)
-        first = np.where(has_hit, hit.argmax(axis=2), self.collision_samps - 1)
+        px = np.repeat(p[:, 0], B)
+        py = np.repeat(p[:, 1], B)
+        dx = np.tile(self.directions[:, 0], k)
+        dy = np.tile(self.directions[:, 1], k)
+        first = np.full(k * B, C - 1, dtype=np.int64)
+        has_hit = np.zeros(k * B, dtype=bool)
+        active = np.arange(k * B)
+        for s in range(0, C, block):
+            c = cd[None, s : s + block]
+            h = self.hits(px[active, None] + c * dx[active, None], py[active, None] + c * dy[active, None])
+            got = h.any(axis=1)
+            idx = active[got]
+            first[idx] = s + h[got].argmax(axis=1)
+            has_hit[idx] = True
+            active = active[~got]
+            if len(active) == 0:
+                break
         d_coarse = cd[first]
         d_prev = np.where(first > 0, cd[np.maximum(first - 1, 0)], 0.0)
         d_hit = np.where(has_hit, d_coarse, self.max_range)
         if self.fine_samps > 0 and has_hit.any():
-            kk, bb = np.nonzero(has_hit)
-            fd = d_prev[kk, bb, None] + (d_coarse[kk, bb] - d_prev[kk, bb])[:, None] * self.fine_fracs[None, :]
-            fx = p[kk, 0, None] + fd * dirs[bb, 0, None]
-            fy = p[kk, 1, None] + fd * dirs[bb, 1, None]
-            fhit = self.density(fx, fy) >= self.threshold
+            hh = np.nonzero(has_hit)[0]
+            fd = d_prev[hh, None] + (d_coarse[hh] - d_prev[hh])[:, None] * self.fine_fracs[None, :]
+            fhit = self.hits(px[hh, None] + fd * dx[hh, None], py[hh, None] + fd * dy[hh, None])
             any_f = fhit.any(axis=1)
             j = fhit.argmax(axis=1)
-            d_hit[kk, bb] = np.where(any_f, fd[np.arange(len(j)), j], d_coarse[kk, bb])
-        return d_hit, has_hit, first, cx, cy, cdens
+            d_hit[hh] = np.where(any_f, fd[np.arange(len(j)), j], d_coarse[hh])
+        return d_hit.reshape(k, B), has_hit.reshape(k, B), first.reshape(k, B)
 
     def _scan_chunk(self, p: np.ndarray, clipped: bool):
-        d_hit, has_hit, first, cx, cy, cdens = self._hit_distances(p)
+        d_hit, has_hit, first = self._hit_distances(p)
         k = len(p)
+        dirs = self.directions
         if clipped:
+            cd = self.coarse_dists
             keep = np.arange(self.collision_samps)[None, None, :] <= first[:, :, None]
-            pts = np.stack([cx[keep], cy[keep], cdens[keep]], axis=1)
+            kx = (p[:, None, None, 0] + cd[None, None, :] * dirs[None, :, None, 0])[keep]
+            ky = (p[:, None, None, 1] + cd[None, None, :] * dirs[None, :, None, 1])[keep]
+            pts = np.stack([kx, ky, self.density(kx, ky)], axis=1)
             counts = keep.reshape(k, -1).sum(axis=1)
             return pts, counts
         dist = d_hit[:, :, None] * self.beam_fracs[None, None, :]
-        dirs = self.directions
         bx = p[:, None, None, 0] + dist * dirs[None, :, None, 0]
         by = p[:, None, None, 1] + dist * dirs[None, :, None, 1]
         dens = self.density(bx, by)
