@@ -107,16 +107,18 @@ class Lidar2D:
         self.coarse_dists = self.max_range * np.arange(1, self.collision_samps + 1) / self.collision_samps
         self.fine_fracs = np.arange(1, self.fine_samps + 1) / (self.fine_samps + 1)
         self.beam_fracs = np.linspace(0.0, 1.0, self.beam_samps) ** self.samp_distribution_factor
-        self._coeffs = ndimage.spline_filter(self.img, order=3, mode="nearest")
+        # same construction as scipy's map_coordinates(img, order=3, mode="nearest"): edge padding, then
+        # the cubic spline prefilter on the padded image
+        self._pad = 12
+        self._coeffs = ndimage.spline_filter(np.pad(self.img, self._pad, mode="edge"), order=3, mode="nearest")
         # Bounds of the spline over each pixel cell: the density at a point is a convex combination
         # (B-spline weights) of the 4 x 4 coefficients around it, so it is at most their maximum.
         # Entry [r + 1, c + 1] covers the points whose floor(row), floor(col) are (r, c), r in -1..ny-1.
-        cpad = np.pad(self._coeffs, 2, mode="edge")
-        R, Cn = self.ny + 1, self.nx + 1
+        R, Cn, o = self.ny + 1, self.nx + 1, self._pad - 2
 
         def window(reduce):
-            rows = reduce.reduce([cpad[i : i + R] for i in range(4)])
-            return reduce.reduce([rows[:, j : j + Cn] for j in range(4)])
+            rows = reduce.reduce([self._coeffs[o + i : o + i + R] for i in range(4)])
+            return reduce.reduce([rows[:, o + j : o + j + Cn] for j in range(4)])
 
         cell_max = window(np.maximum)
         cell_min = window(np.minimum)
@@ -148,8 +150,8 @@ class Lidar2D:
         return inside, a
 
     def _spline(self, x, y) -> np.ndarray:
-        col = x + self.nx / 2.0 - 0.5
-        row = y + self.ny / 2.0 - 0.5
+        col = x + (self.nx / 2.0 - 0.5 + self._pad)
+        row = y + (self.ny / 2.0 - 0.5 + self._pad)
         out = ndimage.map_coordinates(self._coeffs, [row, col], order=3, mode="nearest", prefilter=False)
         return np.clip(out, 0.0, 1.0, out=out)
 

@@ -215,3 +215,20 @@ def test_trajectory_inside_wall_is_an_error():
     with pytest.warns(UserWarning):
         ds = TrajectoryLidarDataset(lid, w, 5, on_invalid="skip")
     assert lid.is_free(ds.positions).all()
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_density_shortcuts_match_the_exact_spline(grey):
+    from scipy import ndimage
+
+    img = generate_floorplan(240, 200, seed=3, num_obstacles=2).astype(np.float64)
+    if grey:
+        img = ndimage.gaussian_filter(img, 2.0)
+    lid = make_lidar(img)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-120, 120, 200000)
+    y = rng.uniform(-100, 100, 200000)
+    exact = ndimage.map_coordinates(img, [y + 100 - 0.5, x + 120 - 0.5], order=3, mode="nearest")
+    exact = np.clip(exact, 0, 1)
+    np.testing.assert_allclose(lid.density(x, y), exact, atol=1e-6)
+    np.testing.assert_array_equal(lid.hits(x, y), exact >= 0.5)
