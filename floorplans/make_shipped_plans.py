@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from planner import follow_waypoints, free_mask, path_to_waypoints
+from planner import downsample_grid, follow_waypoints, free_mask, path_to_waypoints
 
 from .generator import generate_layout
 from .io import save_floorplan
@@ -56,18 +56,12 @@ PLANS = {
 
 def _coarse_grid(img, factor, border):
     blocked = np.asarray(img) >= 0.5
-    blocked = blocked.copy()
     if border > 0:
         blocked[:border, :] = True
         blocked[-border:, :] = True
         blocked[:, :border] = True
         blocked[:, -border:] = True
-    if factor == 1:
-        return blocked
-    H, W = blocked.shape
-    if H % factor or W % factor:
-        raise ValueError(f"image shape {blocked.shape} is not divisible by {factor}")
-    return blocked.reshape(H // factor, factor, W // factor, factor).any(axis=(1, 3))
+    return downsample_grid(blocked, factor)
 
 
 def _room_rect(room, factor):

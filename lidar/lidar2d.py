@@ -116,9 +116,11 @@ class Lidar2D:
         # Entry [r + 1, c + 1] covers the points whose floor(row), floor(col) are (r, c), r in -1..ny-1.
         R, Cn, o = self.ny + 1, self.nx + 1, self._pad - 2
 
-        def window(reduce):
-            rows = reduce.reduce([self._coeffs[o + i : o + i + R] for i in range(4)])
-            return reduce.reduce([rows[:, o + j : o + j + Cn] for j in range(4)])
+        def window(op):
+            c = self._coeffs
+            rows = op(op(c[o : o + R], c[o + 1 : o + 1 + R]), op(c[o + 2 : o + 2 + R], c[o + 3 : o + 3 + R]))
+            return op(op(rows[:, o : o + Cn], rows[:, o + 1 : o + 1 + Cn]),
+                      op(rows[:, o + 2 : o + 2 + Cn], rows[:, o + 3 : o + 3 + Cn]))
 
         cell_max = window(np.maximum)
         cell_min = window(np.minimum)

@@ -4,7 +4,7 @@ Grids are 2D arrays with True/1 = blocked; cells are ``(row, col)``. Normalized 
 :mod:`lidar.coords` exactly: ``x = (col + 0.5 - nx/2) / (nx/2)``, ``y = (row + 0.5 - ny/2) / (ny/2)``.
 """
 
-from .astar import NoPathError, astar, free_mask, path_length
+from .astar import NoPathError, astar, downsample_grid, free_mask, path_length
 from .paths import (
     cell_to_normalized,
     cells_to_lidar,
@@ -22,6 +22,7 @@ __all__ = [
     "NoPathError",
     "astar",
     "free_mask",
+    "downsample_grid",
     "path_length",
     "follow_waypoints",
     "line_of_sight",

@@ -139,3 +139,15 @@ def test_conversions_match_lidar():
     np.testing.assert_allclose(xy, np.stack([lid.xs[cells[:, 1]], lid.ys[cells[:, 0]]], axis=1))
     np.testing.assert_allclose(lid.density(xy[:, 0], xy[:, 1]), img[cells[:, 0], cells[:, 1]], atol=1e-9)
     np.testing.assert_allclose(planner.cells_to_lidar(cells, img.shape), xy)
+
+
+def test_downsample_grid_is_conservative():
+    grid = np.zeros((8, 12), dtype=bool)
+    grid[5, 2] = True
+    small = planner.downsample_grid(grid, 4)
+    assert small.shape == (2, 3) and small[1, 0] and small.sum() == 1
+    # coarse cell centres map to the same normalized points as the centres of their pixel blocks
+    np.testing.assert_allclose(planner.cell_to_normalized([[1, 0]], small.shape),
+                               planner.cell_to_normalized([[5.5, 1.5]], grid.shape))
+    with pytest.raises(ValueError):
+        planner.downsample_grid(grid, 5)
