@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from experiments.config import ConfigError
-from experiments.setups import ExperimentSetup, build_graph, resolve_path
+from experiments.setups import REPO_ROOT, ExperimentSetup, build_graph, resolve_path
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
 from optimizers.graphs import disk_graph
@@ -45,6 +45,8 @@ class DensitySetup(ExperimentSetup):
         exp = self.exp
         data = self.data_cfg = exp["data"]
         self.data_dir = resolve_path(data["data_dir"], Path.cwd())
+        if not self.data_dir.is_dir() and not Path(data["data_dir"]).is_absolute():
+            self.data_dir = (REPO_ROOT / data["data_dir"]).resolve()  # repository-relative fallback
         if not self.data_dir.is_dir():
             raise ConfigError(f"experiment.data.data_dir: folder not found: {self.data_dir}")
         self.image_path = self.data_dir / data["floor_img"]

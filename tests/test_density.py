@@ -1,0 +1,280 @@
+"""Density mapping: the Fourier network on the node stack, window sampling, dynamic graphs, runs and configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experiments.runner import main
+from floorplans.io import save_floorplan
+from optimizers.network import InProcessNetwork
+from problems.density import OnlineDensityProblem, Sine, WindowSampler, fourier_net
+from problems.node_stack import NodeStack
+from tests.conftest import REPO_ROOT
+
+SEED_CONFIGS = REPO_ROOT.parent / "shared" / "seed" / "configs"
+PAPER_PLAN = REPO_ROOT / "floorplans" / "paper_plan"
+
+# A 200 x 160 room with one obstacle; robot 1 drives away from robots 0 and 2, so the disk graph
+# (radius 30 px) loses its edges to robot 1 after a few windows.
+IMAGE_SHAPE = (160, 200)
+WAYPOINTS = {
+    "robot_0.npy": [[-0.62, -0.05], [-0.62, 0.05]],
+    "robot_1.npy": [[-0.5, 0.0], [0.7, 0.0]],
+    "robot_2.npy": [[-0.55, -0.15], [-0.55, 0.1]],
+}
+
+
+def make_plan(folder: Path, waypoints=WAYPOINTS) -> Path:
+    img = np.zeros(IMAGE_SHAPE)
+    img[20:40, 140:160] = 1.0  # obstacle away from the paths
+    save_floorplan(folder / "floor_img.png", img)
+    (folder / "paths").mkdir(parents=True, exist_ok=True)
+    for name, w in waypoints.items():
+        np.save(folder / "paths" / name, np.asarray(w, dtype=np.float64))
+    return folder
+
+
+def tiny_online_config(plan: Path, rounds: int = 10) -> dict:
+    metrics = ["forward_pass_count", "train_loss_moving_average", "validation_loss", "consensus_error",
+               "mesh_grid_density", "current_epoch", "current_position", "current_graph"]
+
+    def problem(name, opt):
+        return {"problem_name": name, "train_batch_size": 40, "val_batch_size": 500, "comm_radius": 30.0,
+                "dynamic_graph": True, "metrics": metrics,
+                "metrics_config": {"evaluate_frequency": 2, "mesh_only_at_end": False},
+                "optimizer_config": {"outer_iterations": rounds, **opt}}
+
+    return {
+        "experiment": {
+            "name": "tiny_online", "problem": "online_density", "seed": 0, "centralized": True,
+            "data": {"data_dir": str(plan), "waypoint_subdir": "paths", "num_beams": 8, "beam_length": 0.2,
+                     "beam_samps": 5, "collision_samps": 20, "fine_samps": 2, "border_width": 5,
+                     "round_density": True, "spline_res": 30, "num_scans_in_window": 2, "window_step": 4,
+                     "num_validation_scans": 20},
+            "loss": "BCE",
+            "model": {"shape": [2, 16, 8, 1], "scale": 0.5},
+            "individual_training": {"train_solo": True, "lr": 0.01, "train_batch_size": 40, "val_batch_size": 500},
+        },
+        "problem_configs": {
+            "problem1": problem("dinno", {"alg_name": "dinno", "rho_init": 0.1, "primal_iterations": 1,
+                                          "primal_lr_start": 0.01, "primal_lr_finish": 0.001,
+                                          "lr_decay_type": "log"}),
+            "problem2": problem("dsgd", {"alg_name": "dsgd", "alpha0": 0.05, "mu": 0.001}),
+            "problem3": problem("dsgt", {"alg_name": "dsgt", "alpha": 0.05, "init_grads": True}),
+        },
+    }
+
+
+def run_config(cfg: dict, folder: Path, out_name: str = "out", extra=()) -> tuple[int, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = folder / out_name
+    return main([str(path), "--output-dir", str(out), "--quiet", *extra]), out
+
+
+@pytest.fixture(scope="module")
+def tiny_online_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("density")
+    plan = make_plan(folder / "plan")
+    rc, out = run_config(tiny_online_config(plan), folder)
+    return rc, out
+
+
+def test_fourier_net_runs_grouped_and_matches_the_module():
+    torch.manual_seed(0)
+    model = fourier_net([2, 32, 16, 16, 1], scale=0.05)
+    assert isinstance(model[1], Sine) and model[1].elementwise
+    bound = (6 / 32) ** 0.5
+    assert model[0].weight.abs().max() <= bound
+    stack = NodeStack(model, 3)
+    assert stack.execution == "grouped"
+    stack.theta += 0.01 * torch.randn_like(stack.theta)
+    x = torch.randn(3, 50, 2) * 100
+    out = stack.forward(stack.theta, x)
+    for i in range(3):
+        torch.testing.assert_close(out[i], stack.node_model(i)(x[i]), rtol=1e-5, atol=1e-6)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_window_sampler_draws_each_window_once_per_epoch_then_moves_on():
+    n, poses, per_pose, window = 3, 7, 4, 2
+    scans = torch.zeros(n, poses, per_pose, 3)
+    for i in range(n):
+        for p in range(poses):
+            scans[i, p, :, 0] = i
+            scans[i, p, :, 1] = p
+            scans[i, p, :, 2] = torch.arange(per_pose)
+    num_poses = [7, 5, 3]
+    sampler = WindowSampler(scans, num_poses, window, step=3, seed=0)
+    np.testing.assert_array_equal(sampler.current_pose_index().numpy(), [1, 1, 1])
+    batch = sampler.next_points(8)  # exactly one window (2 poses x 4 points)
+    for i in range(n):
+        rows = {(int(p), int(k)) for _, p, k in batch[i].tolist()}
+        assert rows == {(p, k) for p in (0, 1) for k in range(per_pose)}
+        assert (batch[i, :, 0] == i).all()
+    assert sampler.epochs.tolist() == [1, 1, 1]
+    np.testing.assert_array_equal(sampler.current_pose_index().numpy(), [4, 4 % 5, (3 + 1) % 3])
+    batch = sampler.next_points(8)
+    for i, expect in enumerate([(3, 4), (3, 4), (0, 1)]):  # node 2 wraps around its 3 poses
+        assert {int(p) for p in batch[i, :, 1]} == set(expect)
+    for i, expect in enumerate([(6, 0), (1, 2), (0, 1)]):  # the windows after the second epoch
+        assert {int(p) for p in sampler.window_points(i)[:, 1]} == set(expect)
+    assert sampler.samples_seen.tolist() == [16, 16, 16]
+
+
+def test_disk_graph_and_mixing_weights_match_pairwise_distances(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 6
+    positions = rng.uniform(-100, 100, size=(n, 2))
+    poses = positions[:, None, :].repeat(2, axis=1)
+    scans = torch.zeros(n, 2, 4, 3)
+    val = torch.zeros(4, 2), torch.zeros(4, 1)
+    for radius in (40.0, 90.0, 150.0):
+        problem = OnlineDensityProblem("p", fourier_net([2, 8, 4, 1]), scans, poses, [2] * n,
+                                       *val, loss="BCE", num_scans_in_window=1, comm_radius=radius,
+                                       metrics=["validation_loss"], train_batch_size=2, val_batch_size=4,
+                                       image_shape=(16, 16), log=lambda msg: None)
+        net = InProcessNetwork(nx.empty_graph(n))
+        problem.before_round(1, net)
+        dist = np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1))
+        adj = (dist <= radius) & ~np.eye(n, dtype=bool)
+        got = nx.to_numpy_array(net.graph, nodelist=range(n)) > 0
+        np.testing.assert_array_equal(got, adj)
+        deg = adj.sum(1)
+        w = np.where(adj, 1.0 / (1.0 + np.maximum(deg[:, None], deg[None, :])), 0.0)
+        w[np.diag_indices(n)] = 1.0 - w.sum(1)
+        np.testing.assert_allclose(net.mixing_matrix().double().numpy(), w, atol=1e-6)
+        np.testing.assert_allclose(net.degrees.numpy(), deg)
+        assert net.is_connected == nx.is_connected(nx.from_numpy_array(adj.astype(float)))
+
+
+def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_online_run):
+    rc, out = tiny_online_run
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert [p["problem_name"] for p in manifest["pairs"]] == ["dinno", "dsgd", "dsgt", "individual", "centralized"]
+    for name in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
+        assert (out / f"{name}_results.pt").is_file()
+        assert (out / f"{name}_metrics.csv").is_file()
+    for fig in ("density_maps.png", "validation_loss.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    assert (out / "summary.csv").is_file() and (out / "graph.json").is_file()
+    hist = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert hist["round"] == [0, 2, 4, 6, 8, 10]
+    for key in ("train_loss_moving_average", "validation_loss", "consensus_error", "current_epoch",
+                "forward_pass_count", "bytes_sent", "wall_time"):
+        assert len(hist[key]) == 6, key
+    pos = torch.stack(hist["current_position"])
+    assert pos.shape == (6, 3, 2)
+    assert (pos[-1, 1, 0] - pos[0, 1, 0]) > 30  # robot 1 drove to the right
+    assert torch.all(pos[1:, 1, 0] >= pos[:-1, 1, 0])
+    graphs = torch.stack(hist["current_graph"])
+    assert graphs.shape == (6, 3, 3) and graphs.dtype == torch.bool
+    assert graphs[0, 0, 1] and not graphs[-1, 0, 1]  # the edge to robot 1 is gone
+    assert torch.equal(graphs, graphs.transpose(1, 2))
+    mesh = hist["mesh_grid_density"]
+    assert len(mesh) == 6 and mesh[0].shape == (3, 20, 25)
+    assert hist["mesh_round"] == hist["round"]
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in hist["validation_loss"])
+    assert hist["current_epoch"][-1].min() >= 1
+    with open(out / "dinno_metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 * 3 and "validation_loss" in rows[0]
+    central = torch.load(out / "centralized_results.pt", weights_only=True)
+    assert central["validation_loss"][-1].shape == (1,)
+    assert central["current_position"][-1].shape == (3, 2)
+
+
+def test_disconnected_graph_is_logged_once_per_change(tmp_path, capsys):
+    plan = make_plan(tmp_path / "plan")
+    cfg = tiny_online_config(plan, rounds=12)
+    cfg["problem_configs"] = {"problem1": cfg["problem_configs"]["problem1"]}
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    cfg["experiment"]["centralized"] = False
+    rc, out = run_config(cfg, tmp_path)
+    assert rc == 0
+    err = capsys.readouterr().err
+    messages = re.findall(r"round (\d+): communication graph is disconnected", err)
+    assert 1 <= len(messages) <= 3  # a handful of changes, not one line per round
+    assert len(set(messages)) == len(messages)
+    hist = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert torch.isfinite(hist["validation_loss"][-1]).all()
+
+
+def _seed_overrides(name: str) -> list[str]:
+    over = [f"experiment.data.data_dir={PAPER_PLAN}", "experiment.use_cuda=false",
+            "experiment.data.num_validation_scans=10", "experiment.data.spline_res=3"]
+    raw = yaml.safe_load((SEED_CONFIGS / f"{name}.yaml").read_text())
+    if "num_scans_in_window" in raw["experiment"]["data"]:
+        over.append("experiment.data.num_scans_in_window=10")
+    over.append("experiment.individual_training.train_batch_size=500")
+    for key in raw["problem_configs"]:
+        over += [f"problem_configs.{key}.optimizer_config.outer_iterations=2",
+                 f"problem_configs.{key}.train_batch_size=500",
+                 f"problem_configs.{key}.metrics_config.evaluate_frequency=1"]
+    return over
+
+
+@pytest.mark.skipif(not (PAPER_PLAN / "tight_paths").is_dir(), reason="shipped paper plan missing")
+@pytest.mark.parametrize("name", ["dist_online_dense_PAPER", "dist_online_dense_anim", "dist_dense_v2"])
+def test_original_density_configs_run_on_the_shipped_plan(name, tmp_path):
+    argv = [str(SEED_CONFIGS / f"{name}.yaml"), "--output-dir", str(tmp_path / "out"), "--quiet"]
+    for item in _seed_overrides(name):
+        argv += ["--set", item]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    raw = yaml.safe_load((SEED_CONFIGS / f"{name}.yaml").read_text())
+    first = next(iter(raw["problem_configs"].values()))["problem_name"]
+    hist = torch.load(tmp_path / "out" / f"{first}_results.pt", weights_only=True)
+    assert hist["round"] == [0, 1, 2]
+    assert "mesh_grid_density" in hist
+    if name == "dist_dense_v2":
+        assert manifest["graph"]["num_nodes"] == 6
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"floor_img": "missing.png"}, "experiment.data.floor_img: floor plan image not found"),
+    ({"waypoint_subdir": "empty"}, "experiment.data.waypoint_subdir: no waypoint files"),
+    ({"waypoint_subdir": "walled"}, "robot_1.npy: the robot's path enters a wall"),
+    ({"num_nodes": 5}, "experiment.data.num_nodes: 5 robots requested"),
+    ({"num_beamz": 5}, "experiment.data.num_beamz: unknown key (did you mean 'num_beams'?)"),
+    ({"num_scans_in_window": None}, "experiment.data.num_scans_in_window: required"),
+])
+def test_bad_density_configs_stop_with_one_clear_line(tmp_path, capsys, change, message):
+    plan = make_plan(tmp_path / "plan")
+    (plan / "empty").mkdir()
+    (plan / "walled").mkdir()
+    np.save(plan / "walled" / "robot_0.npy", np.array([[-0.5, 0.0], [-0.4, 0.0]]))
+    np.save(plan / "walled" / "robot_1.npy", np.array([[0.3, -0.6], [0.5, -0.6]]))  # through the obstacle
+    cfg = tiny_online_config(plan, rounds=1)
+    cfg["experiment"]["data"].update(change)
+    cfg["experiment"]["data"] = {k: v for k, v in cfg["experiment"]["data"].items() if v is not None}
+    rc, out = run_config(cfg, tmp_path)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_density_demo_dinno_beats_individual_training(tmp_path):
+    out = tmp_path / "demo"
+    assert main([str(REPO_ROOT / "experiments" / "configs" / "density_demo.yaml"), "--output-dir", str(out),
+                 "--quiet"]) == 0
+    with open(out / "summary.csv") as fh:
+        rows = {r["problem_name"]: r for r in csv.DictReader(fh)}
+    assert float(rows["dinno"]["validation_loss_mean"]) < float(rows["individual"]["validation_loss_mean"])
