@@ -1,6 +1,6 @@
 """CubiCasa5k preprocessing: render a plan's ``model.svg`` walls into a density image.
 
-    python -m floorplans.cubicasa INPUT_DIR OUTPUT_DIR [--width 1024] [--border 30]
+    python -m floorplans.preprocess_cubicasa INPUT_DIR OUTPUT_DIR [--width 1024] [--border 30]
                                   [--doors free|wall] [--windows wall|free] [--keep-outside] [--sdf]
 
 Every folder under ``INPUT_DIR`` holding a ``model.svg`` becomes ``OUTPUT_DIR/<same relative
@@ -213,6 +213,3 @@ def main(argv=None):
                               windows=a.windows, fill_outside=not a.keep_outside, sdf=a.sdf)
     print(f"wrote {len(paths)} floor plan images to {a.output_dir}")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,7 @@
 """Procedural floor plans: a rectangular building split recursively into rooms around a corridor.
 
+    python -m floorplans.make_floorplan OUT.png --width 500 --height 400 --seed 0 [--rooms 8] [--obstacles 3]
+
 Images are float32 (height, width) arrays, 1 = wall, 0 = free. Rectangles are ``(r0, r1, c0, c1)``
 half-open pixel ranges.
 """
@@ -311,3 +313,31 @@ def generate_floorplan(width: int, height: int, seed: int = 0, **options) -> np.
     rooms at least 2.2 doors wide.
     """
     return generate_layout(width, height, seed=seed, **options).image
+
+
+def main(argv=None):
+    """``python -m floorplans.make_floorplan OUT.png --width 500 --height 400 --seed 0 [--rooms 8] ...``"""
+    import argparse
+
+    from .io import save_floorplan
+
+    ap = argparse.ArgumentParser(description="Write a procedural floor plan image (walls white) as PNG.")
+    ap.add_argument("out")
+    ap.add_argument("--width", type=int, default=500)
+    ap.add_argument("--height", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rooms", type=int, default=8)
+    ap.add_argument("--wall-thickness", type=int, default=None)
+    ap.add_argument("--door-width", type=int, default=None)
+    ap.add_argument("--no-corridor", action="store_true")
+    ap.add_argument("--obstacles", type=int, default=0)
+    ap.add_argument("--outside-margin", type=int, default=0)
+    ap.add_argument("--outside-corner", action="store_true")
+    a = ap.parse_args(argv)
+    plan = generate_layout(a.width, a.height, seed=a.seed, num_rooms=a.rooms, wall_thickness=a.wall_thickness,
+                           door_width=a.door_width, corridor=not a.no_corridor, num_obstacles=a.obstacles,
+                           outside_margin=a.outside_margin, outside_corner=a.outside_corner)
+    save_floorplan(a.out, plan.image)
+    print(f"wrote {a.out}: {a.width}x{a.height}, {len(plan.rooms)} spaces, {len(plan.doors)} doors, "
+          f"walls {plan.wall_thickness} px, doors {plan.door_width} px")
+

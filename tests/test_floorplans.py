@@ -168,3 +168,11 @@ def test_cubicasa_rendering(tmp_path):
     out = tmp_path / "out" / "high_quality" / "17" / "floor_img.png"
     np.testing.assert_array_equal(load_floorplan(out), img)
     assert (tmp_path / "out" / "colorful" / "3" / "sdf.npy").exists()
+
+
+def test_generator_command_writes_png(tmp_path):
+    from floorplans.generator import main
+
+    main([str(tmp_path / "g.png"), "--width", "300", "--height", "200", "--seed", "3", "--obstacles", "2"])
+    img = load_floorplan(tmp_path / "g.png")
+    np.testing.assert_array_equal(img, generate_floorplan(300, 200, seed=3, num_obstacles=2))
