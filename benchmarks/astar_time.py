@@ -21,7 +21,7 @@ def corner_cells(allowed):
     H, W = allowed.shape
     a = cells[np.argmin((cells ** 2).sum(axis=1))]
     b = cells[np.argmin(((cells - [H - 1, W - 1]) ** 2).sum(axis=1))]
-    return tuple(a), tuple(b)
+    return tuple(int(v) for v in a), tuple(int(v) for v in b)
 
 
 def main():
