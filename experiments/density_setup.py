@@ -230,7 +230,7 @@ class DensitySetup(ExperimentSetup):
         cols = min(panels, 3)
         rows = math.ceil(panels / cols)
         aspect = ny / nx_
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.6 * aspect * rows + 0.6), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, (4.6 * aspect + 0.7) * rows), squeeze=False)
         ax = axes[0][0]
         ax.imshow(self.image, cmap="gray", extent=extent, vmin=0, vmax=1)
         colors = plt.cm.tab10(np.arange(self.num_nodes) % 10)

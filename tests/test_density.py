@@ -215,14 +215,15 @@ def test_disconnected_graph_is_logged_once_per_change(tmp_path, capsys):
 
 def _seed_overrides(name: str) -> list[str]:
     over = [f"experiment.data.data_dir={PAPER_PLAN}", "experiment.use_cuda=false",
-            "experiment.data.num_validation_scans=10", "experiment.data.spline_res=3"]
+            "experiment.data.num_validation_scans=5", "experiment.data.spline_res=2",
+            "experiment.data.num_beams=8", "experiment.model.shape=[2, 32, 16, 1]"]
     raw = yaml.safe_load((SEED_CONFIGS / f"{name}.yaml").read_text())
     if "num_scans_in_window" in raw["experiment"]["data"]:
         over.append("experiment.data.num_scans_in_window=10")
-    over.append("experiment.individual_training.train_batch_size=500")
+    over.append("experiment.individual_training.train_batch_size=200")
     for key in raw["problem_configs"]:
         over += [f"problem_configs.{key}.optimizer_config.outer_iterations=2",
-                 f"problem_configs.{key}.train_batch_size=500",
+                 f"problem_configs.{key}.train_batch_size=200",
                  f"problem_configs.{key}.metrics_config.evaluate_frequency=1"]
     return over
 
@@ -278,3 +279,33 @@ def test_density_demo_dinno_beats_individual_training(tmp_path):
     with open(out / "summary.csv") as fh:
         rows = {r["problem_name"]: r for r in csv.DictReader(fh)}
     assert float(rows["dinno"]["validation_loss_mean"]) < float(rows["individual"]["validation_loss_mean"])
+
+
+def test_shipped_density_configs_validate_with_the_issue_values():
+    from experiments.config import load_yaml, validate_config
+
+    demo = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_demo.yaml"))
+    assert demo["experiment"]["problem"] == "density"
+    assert {pc["optimizer_config"]["alg_name"] for pc in demo["problem_configs"].values()} == {"dinno", "dsgd", "dsgt"}
+    assert demo["experiment"]["individual_training"]["train_solo"] and demo["experiment"]["centralized"]
+    paper = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_paper.yaml"))
+    exp = paper["experiment"]
+    assert exp["problem"] == "online_density"
+    data = exp["data"]
+    assert (data["waypoint_subdir"], data["num_beams"], data["beam_samps"], data["beam_length"]) == \
+        ("tight_paths", 20, 25, 0.2)
+    assert (data["collision_samps"], data["fine_samps"], data["border_width"], data["spline_res"]) == (50, 3, 30, 30)
+    assert (data["num_scans_in_window"], data["num_validation_scans"], data["round_density"]) == (800, 500, True)
+    assert exp["model"] == {"shape": [2, 256, 64, 64, 64, 1], "scale": 0.05} and exp["loss"] == "BCE"
+    pcs = {pc["problem_name"]: pc for pc in paper["problem_configs"].values()}
+    assert pcs["dinno"]["train_batch_size"] == 12500
+    assert pcs["dsgt"]["train_batch_size"] == pcs["dsgd"]["train_batch_size"] == 20000
+    for pc in pcs.values():
+        assert pc["comm_radius"] == 1500.0 and pc["dynamic_graph"]
+        assert pc["metrics_config"]["evaluate_frequency"] == 20
+        assert pc["optimizer_config"]["outer_iterations"] == 4000
+    d = pcs["dinno"]["optimizer_config"]
+    assert (d["rho_init"], d["rho_scaling"], d["primal_iterations"], d["primal_lr_start"], d["primal_lr_finish"],
+            d["lr_decay_type"]) == (0.3, 1.0004, 5, 0.001, 0.0001, "log")
+    assert pcs["dsgt"]["optimizer_config"]["alpha"] == 0.001 and pcs["dsgt"]["optimizer_config"]["init_grads"]
+    assert (pcs["dsgd"]["optimizer_config"]["alpha0"], pcs["dsgd"]["optimizer_config"]["mu"]) == (0.001, 0.001)
