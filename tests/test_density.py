@@ -309,3 +309,36 @@ def test_shipped_density_configs_validate_with_the_issue_values():
             d["lr_decay_type"]) == (0.3, 1.0004, 5, 0.001, 0.0001, "log")
     assert pcs["dsgt"]["optimizer_config"]["alpha"] == 0.001 and pcs["dsgt"]["optimizer_config"]["init_grads"]
     assert (pcs["dsgd"]["optimizer_config"]["alpha0"], pcs["dsgd"]["optimizer_config"]["mu"]) == (0.001, 0.001)
+
+
+@pytest.mark.parametrize("split", ["trajectory", "random"])
+def test_static_density_run_with_either_split(tmp_path, split):
+    plan = make_plan(tmp_path / "plan")
+    cfg = tiny_online_config(plan, rounds=3)
+    exp = cfg["experiment"]
+    exp["problem"] = "density"
+    exp["centralized"] = False
+    exp["individual_training"]["train_solo"] = False
+    for key in ("num_scans_in_window", "window_step"):
+        exp["data"].pop(key)
+    exp["data"].update(split_type=split, num_scans=30)
+    if split == "random":
+        exp["graph"] = {"num_nodes": 3, "type": "complete"}
+    for pc in cfg["problem_configs"].values():
+        pc["dynamic_graph"] = False
+        pc["metrics"] = [m for m in pc["metrics"] if m not in ("current_position", "current_graph")]
+        pc["metrics_config"]["mesh_only_at_end"] = True
+        if split == "random":
+            pc.pop("comm_radius")
+    rc, out = run_config(cfg, tmp_path)
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["problem"] == "density" and manifest["graph"]["num_nodes"] == 3
+    sizes = manifest["data"]["node_points"]
+    if split == "random":
+        assert sum(sizes) == 30 * 8 * 5 and max(sizes) - min(sizes) <= 8 * 5
+    else:
+        assert sizes == [31 * 8 * 5] * 3
+    hist = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert hist["mesh_round"] == [3] and hist["mesh_grid_density"][0].shape == (3, 20, 25)
+    assert (out / "figures" / "density_maps.png").is_file()
