@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from optimizers import BASELINES, OPTIMIZERS
+from optimizers import OPTIMIZERS
 from optimizers.base import REQUIRED
 from optimizers.graphs import GRAPH_TYPES
 from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES
@@ -82,6 +82,7 @@ MNIST_EXPERIMENT = {
     "download": (Bool, False),
     "data_split_type": (Choice(SPLIT_TYPES), "random"),
     "dirichlet_alpha": (Float, 0.5),
+    "validation_size": (Int, OPTIONAL),
     "loss": (Choice(("NLL",)), "NLL"),
     "graph": (GRAPH_SCHEMA, REQUIRED),
     "model": ({"num_filters": (Int, 3), "kernel_size": (Int, 5), "linear_width": (Int, 64)}, {}),
@@ -287,6 +288,8 @@ def _check_mnist(cfg: dict) -> None:
         raise ConfigError("experiment.graph.radius: required for graph type disk")
     if graph["type"] == "fiedler" and graph.get("target_fiedler") is None:
         raise ConfigError("experiment.graph.target_fiedler: required for graph type fiedler")
+    if exp["validation_size"] is not None and exp["validation_size"] < 1:
+        raise ConfigError("experiment.validation_size: must be at least 1 (or absent for the whole test set)")
     if exp["dirichlet_alpha"] <= 0:
         raise ConfigError("experiment.dirichlet_alpha: must be positive")
 
@@ -330,18 +333,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node[part]
         node[parts[-1]] = value
     return raw
-
-
-def baseline_optimizer_config(kind: str, cfg: dict) -> dict:
-    """Config of the individual / centralized baselines, from experiment.individual_training."""
-    ind = cfg["experiment"]["individual_training"]
-    first = next(iter(cfg["problem_configs"].values()))
-    if kind == "centralized":
-        rounds = first["optimizer_config"]["outer_iterations"]
-    else:
-        rounds = None  # set from epochs and data sizes by the runner
-    return {"outer_iterations": rounds, "optimizer": ind["optimizer"], "lr": ind["lr"],
-            "profile": False, "alg_name": BASELINES["local"].alg_name}
 
 
 from experiments.density_config import register as _register_density  # noqa: E402

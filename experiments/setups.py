@@ -98,6 +98,11 @@ class MnistSetup(ExperimentSetup):
         self.train_y = self.data.train_labels
         self.val_x = images_to_tensor(self.data.test_images, self.dtype)
         self.val_y = self.data.test_labels
+        size = exp["validation_size"]
+        if size is not None and size < len(self.val_y):  # a fixed, seeded subset of the test set
+            keep = torch.randperm(len(self.val_y), generator=torch.Generator().manual_seed(self.seed))[:size]
+            keep = keep.sort().values
+            self.val_x, self.val_y = self.val_x[keep], self.val_y[keep]
         torch.manual_seed(self.seed)
         model_cfg = exp["model"]
         self.base_model = mnist_cnn(model_cfg["num_filters"], model_cfg["kernel_size"], model_cfg["linear_width"])
@@ -106,6 +111,7 @@ class MnistSetup(ExperimentSetup):
 
     def describe(self) -> dict:
         info = self.data.describe()
+        info["num_validation"] = len(self.val_y)
         info["node_sizes"] = [len(ix) for ix in self.node_indices]
         info["node_classes"] = [sorted(set(self.train_y[ix].tolist())) for ix in self.node_indices]
         return info

@@ -1,0 +1,128 @@
+"""The node stack's executions against ordinary per-node modules."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from problems.mnist import mnist_cnn
+from problems.node_stack import NodeStack, auto_chunk, flatten_parameters, supports_grouped
+from problems.sampling import NodeBatchSampler
+
+DT = torch.float64
+
+
+class Sine(nn.Module):
+    elementwise = True
+
+    def forward(self, x):
+        return torch.sin(3.0 * x)
+
+
+class NotSequential(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 5)
+        self.b = nn.Linear(5, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + x[..., :1]
+
+
+def nll(out, y):
+    return -torch.gather(out, -1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+
+
+def perturbed_stack(model, n, execution, chunk_size=None):
+    stack = NodeStack(model, n, dtype=DT, execution=execution, chunk_size=chunk_size)
+    g = torch.Generator().manual_seed(0)
+    theta = stack.theta + 0.05 * torch.randn(stack.theta.shape, generator=g, dtype=DT)
+    return stack, theta
+
+
+def reference_loss_and_grad(stack, theta, x, y, loss_fn):
+    losses, grads = [], []
+    for i in range(theta.shape[0]):
+        model = copy.deepcopy(stack.template)
+        nn.utils.vector_to_parameters(theta[i].clone(), model.parameters())
+        for p in model.parameters():
+            p.requires_grad_(True)
+        loss = loss_fn(model(x[i]).unsqueeze(0), y[i].unsqueeze(0))[0]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    return torch.stack(losses), torch.stack(grads)
+
+
+@pytest.mark.parametrize("execution,chunk", [("grouped", None), ("grouped", 3), ("vmap", None), ("vmap", 2),
+                                             ("loop", None)])
+def test_cnn_losses_and_grads_match_per_node_modules(execution, chunk):
+    torch.manual_seed(1)
+    stack, theta = perturbed_stack(mnist_cnn(3, 5, 16), 7, execution, chunk)
+    x = torch.randn(7, 6, 1, 28, 28, dtype=DT)
+    y = torch.randint(0, 10, (7, 6))
+    losses, grads = stack.loss_and_grad(theta, x, y, nll)
+    ref_losses, ref_grads = reference_loss_and_grad(stack, theta, x, y, nll)
+    assert torch.allclose(losses, ref_losses, atol=1e-10)
+    assert torch.allclose(grads, ref_grads, atol=1e-10)
+
+
+def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
+    assert NodeStack(mnist_cnn(), 2).execution == "grouped"
+    fourier = nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
+    assert supports_grouped(fourier)
+    assert NodeStack(NotSequential(), 2).execution == "vmap"
+    with pytest.raises(ValueError, match="grouped"):
+        NodeStack(NotSequential(), 2, execution="grouped")
+
+
+@pytest.mark.parametrize("model_fn", [lambda: nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 1), nn.Sigmoid()),
+                                      NotSequential])
+def test_shared_input_evaluation_matches_per_node_modules(model_fn):
+    torch.manual_seed(2)
+    stack, theta = perturbed_stack(model_fn(), 5, "auto", chunk_size=2)
+    x = torch.randn(9, 2, dtype=DT)
+    out = stack.evaluate(theta, x, lambda o: o)
+    for i in range(5):
+        model = copy.deepcopy(stack.template)
+        nn.utils.vector_to_parameters(theta[i].clone(), model.parameters())
+        assert torch.allclose(out[i], model(x), atol=1e-12)
+
+
+def test_every_node_starts_from_the_base_model_which_stays_untouched():
+    model = mnist_cnn()
+    before = flatten_parameters(model).clone()
+    stack = NodeStack(model, 4)
+    stack.theta.add_(1.0)
+    assert torch.equal(flatten_parameters(model), before)
+    assert torch.equal(flatten_parameters(stack.node_model(2)), before + 1.0)
+
+
+def test_auto_chunk_uses_all_nodes_for_small_batches_and_one_for_huge():
+    assert auto_chunk(10, 64) == 10
+    assert auto_chunk(100, 8) == 100
+    assert auto_chunk(7, 12500) == 1
+
+
+def test_sampler_streams_are_per_node_permutations():
+    sizes = [5, 7, 12]
+    split = [torch.arange(100 * i, 100 * i + s) for i, s in enumerate(sizes)]
+    sampler = NodeBatchSampler(split, seed=4)
+    drawn = torch.cat([sampler.next_indices(3) for _ in range(28)], dim=1)  # 84 samples per node
+    for i, size in enumerate(sizes):
+        stream = drawn[i]
+        assert set(stream.tolist()) <= set(split[i].tolist())
+        full_epochs = len(stream) // size
+        for e in range(full_epochs):  # every epoch is a permutation of the node's data
+            assert sorted(stream[e * size:(e + 1) * size].tolist()) == split[i].tolist()
+        assert int(sampler.epochs[i]) == full_epochs
+    assert sampler.samples_seen.tolist() == [84, 84, 84]
+    again = NodeBatchSampler(split, seed=4)
+    assert torch.equal(torch.cat([again.next_indices(3) for _ in range(28)], dim=1), drawn)
+
+
+def test_sampler_refuses_batches_larger_than_a_node():
+    sampler = NodeBatchSampler([torch.arange(4), torch.arange(4, 20)])
+    with pytest.raises(ValueError, match="node 0"):
+        sampler.next_indices(5)
