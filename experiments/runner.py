@@ -178,6 +178,8 @@ def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, gr
         pair["rounds_completed"] = rounds_done
         pair["outer_iterations"] = optimizer.outer_iterations
         pair["bytes_sent_total"] = float(network.bytes_sent.sum())
+        pair["node_stack"] = {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size}
+                              for shape, (form, size) in problem.stack.plans.items()}
     return problem.history
 
 

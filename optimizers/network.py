@@ -12,6 +12,8 @@ its neighbours.
 
 from __future__ import annotations
 
+import warnings
+
 import networkx as nx
 import numpy as np
 import torch
@@ -28,7 +30,9 @@ def _as_operator(matrix: np.ndarray, device, dtype) -> torch.Tensor:
     n = matrix.shape[0]
     density = np.count_nonzero(matrix) / max(1, n * n)
     if n >= _SPARSE_MIN_NODES and density <= _SPARSE_MAX_DENSITY:
-        return dense.to_sparse_csr()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+            return dense.to_sparse_csr()
     return dense
 
 

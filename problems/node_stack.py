@@ -10,13 +10,16 @@ Two execution forms are used:
   activations, pooling, Flatten, (Log)Softmax);
 * ``torch.vmap`` over ``torch.func.functional_call`` for every other module.
 
-Nodes are processed in chunks; the chunk size is chosen from the per-node batch size so that
-small batches run as one stacked call and very large (memory-bound) ones node by node.
+Nodes are processed in chunks. With ``execution="auto"`` the stack measures the candidate forms
+(grouped / vmap / a per-node loop, each with a few chunk sizes) on the first batch of each shape and
+keeps the fastest; small batches usually run as one stacked call and very large (memory-bound)
+ones node by node. The choice only changes speed and float rounding, never the math.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -30,6 +33,8 @@ _ELEMENTWISE = (
     nn.Identity, nn.Hardtanh, nn.Mish,
 )
 _POOLING = (nn.MaxPool2d, nn.AvgPool2d)
+
+EXECUTIONS = ("auto", "grouped", "vmap", "loop")
 
 # Per-node samples per chunk that the automatic chunking aims for.
 DEFAULT_SAMPLES_PER_CHUNK = 4096
@@ -196,15 +201,16 @@ class NodeStack:
         self.num_params = sum(s.numel for s in self.slots)
         initial = flatten_parameters(self.template)
         self.theta = initial.unsqueeze(0).repeat(num_nodes, 1).contiguous()
-        if execution not in ("auto", "grouped", "vmap", "loop"):
-            raise ValueError(f"execution must be auto, grouped, vmap or loop, got {execution!r}")
-        if execution == "auto":
-            execution = "grouped" if supports_grouped(self.template) else "vmap"
-        if execution == "grouped" and not supports_grouped(self.template):
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+        grouped_ok = supports_grouped(self.template)
+        if execution == "grouped" and not grouped_ok:
             raise ValueError("this model has layers without grouped kernels; use execution 'vmap'")
-        self.execution = execution
+        self.autotune = execution == "auto"
+        self.execution = ("grouped" if grouped_ok else "vmap") if self.autotune else execution
         self.chunk_size = chunk_size
-        self._grouped = _GroupedForward(self.template, self.slots) if execution == "grouped" else None
+        self._grouped = _GroupedForward(self.template, self.slots) if grouped_ok else None
+        self.plans: dict[tuple, tuple[str, int]] = {}
         self._buffers = {n: b for n, b in self.template.named_buffers()}
 
     # ----------------------------------------------------------------------------- views
@@ -220,20 +226,53 @@ class NodeStack:
         load_flat_parameters(model, self.theta[node])
         return model
 
-    def chunks(self, batch_size: int) -> list[slice]:
-        size = self.chunk_size or auto_chunk(self.num_nodes, batch_size)
+    def chunks(self, batch_size: int, size: int | None = None) -> list[slice]:
+        size = size or self.chunk_size or auto_chunk(self.num_nodes, batch_size)
         return [slice(s, min(s + size, self.num_nodes)) for s in range(0, self.num_nodes, size)]
 
+    def candidates(self, batch_size: int) -> list[tuple[str, int]]:
+        """(execution, nodes per chunk) pairs that the automatic choice measures."""
+        n = self.num_nodes
+        sizes = [self.chunk_size] if self.chunk_size else sorted({auto_chunk(n, batch_size), n, 1})
+        forms = (["grouped"] if self._grouped is not None else []) + ["vmap"]
+        found = [(form, size) for form in forms for size in sizes]
+        return found + [("loop", n)]
+
+    def plan(self, theta, x, y, loss_fn) -> tuple[str, int]:
+        """The execution and chunk size for this batch shape: fixed by the user, or the fastest
+        of the candidates measured once on the first batch of this shape."""
+        key = tuple(x.shape[1:])
+        if key in self.plans:
+            return self.plans[key]
+        if not self.autotune:
+            choice = (self.execution, self.chunk_size or auto_chunk(self.num_nodes, x.shape[1]))
+        else:
+            timings = {}
+            for candidate in self.candidates(x.shape[1]):
+                def run(candidate=candidate):
+                    self._loss_and_grad(candidate, theta, x, y, loss_fn)
+                warmup = _timed(run, theta.device)
+                if timings and warmup > 3 * min(timings.values()):
+                    continue  # clearly slower: not worth measuring again
+                timings[candidate] = min(_timed(run, theta.device) for _ in range(2))
+            choice = min(timings, key=timings.get)
+            self.timings = {f"{form}/{size}": t for (form, size), t in timings.items()}
+        self.plans[key] = choice
+        self.execution = choice[0]
+        return choice
+
     # --------------------------------------------------------------------------- forward
-    def forward(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
+    def forward(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool = False,
+                execution: str | None = None) -> torch.Tensor:
         """Outputs of ``theta.shape[0]`` nodes.
 
         ``x`` is (k, B, ...) with one batch per node, or (B, ...) fed to every node when
         ``shared_input``. Returns (k, B, ...).
         """
-        if self.execution == "grouped":
+        execution = execution or self.execution
+        if execution == "grouped":
             return self._grouped(theta, x, shared_input)
-        if self.execution == "loop":
+        if execution == "loop":
             outs = [functional_call(self.template, {**self.param_dict(theta[i]), **self._buffers},
                                     (x if shared_input else x[i],)) for i in range(theta.shape[0])]
             return torch.stack(outs)
@@ -252,12 +291,16 @@ class NodeStack:
         ``loss_fn(out (k, B, ...), y (k, B, ...)) -> (k,)`` per-node losses.
         Returns ``(losses (N,), grads (N, n))``, both detached.
         """
+        return self._loss_and_grad(self.plan(theta, x, y, loss_fn), theta, x, y, loss_fn)
+
+    def _loss_and_grad(self, plan, theta, x, y, loss_fn):
+        execution, size = plan
         losses = torch.empty(theta.shape[0], device=theta.device, dtype=theta.dtype)
         grads = torch.empty_like(theta)
-        for block in self.chunks(x.shape[1]):
+        for block in self.chunks(x.shape[1], size):
             rows = theta[block].detach().requires_grad_(True)
             with torch.enable_grad():
-                node_losses = loss_fn(self.forward(rows, x[block]), y[block])
+                node_losses = loss_fn(self.forward(rows, x[block], execution=execution), y[block])
                 (grad,) = torch.autograd.grad(node_losses.sum(), rows)
             losses[block] = node_losses.detach()
             grads[block] = grad
@@ -270,6 +313,16 @@ class NodeStack:
         parts = [fn(self.forward(theta[block], x, shared_input=True))
                  for block in self.chunks(x.shape[0])]
         return torch.cat(parts, dim=0)
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def auto_chunk(num_nodes: int, batch_size: int, samples_per_chunk: int = DEFAULT_SAMPLES_PER_CHUNK) -> int:

@@ -126,3 +126,18 @@ def test_sampler_refuses_batches_larger_than_a_node():
     sampler = NodeBatchSampler([torch.arange(4), torch.arange(4, 20)])
     with pytest.raises(ValueError, match="node 0"):
         sampler.next_indices(5)
+
+
+def test_auto_execution_measures_candidates_and_keeps_one_per_batch_shape():
+    torch.manual_seed(5)
+    stack, theta = perturbed_stack(mnist_cnn(2, 5, 8), 5, "auto")
+    x = torch.randn(5, 4, 1, 28, 28, dtype=DT)
+    y = torch.randint(0, 10, (5, 4))
+    losses, grads = stack.loss_and_grad(theta, x, y, nll)
+    (plan,) = stack.plans.values()
+    assert plan in stack.candidates(4) and plan[0] == stack.execution
+    assert ("loop", 5) in stack.candidates(4) and ("grouped", 1) in stack.candidates(4)
+    ref_losses, ref_grads = reference_loss_and_grad(stack, theta, x, y, nll)
+    assert torch.allclose(grads, ref_grads, atol=1e-10)
+    stack.loss_and_grad(theta, x, y, nll)
+    assert len(stack.plans) == 1  # measured once per shape
