@@ -32,6 +32,14 @@ N, BATCH, PRIMAL, SHAPE, SCALE = 7, 12500, 5, [2, 256, 64, 64, 64, 1], 0.05
 
 
 def peak_mib() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it does not carry over the
+    parent's peak through fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -39,6 +47,17 @@ def synthetic(torch, n, batch, gen):
     x = (torch.rand(n, batch, 2, generator=gen) - 0.5) * torch.tensor([2100.0, 1600.0])
     y = (torch.rand(n, batch, 1, generator=gen) > 0.7).float()
     return x, y
+
+
+def timed(fn, args, info):
+    """Child mode: warm up, time ``args.rounds`` calls. Interleaved mode: hand the callable back."""
+    if getattr(args, "interleave", False):
+        return fn, info
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(args.rounds):
+        fn()
+    return {**info, "seconds": (time.perf_counter() - t0) / args.rounds}
 
 
 def bench_engine(args, execution="auto", chunk=None):
@@ -71,15 +90,16 @@ def bench_engine(args, execution="auto", chunk=None):
     opt = DiNNO(problem, net, {"outer_iterations": 1000, "rho_init": 0.3, "rho_scaling": 1.0004,
                                "primal_iterations": PRIMAL, "primal_lr_start": 1e-3, "primal_lr_finish": 1e-4,
                                "lr_decay_type": "log"})
+    counter = iter(range(1, 10 ** 6))
+
+    def one_round():
+        with torch.no_grad():
+            opt.round(next(counter))
+
     with torch.no_grad():
         opt.setup()
-        opt.round(1)  # warm-up
-        t0 = time.perf_counter()
-        for k in range(2, args.rounds + 2):
-            opt.round(k)
-        dt = (time.perf_counter() - t0) / args.rounds
-    return {"seconds_per_round": dt, "execution": problem.stack.execution,
-            "chunks": [s.stop - s.start for s in problem.stack.chunks(BATCH)]}
+    info = {"execution": problem.stack.execution, "chunks": [s.stop - s.start for s in problem.stack.chunks(BATCH)]}
+    return timed(one_round, args, info)
 
 
 def bench_loop(args):
@@ -122,11 +142,7 @@ def bench_loop(args):
                         p.grad += d + 2 * rho * (deg * p - pull)
                 opt.step()
 
-    round_(0.3)
-    t0 = time.perf_counter()
-    for _ in range(args.rounds):
-        round_(0.3)
-    return {"seconds_per_round": (time.perf_counter() - t0) / args.rounds}
+    return timed(lambda: round_(0.3), args, {})
 
 
 def bench_central(args):
@@ -146,12 +162,7 @@ def bench_central(args):
         loss_fn(model(x[0]), y[0]).backward()
         opt.step()
 
-    step()
-    steps = args.rounds * 2
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return {"seconds_per_step": (time.perf_counter() - t0) / steps}
+    return timed(step, args, {})
 
 
 def bench_data(args):
@@ -203,47 +214,84 @@ def run_child(name, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+COMPUTE = ("engine", "grouped_all_nodes", "vmap_chunk1", "loop", "central")
+
+
+def interleaved(args, names) -> dict[str, dict]:
+    """Time the compute forms in one process, alternating them round by round (fair under shared load);
+    the median over ``args.rounds`` repetitions."""
+    import statistics
+
+    args.interleave = True
+    fns = {name: VARIANTS[name](args) for name in names}
+    for fn, _ in fns.values():  # warm-up
+        fn()
+    times = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name, (fn, _) in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {**fns[name][1], "seconds": statistics.median(times[name]), "all": times[name]} for name in names}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timed repetitions of each form")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variant", choices=sorted(VARIANTS))
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="(internal) one form in this process")
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-form peak memory processes")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
     if args.variant:
+        import networkx  # noqa: F401  (imports count in the baseline, not in the form's memory)
+
+        import optimizers.dinno  # noqa: F401
+        import problems.density  # noqa: F401
+        base = peak_mib()
         result = VARIANTS[args.variant](args)
         result["peak_mib"] = peak_mib()
+        result["extra_mib"] = result["peak_mib"] - base
         print(json.dumps(result))
         return 0
 
     print(f"DiNNO on the paper-scale density setup: {N} nodes x batch {BATCH}, Fourier {SHAPE}, "
           f"{PRIMAL} primal steps per round, {args.threads} threads, torch {torch.__version__}")
-    res = {name: run_child(name, args) for name in (args.only or VARIANTS)}
+    wanted = args.only or list(VARIANTS)
+    names = [n for n in COMPUTE if n in wanted]
+    res = interleaved(args, names) if names else {}
+    if not args.no_memory:
+        mem_args = argparse.Namespace(**{**vars(args), "rounds": 1})
+        for name in names:
+            child = run_child(name, mem_args)
+            res[name]["peak_mib"], res[name]["extra_mib"] = child["peak_mib"], child["extra_mib"]
+    if "data" in wanted:
+        res["data"] = run_child("data", args)
     samples = N * BATCH * PRIMAL
-    central = res.get("central", {}).get("seconds_per_step")
-    loop = res.get("loop", {}).get("seconds_per_round")
+    central = res.get("central", {}).get("seconds")
+    loop = res.get("loop", {}).get("seconds")
     print(f"\n{'form':<20} {'s/round':>9} {'s/primal step':>14} {'samples/s':>11} {'vs loop':>8} "
-          f"{'step vs central':>16} {'peak MiB':>9}")
-    for name in ("engine", "grouped_all_nodes", "vmap_chunk1", "loop"):
-        if name not in res:
+          f"{'step vs central':>16} {'peak MiB (+over imports)':>25}")
+    for name in names:
+        if name == "central":
             continue
         r = res[name]
-        s = r["seconds_per_round"]
-        step = s / PRIMAL
+        sec = r["seconds"]
+        step = sec / PRIMAL
         extra = f"  ({r['execution']}, chunks {r['chunks']})" if "chunks" in r else ""
-        print(f"{name:<20} {s:9.3f} {step:14.3f} {samples / s:11.0f} "
-              f"{(s / loop if loop else float('nan')):8.2f} {(step / central if central else float('nan')):16.2f} "
-              f"{r['peak_mib']:9.0f}{extra}")
+        print(f"{name:<20} {sec:9.3f} {step:14.3f} {samples / sec:11.0f} "
+              f"{(sec / loop if loop else float('nan')):8.2f} {(step / central if central else float('nan')):16.2f} "
+              f"{r.get('peak_mib', float('nan')):14.0f} (+{r.get('extra_mib', float('nan')):5.0f}){extra}")
     if central:
         print(f"{'central (1 step)':<20} {'':>9} {central:14.3f} {N * BATCH / central:11.0f} {'':>8} {1.0:16.2f} "
-              f"{res['central']['peak_mib']:9.0f}")
+              f"{res['central'].get('peak_mib', float('nan')):14.0f} (+{res['central'].get('extra_mib', float('nan')):5.0f})")
     if "data" in res:
         d = res["data"]
         per_round = d["window_sampling_per_round"] + d["graph_update_per_round"]
-        engine = res.get("engine", {}).get("seconds_per_round")
-        share = f"{100 * per_round / (engine + per_round):.1f}% of a round" if engine else ""
+        engine = res.get("engine", {}).get("seconds")
+        share = f"= {100 * per_round / (engine + per_round):.1f}% of an engine round" if engine else ""
         print(f"\ndata side per round: window sampling {d['window_sampling_per_round'] * 1000:.1f} ms "
               f"(5 batches of {N} x {BATCH}), graph update {d['graph_update_per_round'] * 1000:.2f} ms  {share}")
         print(f"paper plan setup (scanning {sum(d['trajectory_poses'])} poses, {d['scan_points']} points): "
