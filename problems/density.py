@@ -87,6 +87,7 @@ class DensityProblem(SupervisedProblem):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.mesh_only_at_end = bool(mesh_only_at_end)
         self.total_rounds = total_rounds
+        self._round: int | None = None
         grid, self.mesh_shape = mesh_grid(self.image_shape)
         self.mesh_points = self._to_device(grid)
 
@@ -101,7 +102,7 @@ class DensityProblem(SupervisedProblem):
     def _mesh_due(self, round_index: int) -> bool:
         if not self.mesh_only_at_end:
             return True
-        return self.total_rounds is not None and round_index >= self.total_rounds
+        return round_index is not None and self.total_rounds is not None and round_index >= self.total_rounds
 
     def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
                  extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -112,7 +113,7 @@ class DensityProblem(SupervisedProblem):
         values = super().compute_metrics(theta)
         if "mesh_grid_density" in self.metrics and self._mesh_due(self._round):
             values["mesh_grid_density"] = self.mesh_density(theta).to("cpu", torch.float32)
-            values["mesh_round"] = torch.tensor(self._round)
+            values["mesh_round"] = torch.tensor(-1 if self._round is None else self._round)
         return values
 
 
