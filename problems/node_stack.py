@@ -97,27 +97,21 @@ class _GroupedForward:
     def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot]):
         self.layers = list(model)
         by_name = {s.name: s for s in slots}
-        self.layer_slots = []
+        self.layer_params = []
         for idx, layer in enumerate(self.layers):
             names = [f"{idx}.{n}" for n, _ in layer.named_parameters()]
-            self.layer_slots.append({n.split(".", 1)[1]: by_name[n] for n in names})
+            self.layer_params.append({n.split(".", 1)[1]: by_name[n].name for n in names})
 
-    @staticmethod
-    def _param(theta: torch.Tensor, slot: ParamSlot) -> torch.Tensor:
-        return theta[:, slot.offset:slot.offset + slot.numel].reshape(theta.shape[0], *slot.shape)
-
-    def __call__(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
-        k = theta.shape[0]
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        k = next(iter(params.values())).shape[0]
         layout = "shared" if shared_input else "nodes"
-        for layer, slots in zip(self.layers, self.layer_slots):
+        for layer, names in zip(self.layers, self.layer_params):
             if isinstance(layer, nn.Conv2d):
                 x = self._to_channels(x, layout, k)
                 layout = "channels"
-                weight = self._param(theta, slots["weight"])
+                weight = params[names["weight"]]
                 weight = weight.reshape(k * weight.shape[1], *weight.shape[2:])
-                bias = None
-                if "bias" in slots:
-                    bias = self._param(theta, slots["bias"]).reshape(-1)
+                bias = params[names["bias"]].reshape(-1) if "bias" in names else None
                 x = nn.functional.conv2d(x, weight, bias, layer.stride, layer.padding,
                                          layer.dilation, layer.groups * k)
             elif isinstance(layer, _POOLING):
@@ -134,14 +128,14 @@ class _GroupedForward:
                 else:
                     x = torch.flatten(x, layer.start_dim + 1, layer.end_dim)
             elif isinstance(layer, nn.Linear):
-                weight = self._param(theta, slots["weight"])
+                weight = params[names["weight"]]
                 if layout == "channels":
                     raise ValueError("nn.Linear directly after a convolution needs an nn.Flatten")
                 if layout == "shared":
                     x = x.unsqueeze(0).expand(k, *x.shape)
                     layout = "nodes"
-                if "bias" in slots:
-                    bias = self._param(theta, slots["bias"]).unsqueeze(1)
+                if "bias" in names:
+                    bias = params[names["bias"]].unsqueeze(1)
                     x = torch.baddbmm(bias, x, weight.transpose(1, 2)) if x.dim() == 3 else \
                         torch.matmul(x, weight.transpose(1, 2).unsqueeze(1)) + bias.unsqueeze(1)
                 else:
@@ -269,19 +263,25 @@ class NodeStack:
         ``x`` is (k, B, ...) with one batch per node, or (B, ...) fed to every node when
         ``shared_input``. Returns (k, B, ...).
         """
+        return self.forward_params(self.param_dict(theta), x, shared_input, execution)
+
+    def forward_params(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool = False,
+                       execution: str | None = None) -> torch.Tensor:
+        """As :meth:`forward`, from per-layer parameters with a leading node axis."""
         execution = execution or self.execution
         if execution == "grouped":
-            return self._grouped(theta, x, shared_input)
+            return self._grouped(params, x, shared_input)
         if execution == "loop":
-            outs = [functional_call(self.template, {**self.param_dict(theta[i]), **self._buffers},
-                                    (x if shared_input else x[i],)) for i in range(theta.shape[0])]
+            k = next(iter(params.values())).shape[0]
+            outs = [functional_call(self.template, {**{n: v[i] for n, v in params.items()}, **self._buffers},
+                                    (x if shared_input else x[i],)) for i in range(k)]
             return torch.stack(outs)
 
-        def single(params, inputs):
-            return functional_call(self.template, {**params, **self._buffers}, (inputs,))
+        def single(node_params, inputs):
+            return functional_call(self.template, {**node_params, **self._buffers}, (inputs,))
 
         in_dims = (0, None if shared_input else 0)
-        return torch.vmap(single, in_dims=in_dims)(self.param_dict(theta), x)
+        return torch.vmap(single, in_dims=in_dims)(params, x)
 
     def loss_and_grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -298,12 +298,15 @@ class NodeStack:
         losses = torch.empty(theta.shape[0], device=theta.device, dtype=theta.dtype)
         grads = torch.empty_like(theta)
         for block in self.chunks(x.shape[1], size):
-            rows = theta[block].detach().requires_grad_(True)
+            # one leaf per layer parameter: gradients land in place, no full-row scatter
+            leaves = {name: v.detach().requires_grad_(True) for name, v in self.param_dict(theta[block]).items()}
             with torch.enable_grad():
-                node_losses = loss_fn(self.forward(rows, x[block], execution=execution), y[block])
-                (grad,) = torch.autograd.grad(node_losses.sum(), rows)
+                out = self.forward_params(leaves, x[block], execution=execution)
+                node_losses = loss_fn(out, y[block])
+                layer_grads = torch.autograd.grad(node_losses.sum(), list(leaves.values()))
             losses[block] = node_losses.detach()
-            grads[block] = grad
+            for slot, grad in zip(self.slots, layer_grads):
+                grads[block, slot.offset:slot.offset + slot.numel] = grad.reshape(grad.shape[0], -1)
         return losses, grads
 
     @torch.no_grad()
