@@ -63,10 +63,12 @@ class DistributedOptimizer:
         return {"bytes_sent": self.network.bytes_sent.clone(),
                 "wall_time": torch.tensor(self.elapsed, dtype=torch.float64)}
 
-    def _check_finite(self, k: int) -> None:
+    def _check_finite(self, k: int, parameters_too: bool) -> None:
+        """Losses every round; the (large) parameter stack only when asked (a non-finite parameter
+        shows up in the next round's loss anyway)."""
         if not bool(torch.isfinite(self.problem.last_losses).all()):
             raise DivergedError(k, "training loss")
-        if not bool(torch.isfinite(self.problem.theta).all()):
+        if parameters_too and not bool(torch.isfinite(self.problem.theta).all()):
             raise DivergedError(k, "parameter")
 
     def train(self, progress: Callable[[int, dict | None], None] | None = None,
@@ -89,7 +91,8 @@ class DistributedOptimizer:
             with torch.no_grad():
                 self.round(k)
             self.elapsed += time.perf_counter() - t0
-            self._check_finite(k)
+            evaluating = k % freq == 0 or k == self.outer_iterations
+            self._check_finite(k, parameters_too=evaluating)
             if profiler is not None:
                 profiler.step()
                 if k >= PROFILED_ROUNDS or k == self.outer_iterations:
@@ -97,7 +100,7 @@ class DistributedOptimizer:
                     profiler.export_chrome_trace(str(Path(profile_dir) / f"{problem.name}_profile.json"))
                     profiler = None
             metrics = None
-            if k % freq == 0 or k == self.outer_iterations:
+            if evaluating:
                 metrics = problem.evaluate(k, extras=self._extras())
             if progress is not None:
                 progress(k, metrics)

@@ -31,7 +31,7 @@ class DSGT(DistributedOptimizer):
     def round(self, k: int) -> None:
         alpha = float(self.config["alpha"])
         theta = self.problem.theta
-        theta.copy_(self.network.mix(theta - alpha * self.tracker))
+        theta.copy_(self.network.mix(torch.add(theta, self.tracker, alpha=-alpha)))
         _, new_grads = self.problem.local_grads(theta)
-        self.tracker = self.network.mix(self.tracker) + new_grads - self.grads
+        self.tracker = self.network.mix(self.tracker).add_(new_grads).sub_(self.grads)
         self.grads = new_grads
