@@ -8,6 +8,8 @@ the same weights, the same splits and the same graph.
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,11 @@ class MnistSetup(ExperimentSetup):
         self.graph = build_graph(exp)
         self.num_nodes = exp["graph"]["num_nodes"]
         data_dir = resolve_path(exp["data_dir"], DEFAULT_DATA_DIR)
-        self.data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
+        with warnings.catch_warnings(record=True) as caught:  # the fallback notice, as one plain line
+            warnings.simplefilter("always")
+            self.data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
         self.node_indices = split_indices(self.data.train_labels, self.num_nodes, exp["data_split_type"],
                                           seed=self.seed, alpha=exp["dirichlet_alpha"],
                                           min_size=max(pc["train_batch_size"]
