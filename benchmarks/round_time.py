@@ -40,7 +40,7 @@ from optimizers.network import InProcessNetwork  # noqa: E402
 from problems.mnist import MNISTProblem, mnist_cnn  # noqa: E402
 from problems.mnist_data import DataError, images_to_tensor, load_mnist, split_indices  # noqa: E402
 
-SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 SETTINGS = ((10, 64), (100, 8))  # (nodes, per-node batch); cycle graph
 OPTIMIZER_NAMES = ("dinno", "dsgd", "dsgt")
 DINNO_CFG = {"rho_init": 0.5, "rho_scaling": 1.0003, "primal_iterations": 2, "primal_optimizer": "adam",

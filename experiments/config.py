@@ -94,17 +94,24 @@ METRICS_CONFIG = {
     "mesh_only_at_end": (Bool, False),
 }
 
-MNIST_PROBLEM = {
-    "problem_name": (Str, REQUIRED),
-    "train_batch_size": (Int, 64),
-    "val_batch_size": (Int, 128),
-    "verbose_evals": (Bool, False),
-    "metrics": (ListOf(Choice(MNIST_METRICS)), ["forward_pass_count", "validation_loss",
-                                                "consensus_error", "top1_accuracy", "current_epoch"]),
-    "metrics_config": (METRICS_CONFIG, {}),
-    "save_models": (Bool, False),
-    "optimizer_config": ("optimizer", REQUIRED),
-}
+def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_batch_size: int,
+                   val_batch_size: int, **extra) -> dict:
+    """Schema of one entry of ``problem_configs``; ``extra`` adds domain keys before optimizer_config."""
+    return {
+        "problem_name": (Str, REQUIRED),
+        "train_batch_size": (Int, train_batch_size),
+        "val_batch_size": (Int, val_batch_size),
+        "verbose_evals": (Bool, False),
+        "metrics": (ListOf(Choice(metrics)), default_metrics),
+        "metrics_config": (METRICS_CONFIG, {}),
+        "save_models": (Bool, False),
+        **extra,
+        "optimizer_config": ("optimizer", REQUIRED),
+    }
+
+
+MNIST_PROBLEM = problem_schema(MNIST_METRICS, ["forward_pass_count", "validation_loss", "consensus_error",
+                                               "top1_accuracy", "current_epoch"], 64, 128)
 
 # Problem kinds register their schemas here: kind -> (experiment schema, problem schema).
 SCHEMAS: dict[str, tuple[dict, dict]] = {"mnist": (MNIST_EXPERIMENT, MNIST_PROBLEM)}
@@ -273,6 +280,16 @@ def validate_config(raw: Any) -> dict:
     return cfg
 
 
+def check_graph_parameters(graph: dict) -> None:
+    """The parameter each graph type needs."""
+    needs = {"random": ("p", "edge probability in (0, 1]"), "disk": ("radius", "link distance"),
+             "fiedler": ("target_fiedler", "algebraic connectivity to reach")}
+    if graph["type"] in needs:
+        key, what = needs[graph["type"]]
+        if graph.get(key) is None:
+            raise ConfigError(f"experiment.graph.{key}: required for graph type {graph['type']} ({what})")
+
+
 def _check_mnist(cfg: dict) -> None:
     exp = cfg["experiment"]
     n = exp["graph"]["num_nodes"]
@@ -281,13 +298,7 @@ def _check_mnist(cfg: dict) -> None:
     if exp["data_split_type"] == "hetero" and n > 10:
         raise ConfigError(f"experiment.data_split_type: hetero gives each node whole digit classes, "
                           f"so at most 10 nodes (got graph.num_nodes = {n}); use sorted, random or dirichlet")
-    graph = exp["graph"]
-    if graph["type"] == "random" and graph.get("p") is None:
-        raise ConfigError("experiment.graph.p: required for graph type random (edge probability in (0, 1])")
-    if graph["type"] == "disk" and graph.get("radius") is None:
-        raise ConfigError("experiment.graph.radius: required for graph type disk")
-    if graph["type"] == "fiedler" and graph.get("target_fiedler") is None:
-        raise ConfigError("experiment.graph.target_fiedler: required for graph type fiedler")
+    check_graph_parameters(exp["graph"])
     if exp["validation_size"] is not None and exp["validation_size"] < 1:
         raise ConfigError("experiment.validation_size: must be at least 1 (or absent for the whole test set)")
     if exp["dirichlet_alpha"] <= 0:

@@ -7,8 +7,8 @@ Keys follow the original research code's density configs; registered into
 from __future__ import annotations
 
 from experiments.config import (
-    COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, METRICS_CONFIG, OPTIONAL, REQUIRED, Bool, Choice,
-    ConfigError, Float, Int, ListOf, Str,
+    COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
+    Int, ListOf, Str, check_graph_parameters, problem_schema,
 )
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
@@ -51,19 +51,9 @@ DENSITY_EXPERIMENT = {
               {}),
 }
 
-DENSITY_PROBLEM = {
-    "problem_name": (Str, REQUIRED),
-    "train_batch_size": (Int, 10000),
-    "val_batch_size": (Int, 10000),
-    "verbose_evals": (Bool, False),
-    "metrics": (ListOf(Choice(DENSITY_METRICS)), ["forward_pass_count", "train_loss_moving_average",
-                                                  "validation_loss", "consensus_error", "current_epoch"]),
-    "metrics_config": (METRICS_CONFIG, {}),
-    "save_models": (Bool, False),
-    "comm_radius": (Float, OPTIONAL),
-    "dynamic_graph": (Bool, False),
-    "optimizer_config": ("optimizer", REQUIRED),
-}
+DENSITY_PROBLEM = problem_schema(DENSITY_METRICS, ["forward_pass_count", "train_loss_moving_average",
+                                                  "validation_loss", "consensus_error", "current_epoch"],
+                                 10000, 10000, comm_radius=(Float, OPTIONAL), dynamic_graph=(Bool, False))
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
@@ -104,12 +94,7 @@ def _check_density(cfg: dict) -> None:
             raise ConfigError("experiment.graph.num_nodes: required when experiment.graph is given")
         if graph["num_nodes"] < 1:
             raise ConfigError(f"experiment.graph.num_nodes: must be at least 1, got {graph['num_nodes']}")
-        if graph["type"] == "random" and graph.get("p") is None:
-            raise ConfigError("experiment.graph.p: required for graph type random (edge probability in (0, 1])")
-        if graph["type"] == "disk" and graph.get("radius") is None:
-            raise ConfigError("experiment.graph.radius: required for graph type disk")
-        if graph["type"] == "fiedler" and graph.get("target_fiedler") is None:
-            raise ConfigError("experiment.graph.target_fiedler: required for graph type fiedler")
+        check_graph_parameters(graph)
         if data["num_nodes"] is not None and data["num_nodes"] != graph["num_nodes"]:
             raise ConfigError(f"experiment.data.num_nodes: {data['num_nodes']} differs from "
                               f"experiment.graph.num_nodes {graph['num_nodes']}")

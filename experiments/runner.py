@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -160,10 +161,9 @@ def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, gr
 
     start = time.perf_counter()
     try:
-        before_round = None
-        if hasattr(problem, "before_round"):  # problems whose data or graph change every round
-            def before_round(k):
-                problem.before_round(k, network)
+        before_round = None  # problems whose data or graph change every round define it
+        if hasattr(problem, "before_round"):
+            before_round = partial(problem.before_round, network=network)
         optimizer.train(progress=progress, profile_dir=out_dir, before_round=before_round)
         pair["status"] = "completed"
     except DivergedError as exc:

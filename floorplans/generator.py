@@ -153,7 +153,6 @@ def generate_layout(
     if corridor:
         r0, r1, c0, c1 = interior
         if (c1 - c0) >= (r1 - r0):  # corridor runs along x, splits rows
-            span = r1 - r0
             lo, hi = r0 + min_room + t, r1 - min_room - t - cw
             if hi > lo:
                 p = int(rng.integers(lo + (hi - lo) // 3, lo + 2 * (hi - lo) // 3 + 1))

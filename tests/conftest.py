@@ -36,3 +36,15 @@ def mnist_dir() -> Path:
     if path is None:
         pytest.skip("MNIST folder not present (set NNDT_MNIST_DIR)")
     return path
+
+
+def assert_notebook_is_clean(path: Path) -> None:
+    """A committed notebook: no stored outputs, and its first cell reads the results folder from NNDT_RESULTS."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "NNDT_RESULTS" in first.source
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.conftest import REPO_ROOT, assert_notebook_is_clean  # noqa: E402
 from tests.test_density import make_plan, run_config, tiny_online_config  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "density.ipynb"
@@ -17,12 +16,7 @@ FIGURES = ("notebook_maps.png", "notebook_node_maps.png", "notebook_validation_l
 
 
 def test_notebook_has_no_stored_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    first = nb.cells[0]
-    assert first.cell_type == "code" and "NNDT_RESULTS" in first.source
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs") and cell.get("execution_count") is None
+    assert_notebook_is_clean(NOTEBOOK)
 
 
 def test_notebook_draws_maps_curves_and_animation_of_a_small_online_run(tmp_path, monkeypatch):

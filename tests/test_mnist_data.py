@@ -13,8 +13,9 @@ from problems.mnist_data import (
     load_mnist,
     split_indices,
 )
+from tests.conftest import shared_mnist_dir
 
-SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_MNIST = shared_mnist_dir() or Path("/nonexistent")
 
 LABELS = torch.arange(10).repeat_interleave(50)[torch.randperm(500, generator=torch.Generator().manual_seed(0))]
 

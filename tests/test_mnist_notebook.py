@@ -10,11 +10,10 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 from experiments import runner  # noqa: E402
+from tests.conftest import REPO_ROOT, assert_notebook_is_clean, shared_mnist_dir  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "visualization" / "mnist.ipynb"
 CONFIG = REPO_ROOT / "experiments" / "configs" / "mnist_paper.yaml"
-SHARED_MNIST = Path("/work/shared/data/mnist")
 FIGURES = ("notebook_curves.png", "notebook_graph.png", "notebook_final_accuracy.png",
            "notebook_consensus_heatmap.png")
 
@@ -22,8 +21,9 @@ FIGURES = ("notebook_curves.png", "notebook_graph.png", "notebook_final_accuracy
 def tiny_run(out_dir: Path) -> None:
     overrides = ["experiment.graph.num_nodes=4", "experiment.graph.type=cycle",
                  "experiment.data_split_type=random", "experiment.use_cuda=false"]
-    if (SHARED_MNIST / "MNIST" / "raw").is_dir():
-        overrides += [f"experiment.data_dir={SHARED_MNIST}", "experiment.dataset=mnist"]
+    mnist = shared_mnist_dir()
+    if mnist is not None:
+        overrides += [f"experiment.data_dir={mnist}", "experiment.dataset=mnist"]
     else:
         overrides += ["experiment.dataset=mnist_subset"]
     for key in ("problem1", "problem2", "problem3"):
@@ -36,12 +36,7 @@ def tiny_run(out_dir: Path) -> None:
 
 
 def test_notebook_has_no_stored_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    first = nb.cells[0]
-    assert first.cell_type == "code" and "NNDT_RESULTS" in first.source
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs") and cell.get("execution_count") is None
+    assert_notebook_is_clean(NOTEBOOK)
 
 
 def test_notebook_draws_figures_of_a_tiny_run(tmp_path, monkeypatch):
