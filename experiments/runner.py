@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import json
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -200,6 +201,11 @@ def print_table(rows: list[dict]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM (e.g. a batch scheduler stopping the job) ends the run like Ctrl-C: results are kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
@@ -216,6 +222,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     writeout = exp["writeout"] or args.output_dir is not None
     out_dir = None
     if writeout:

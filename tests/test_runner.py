@@ -289,3 +289,33 @@ def test_paper_setup_dsgt_lifts_every_node_above_70_percent_in_200_rounds(tmp_pa
 def test_paper_setup_dinno_lifts_every_node_above_75_percent_in_1000_rounds(tmp_path, mnist_dir):
     accuracy = paper_run(tmp_path, "problem1", 1000, mnist_dir)
     assert accuracy.min() > 0.75, accuracy
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_keeps_results_and_marks_the_run_interrupted(signame, tmp_path):
+    import signal
+    import time
+
+    cfg = copy.deepcopy(TINY)
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    cfg["experiment"]["centralized"] = False
+    cfg["problem_configs"]["problem1"]["optimizer_config"]["outer_iterations"] = 100000
+    cfg["problem_configs"]["problem1"]["optimizer_config"]["profile"] = False
+    out = tmp_path / "out"
+    sets = sum((["--set", s] for s in data_overrides()), [])
+    proc = subprocess.Popen([sys.executable, "experiments/run.py", str(write_config(tmp_path, cfg)),
+                             "--output-dir", str(out), *sets], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "manifest.json").exists() and time.time() < deadline:  # setup done, first pair starts
+        time.sleep(0.2)
+    time.sleep(4)  # some rounds and evaluations
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert [p["status"] for p in manifest["pairs"]] == ["interrupted"]  # later pairs never started
+    res = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert res["round"][0] == 0
+    assert (out / "summary.csv").is_file()
