@@ -162,11 +162,7 @@ class Lidar2D:
 
         Densities within 1e-6 of 0 (far from walls) or of 1 (deep inside walls) are returned as 0 or 1.
         """
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        x, y = np.broadcast_arrays(x, y)
-        shape = x.shape
-        x, y = x.ravel(), y.ravel()
+        x, y, shape = _flat_coordinates(x, y)
         inside, idx = self._cells(x, y)
         out = np.zeros(x.shape, dtype=np.float64)
         code = self._cell_code.take(idx)
@@ -179,11 +175,7 @@ class Lidar2D:
 
     def hits(self, x, y) -> np.ndarray:
         """Boolean ``density(x, y) >= threshold``, evaluating the spline only near walls."""
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        x, y = np.broadcast_arrays(x, y)
-        shape = x.shape
-        x, y = x.ravel(), y.ravel()
+        x, y, shape = _flat_coordinates(x, y)
         inside, idx = self._cells(x, y)
         code = self._cell_code.take(idx)
         out = ~inside | ((code & _SURE_HIT) > 0)
@@ -365,3 +357,9 @@ class Lidar2D:
         if round_density:
             out[:, 2] = (out[:, 2] >= self.threshold).astype(np.float64)
         return out
+
+
+def _flat_coordinates(x, y) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Broadcast x and y to one shape and flatten them (float64); also return that shape."""
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return x.ravel(), y.ravel(), x.shape
