@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from experiments.config import ConfigError, apply_overrides, load_yaml, validate_config
 from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
+from optimizers.base import DivergedError
 from optimizers.graphs import GraphError, graph_to_json
 from optimizers.network import InProcessNetwork
-from problems.base import DivergedError
 from problems.mnist_data import DataError
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "experiments" / "outputs"

@@ -14,9 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from problems.base import DivergedError
-
 PROFILED_ROUNDS = 5
+
+
+class DivergedError(RuntimeError):
+    """A non-finite loss or parameter: the pair stops and is reported as diverged at ``round_index``."""
+
+    def __init__(self, round_index: int, what: str = "loss"):
+        super().__init__(f"non-finite {what} at round {round_index}")
+        self.round_index = round_index
 
 
 class _Required:

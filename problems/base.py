@@ -17,12 +17,6 @@ from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
 
 
-class DivergedError(RuntimeError):
-    def __init__(self, round_index: int, what: str = "loss"):
-        super().__init__(f"non-finite {what} at round {round_index}")
-        self.round_index = round_index
-
-
 def per_node_loss(name: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample losses (k, B) for outputs (k, B, ...) and targets (k, B, ...)."""
     if name == "NLL":
