@@ -48,3 +48,21 @@ def assert_notebook_is_clean(path: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.get("outputs") and cell.get("execution_count") is None
+
+
+def execute_results_notebook(notebook: Path, results: Path, figures, monkeypatch, timeout: int = 180) -> str:
+    """Run a results notebook on ``results`` (via NNDT_RESULTS), check that it wrote each of ``figures``
+    into results/figures, and return everything its cells printed."""
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("NNDT_RESULTS", str(results))
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                            resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    for name in figures:
+        path = results / "figures" / name
+        assert path.is_file(), f"{name} was not written"
+        assert path.stat().st_size > 1000, f"{name} is (nearly) empty"
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")

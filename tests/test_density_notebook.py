@@ -8,7 +8,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from tests.conftest import REPO_ROOT, assert_notebook_is_clean  # noqa: E402
+from tests.conftest import REPO_ROOT, assert_notebook_is_clean, execute_results_notebook  # noqa: E402
 from tests.test_density import make_plan, run_config, tiny_online_config  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "density.ipynb"
@@ -23,19 +23,9 @@ def test_notebook_draws_maps_curves_and_animation_of_a_small_online_run(tmp_path
     plan = make_plan(tmp_path / "plan")
     rc, out = run_config(tiny_online_config(plan, rounds=6), tmp_path)
     assert rc == 0
-    monkeypatch.setenv("NNDT_RESULTS", str(out))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
-                                     resources={"metadata": {"path": str(REPO_ROOT)}})
-    client.execute()
-    for name in FIGURES:
-        path = out / "figures" / name
-        assert path.is_file(), f"{name} was not written"
-        assert path.stat().st_size > 1000, f"{name} is (nearly) empty"
+    printed = execute_results_notebook(NOTEBOOK, out, FIGURES, monkeypatch, timeout=180)
     from PIL import Image
     with Image.open(out / "figures" / "notebook_animation.gif") as gif:
         assert gif.n_frames == 4  # evaluations at rounds 0, 2, 4, 6
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
     for pair in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
         assert pair in printed

@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 from experiments import runner  # noqa: E402
-from tests.conftest import REPO_ROOT, assert_notebook_is_clean, shared_mnist_dir  # noqa: E402
+from tests.conftest import REPO_ROOT, assert_notebook_is_clean, execute_results_notebook, shared_mnist_dir  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "mnist.ipynb"
 CONFIG = REPO_ROOT / "experiments" / "configs" / "mnist_paper.yaml"
@@ -42,17 +42,7 @@ def test_notebook_has_no_stored_outputs():
 def test_notebook_draws_figures_of_a_tiny_run(tmp_path, monkeypatch):
     out_dir = tmp_path / "tiny_mnist"
     tiny_run(out_dir)
-    monkeypatch.setenv("NNDT_RESULTS", str(out_dir))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
-                                     resources={"metadata": {"path": str(REPO_ROOT)}})
-    client.execute()
-    for name in FIGURES:
-        path = out_dir / "figures" / name
-        assert path.is_file(), f"{name} was not written"
-        assert path.stat().st_size > 1000, f"{name} is (nearly) empty"
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    printed = execute_results_notebook(NOTEBOOK, out_dir, FIGURES, monkeypatch, timeout=120)
     for pair in ("dinno", "dsgt", "dsgd"):
         assert pair in printed
     assert "completed" in printed
