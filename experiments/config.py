@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from optimizers import OPTIMIZERS
-from optimizers.base import REQUIRED
+import math
+
+from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, UNIT_INTERVAL, Range, schema_entry
 from optimizers.graphs import GRAPH_TYPES
 from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES
 
@@ -35,6 +37,7 @@ class ListOf:
 
 Float, Int, Bool, Str = float, int, bool, str
 OPTIONAL = None
+SEED_RANGE = Range(0, 2**32 - 1)
 
 PROBLEM_KINDS = ("mnist", "density", "online_density")
 MNIST_METRICS = ("forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
@@ -43,21 +46,21 @@ DENSITY_METRICS = ("forward_pass_count", "validation_loss", "consensus_error", "
                    "train_loss_moving_average", "mesh_grid_density", "current_position", "current_graph")
 
 GRAPH_SCHEMA = {
-    "num_nodes": (Int, REQUIRED),
+    "num_nodes": (Int, REQUIRED, AT_LEAST_ONE),
     "type": (Choice(GRAPH_TYPES), REQUIRED),
-    "p": (Float, OPTIONAL),
-    "gen_attempts": (Int, 100),
-    "radius": (Float, OPTIONAL),
-    "target_fiedler": (Float, OPTIONAL),
+    "p": (Float, OPTIONAL, UNIT_INTERVAL),
+    "gen_attempts": (Int, 100, AT_LEAST_ONE),
+    "radius": (Float, OPTIONAL, POSITIVE),
+    "target_fiedler": (Float, OPTIONAL, POSITIVE),
 }
 
 INDIVIDUAL_SCHEMA = {
     "train_solo": (Bool, False),
     "optimizer": (Choice(("adam", "adamw", "sgd")), "adam"),
-    "lr": (Float, 0.005),
-    "epochs": (Int, 1),
-    "train_batch_size": (Int, 64),
-    "val_batch_size": (Int, 128),
+    "lr": (Float, 0.005, POSITIVE),
+    "epochs": (Int, 1, AT_LEAST_ONE),
+    "train_batch_size": (Int, 64, AT_LEAST_ONE),
+    "val_batch_size": (Int, 128, AT_LEAST_ONE),
     "verbose": (Bool, True),
 }
 
@@ -68,11 +71,11 @@ COMMON_EXPERIMENT = {
     "output_metadir": (Str, OPTIONAL),
     "writeout": (Bool, True),
     "use_cuda": (Bool, False),
-    "seed": (Int, 0),
+    "seed": (Int, 0, SEED_RANGE),
     "dtype": (Choice(("float32", "float64")), "float32"),
     "centralized": (Bool, False),
     "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
-    "node_chunk_size": (Int, OPTIONAL),
+    "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
 }
 
@@ -81,16 +84,17 @@ MNIST_EXPERIMENT = {
     "dataset": (Choice(DATASET_CHOICES), "mnist"),
     "download": (Bool, False),
     "data_split_type": (Choice(SPLIT_TYPES), "random"),
-    "dirichlet_alpha": (Float, 0.5),
-    "validation_size": (Int, OPTIONAL),
+    "dirichlet_alpha": (Float, 0.5, POSITIVE),
+    "validation_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "loss": (Choice(("NLL",)), "NLL"),
     "graph": (GRAPH_SCHEMA, REQUIRED),
-    "model": ({"num_filters": (Int, 3), "kernel_size": (Int, 5), "linear_width": (Int, 64)}, {}),
+    "model": ({"num_filters": (Int, 3, AT_LEAST_ONE), "kernel_size": (Int, 5, AT_LEAST_ONE),
+               "linear_width": (Int, 64, AT_LEAST_ONE)}, {}),
 }
 
 METRICS_CONFIG = {
-    "evaluate_frequency": (Int, 20),
-    "tloss_decay": (Float, 0.2),
+    "evaluate_frequency": (Int, 20, AT_LEAST_ONE),
+    "tloss_decay": (Float, 0.2, UNIT_INTERVAL),
     "mesh_only_at_end": (Bool, False),
 }
 
@@ -99,8 +103,8 @@ def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_b
     """Schema of one entry of ``problem_configs``; ``extra`` adds domain keys before optimizer_config."""
     return {
         "problem_name": (Str, REQUIRED),
-        "train_batch_size": (Int, train_batch_size),
-        "val_batch_size": (Int, val_batch_size),
+        "train_batch_size": (Int, train_batch_size, AT_LEAST_ONE),
+        "val_batch_size": (Int, val_batch_size, AT_LEAST_ONE),
         "verbose_evals": (Bool, False),
         "metrics": (ListOf(Choice(metrics)), default_metrics),
         "metrics_config": (METRICS_CONFIG, {}),
@@ -155,11 +159,13 @@ def _check_value(key: str, kind, value):
     if kind is Float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if kind is Str:
         if not isinstance(value, str):
@@ -179,13 +185,16 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
         if key not in schema:
             raise ConfigError(f"{prefix}.{key}: unknown key{_did_you_mean(key, schema)}; "
                               f"allowed: {', '.join(schema)}")
-    for key, (kind, default) in schema.items():
+    for key, spec in schema.items():
+        kind, default, bounds = schema_entry(spec)
         full = f"{prefix}.{key}"
         if key in data and data[key] is not None:
             if kind == "optimizer":
                 out[key] = validate_optimizer(full, data[key])
             else:
                 out[key] = _check_value(full, kind, data[key])
+                if bounds is not None and not bounds.contains(out[key]):
+                    raise ConfigError(f"{full}: must be {bounds.describe()}, got {out[key]!r}")
         elif default is REQUIRED:
             raise ConfigError(f"{full}: required key is missing")
         elif isinstance(kind, dict):
@@ -206,13 +215,11 @@ def validate_optimizer(prefix: str, data: Any) -> dict:
                           f"allowed: {', '.join(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
     schema = {"alg_name": (Str, REQUIRED)}
-    for key, (kind, default) in cls.config_schema.items():
+    for key, spec in cls.config_schema.items():
+        kind, default, bounds = schema_entry(spec)
         kind = Choice(kind) if isinstance(kind, tuple) else kind
-        schema[key] = (kind, default)
+        schema[key] = (kind, default, bounds)
     out = validate_mapping(prefix, schema, data)
-    for key in ("outer_iterations", "primal_iterations"):
-        if key in out and out[key] < 1:
-            raise ConfigError(f"{prefix}.{key}: must be at least 1, got {out[key]}")
     if name == "dinno":
         if out.get("primal_lr_start") is None and out.get("primal_lr") is None:
             raise ConfigError(f"{prefix}.primal_lr_start: required for dinno (or the constant primal_lr)")
@@ -269,11 +276,6 @@ def validate_config(raw: Any) -> dict:
             raise ConfigError(f"{prefix}.problem_name: {pc['problem_name']!r} is used twice or reserved "
                               f"(individual, centralized); every problem needs its own name")
         names.add(pc["problem_name"])
-        for size_key in ("train_batch_size", "val_batch_size"):
-            if pc[size_key] < 1:
-                raise ConfigError(f"{prefix}.{size_key}: must be at least 1, got {pc[size_key]}")
-        if pc["metrics_config"]["evaluate_frequency"] < 1:
-            raise ConfigError(f"{prefix}.metrics_config.evaluate_frequency: must be at least 1")
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
     CROSS_CHECKS[kind](cfg)
@@ -293,16 +295,14 @@ def check_graph_parameters(graph: dict) -> None:
 def _check_mnist(cfg: dict) -> None:
     exp = cfg["experiment"]
     n = exp["graph"]["num_nodes"]
-    if n < 1:
-        raise ConfigError(f"experiment.graph.num_nodes: must be at least 1, got {n}")
     if exp["data_split_type"] == "hetero" and n > 10:
         raise ConfigError(f"experiment.data_split_type: hetero gives each node whole digit classes, "
                           f"so at most 10 nodes (got graph.num_nodes = {n}); use sorted, random or dirichlet")
     check_graph_parameters(exp["graph"])
-    if exp["validation_size"] is not None and exp["validation_size"] < 1:
-        raise ConfigError("experiment.validation_size: must be at least 1 (or absent for the whole test set)")
-    if exp["dirichlet_alpha"] <= 0:
-        raise ConfigError("experiment.dirichlet_alpha: must be positive")
+    kernel = exp["model"]["kernel_size"]
+    if kernel > 27:
+        raise ConfigError(f"experiment.model.kernel_size: {kernel} leaves nothing of a 28x28 digit after the "
+                          f"2x2 pooling; use at most 27")
 
 
 CROSS_CHECKS = {"mnist": _check_mnist}

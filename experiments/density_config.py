@@ -10,6 +10,7 @@ from experiments.config import (
     COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
     Int, ListOf, Str, check_graph_parameters, problem_schema,
 )
+from optimizers.base import schema_entry
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
 ONLINE_ONLY_METRICS = ("current_position", "current_graph")
@@ -41,14 +42,24 @@ MODEL_SCHEMA = {
     "scale": (Float, 0.05),
 }
 
+
+
+def _all_optional(schema: dict) -> dict:
+    """``schema`` with every key optional (an absent key reads as None)."""
+    out = {}
+    for key, spec in schema.items():
+        kind, default, bounds = schema_entry(spec)
+        out[key] = (kind, None if default is REQUIRED else default, bounds)
+    return out
+
+
 DENSITY_EXPERIMENT = {
     **COMMON_EXPERIMENT,
     "data": (DATA_SCHEMA, REQUIRED),
     "loss": (Choice(DENSITY_LOSSES), "BCE"),
     "model": (MODEL_SCHEMA, {}),
     # optional block: every key optional here, "type" given means a fixed graph is configured
-    "graph": ({k: (kind, None if default is REQUIRED else default) for k, (kind, default) in GRAPH_SCHEMA.items()},
-              {}),
+    "graph": (_all_optional(GRAPH_SCHEMA), {}),
 }
 
 DENSITY_PROBLEM = problem_schema(DENSITY_METRICS, ["forward_pass_count", "train_loss_moving_average",

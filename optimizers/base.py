@@ -9,6 +9,7 @@ profiles the first rounds on request and reports progress.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,43 @@ class _Required:
 REQUIRED = _Required()
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric config value (a third element of a schema entry)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        def fmt(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        if self.high is None:
+            return f"{'greater than' if self.low_open else 'at least'} {fmt(self.low)}"
+        if self.low is None:
+            return f"{'less than' if self.high_open else 'at most'} {fmt(self.high)}"
+        return f"in {'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0.0, low_open=True)
+NON_NEGATIVE = Range(0.0)
+AT_LEAST_ONE = Range(1.0)
+UNIT_INTERVAL = Range(0.0, 1.0)
+
+
+def schema_entry(spec: tuple) -> tuple[Any, Any, Range | None]:
+    """``(kind, default)`` or ``(kind, default, Range)`` -> (kind, default, range or None)."""
+    kind, default, *rest = spec
+    return kind, default, (rest[0] if rest else None)
+
+
 def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """An element-wise optimizer over stacked node parameters: exactly N independent optimizers."""
     if name == "adam":
@@ -45,8 +83,9 @@ def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 
 class DistributedOptimizer:
-    """Base class. ``config_schema`` maps each config key to (type, default); default
-    ``REQUIRED`` marks keys a config must give."""
+    """Base class. ``config_schema`` maps each config key to (type, default) or
+    (type, default, Range); default ``REQUIRED`` marks keys a config must give, a Range the
+    values the config validator accepts."""
 
     alg_name = ""
     config_schema: dict[str, tuple[Any, Any]] = {}
@@ -54,7 +93,7 @@ class DistributedOptimizer:
     def __init__(self, problem, network, config: dict[str, Any]):
         self.problem = problem
         self.network = network
-        self.config = {k: v for k, (_, v) in self.config_schema.items() if v is not REQUIRED}
+        self.config = {k: spec[1] for k, spec in self.config_schema.items() if spec[1] is not REQUIRED}
         self.config.update(config)
         self.outer_iterations = int(self.config["outer_iterations"])
         self.elapsed = 0.0

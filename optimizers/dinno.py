@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import REQUIRED, DistributedOptimizer, make_torch_optimizer
+from optimizers.base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, DistributedOptimizer,
+                             make_torch_optimizer)
 from optimizers.schedules import learning_rates
 
 
 class DiNNO(DistributedOptimizer):
     alg_name = "dinno"
     config_schema = {
-        "outer_iterations": (int, REQUIRED),
-        "rho_init": (float, REQUIRED),
-        "rho_scaling": (float, 1.0),
-        "primal_iterations": (int, 1),
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "rho_init": (float, REQUIRED, NON_NEGATIVE),
+        "rho_scaling": (float, 1.0, POSITIVE),
+        "primal_iterations": (int, 1, AT_LEAST_ONE),
         "primal_optimizer": (("adam", "adamw", "sgd"), "adam"),
         "persistant_primal_opt": (bool, False),
-        "primal_lr_start": (float, None),
-        "primal_lr_finish": (float, None),
-        "primal_lr": (float, None),
+        "primal_lr_start": (float, None, POSITIVE),
+        "primal_lr_finish": (float, None, POSITIVE),
+        "primal_lr": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "profile": (bool, False),
     }

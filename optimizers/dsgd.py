@@ -6,15 +6,15 @@ theta_i <- theta_i - alpha grad f_i(theta_i) on a fresh batch.
 
 from __future__ import annotations
 
-from optimizers.base import REQUIRED, DistributedOptimizer
+from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED, DistributedOptimizer
 
 
 class DSGD(DistributedOptimizer):
     alg_name = "dsgd"
     config_schema = {
-        "outer_iterations": (int, REQUIRED),
-        "alpha0": (float, REQUIRED),
-        "mu": (float, 0.0),
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "alpha0": (float, REQUIRED, NON_NEGATIVE),
+        "mu": (float, 0.0, NON_NEGATIVE),
         "profile": (bool, False),
     }
 

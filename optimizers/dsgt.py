@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import REQUIRED, DistributedOptimizer
+from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED, DistributedOptimizer
 
 
 class DSGT(DistributedOptimizer):
     alg_name = "dsgt"
     config_schema = {
-        "outer_iterations": (int, REQUIRED),
-        "alpha": (float, REQUIRED),
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "alpha": (float, REQUIRED, NON_NEGATIVE),
         "init_grads": (bool, True),
         "profile": (bool, False),
     }

@@ -6,15 +6,15 @@ the pooled data, for the centralized baseline.
 
 from __future__ import annotations
 
-from optimizers.base import REQUIRED, DistributedOptimizer, make_torch_optimizer
+from optimizers.base import AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer, make_torch_optimizer
 
 
 class LocalTraining(DistributedOptimizer):
     alg_name = "local"
     config_schema = {
-        "outer_iterations": (int, REQUIRED),
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "optimizer": (("adam", "adamw", "sgd"), "adam"),
-        "lr": (float, REQUIRED),
+        "lr": (float, REQUIRED, POSITIVE),
         "profile": (bool, False),
     }
 
