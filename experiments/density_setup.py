@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from experiments.config import ConfigError
+from experiments.results_io import save_figure
 from experiments.setups import REPO_ROOT, ExperimentSetup, build_graph, resolve_path
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
@@ -257,7 +258,7 @@ class DensitySetup(ExperimentSetup):
                 ax.set_yticks([])
         fig.tight_layout()
         path = out / "density_maps.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         return [path]
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from optimizers import state
 from optimizers.graphs import disk_graph
 from problems.base import SupervisedProblem
 
@@ -186,6 +187,13 @@ class WindowSampler:
         pose = (start + local // self.points_per_pose) % self.num_poses.unsqueeze(1)
         return pose * self.points_per_pose + local % self.points_per_pose
 
+    def state_dict(self) -> dict:
+        return state.capture(self, ("generator", "start", "position", "epochs", "samples_seen", "current",
+                                    "upcoming"))
+
+    def load_state_dict(self, saved: dict) -> None:
+        state.restore(self, saved)
+
     def window_points(self, node: int) -> torch.Tensor:
         """(M, 3) points of robot ``node``'s current window, poses in window order."""
         local = torch.arange(self.window_size, device=self.device).unsqueeze(0)
@@ -254,6 +262,26 @@ class OnlineDensityProblem(DensityProblem):
             self._edges = edges
         self.graph = graph
         self.data_seconds += time.perf_counter() - t0
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        saved = super().state_dict()
+        saved["window_sampler"] = self.window_sampler.state_dict()
+        edges = sorted(self.graph.edges()) if self.graph is not None else None
+        saved["graph_edges"] = torch.tensor(edges, dtype=torch.long).reshape(-1, 2) if edges is not None else None
+        saved.update(state.capture(self, ("graph_changes", "data_seconds")))
+        return saved
+
+    def load_state_dict(self, saved: dict) -> None:
+        super().load_state_dict(saved)
+        self.window_sampler.load_state_dict(saved["window_sampler"])
+        state.restore(self, {k: saved[k] for k in ("graph_changes", "data_seconds")})
+        if saved["graph_edges"] is not None:
+            graph = disk_graph(self.current_positions(), self.comm_radius)
+            graph.remove_edges_from(list(graph.edges()))
+            graph.add_edges_from(saved["graph_edges"].tolist())
+            self.graph = graph
+            self._edges = frozenset(graph.edges())
 
     # ---------------------------------------------------------------- training
     def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
