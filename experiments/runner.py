@@ -326,7 +326,9 @@ def experiment_jobs(cfg: dict) -> list[tuple[str, str, dict | None]]:
     return jobs
 
 
-def main(argv=None) -> int:
+def main(argv=None, restore_signals: bool = True) -> int:
+    """Run (or resume) an experiment; returns the exit status. Ctrl-C / SIGTERM are handled from here
+    on; ``restore_signals=False`` leaves them held back after the return (the process is exiting)."""
     interrupts = Interrupts()
     previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()
@@ -336,8 +338,10 @@ def main(argv=None) -> int:
         print("interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        interrupts.stop()
+        if restore_signals:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
 
 
 def _main(argv, interrupts: Interrupts) -> int:
