@@ -1,8 +1,12 @@
 """Per-node mini-batches drawn for all nodes at once.
 
-Each node reads its own data as an endless stream of independent random permutations of its
-local sample indices; a batch is the next ``B`` entries of that stream. Node data sets may have
-different sizes. Everything is tensor indexing on the device: no Python loop over nodes.
+Each node reads its own data as an endless stream of random permutations of its local sample
+indices; a batch is the next ``B`` entries of that stream. Node data sets may have different sizes.
+Everything is tensor indexing on the device: no Python loop over nodes.
+
+The permutations are counter-based: epoch ``e`` of robot ``r`` is the argsort of hash(seed, r, e, j)
+over its sample slots ``j``. A robot's batches therefore depend only on the seed, its own id and its own
+data, never on how many robots share a process or in which order they are stored.
 """
 
 from __future__ import annotations
@@ -12,6 +16,24 @@ from typing import Sequence
 import torch
 
 from optimizers import state
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply), element-wise on int64 tensors holding 32-bit values."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def shuffle_keys(seed: int, robots: torch.Tensor, epochs: torch.Tensor, width: int) -> torch.Tensor:
+    """(len(robots), width) pseudo-random int64 sort keys, a pure function of (seed, robot, epoch, slot)."""
+    device = robots.device
+    row = _mix32(torch.full_like(robots, seed & _MASK32) ^ _mix32(robots & _MASK32))
+    row = _mix32(row ^ _mix32((epochs + 0x632BE5AB) & _MASK32))
+    slots = _mix32((torch.arange(width, device=device) + 0x9E3779B9) & _MASK32)
+    return _mix32(row.unsqueeze(1) ^ slots.unsqueeze(0))
 
 
 class NodeBatchSampler:
@@ -24,7 +46,7 @@ class NodeBatchSampler:
     """
 
     def __init__(self, node_indices: Sequence[torch.Tensor], device: str | torch.device = "cpu",
-                 seed: int = 0):
+                 seed: int = 0, robot_ids: Sequence[int] | None = None):
         self.device = torch.device(device)
         self.num_nodes = len(node_indices)
         sizes = [len(ix) for ix in node_indices]
@@ -37,20 +59,23 @@ class NodeBatchSampler:
         for i, ix in enumerate(node_indices):
             table[i, :len(ix)] = torch.as_tensor(ix, dtype=torch.long)
         self.table = table.to(self.device)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.seed = int(seed)
+        ids = range(self.num_nodes) if robot_ids is None else robot_ids
+        self.robot_ids = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)
         self.position = torch.zeros(self.num_nodes, dtype=torch.long, device=self.device)
         self.epochs = torch.zeros(self.num_nodes, dtype=torch.long, device=self.device)
         self.samples_seen = torch.zeros(self.num_nodes, dtype=torch.long, device=self.device)
-        self.current = self._permutations(torch.arange(self.num_nodes))
-        self.upcoming = self._permutations(torch.arange(self.num_nodes))
+        every = torch.arange(self.num_nodes, device=self.device)
+        self.current = self._permutations(every, self.epochs)
+        self.upcoming = self._permutations(every, self.epochs + 1)
 
-    def _permutations(self, rows: torch.Tensor) -> torch.Tensor:
-        """A random permutation of ``range(size_i)`` for each requested node, padded at the end."""
+    def _permutations(self, rows: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
+        """Each requested node's permutation of ``range(size_i)`` for the given epoch, padded at the end."""
         width = self.table.shape[1]
-        keys = torch.rand(len(rows), width, generator=self.generator).to(self.device)
-        valid = torch.arange(width, device=self.device) < self.sizes[rows.to(self.device)].unsqueeze(1)
-        keys = torch.where(valid, keys, torch.full_like(keys, 2.0))
-        return torch.argsort(keys, dim=1)
+        keys = shuffle_keys(self.seed, self.robot_ids[rows], epochs, width)
+        valid = torch.arange(width, device=self.device) < self.sizes[rows].unsqueeze(1)
+        keys = torch.where(valid, keys, torch.full_like(keys, 1 << 40))
+        return torch.argsort(keys, dim=1, stable=True)
 
     def next_indices(self, batch_size: int) -> torch.Tensor:
         if batch_size > int(self.sizes.min()):
@@ -73,10 +98,10 @@ class NodeBatchSampler:
             self.position[rows] -= self.sizes[rows]
             self.epochs[rows] += 1
             self.current[rows] = self.upcoming[rows]
-            self.upcoming[rows] = self._permutations(rows.cpu())
+            self.upcoming[rows] = self._permutations(rows, self.epochs[rows] + 1)
         return torch.gather(self.table, 1, local)
 
-    _stream_state = ("generator", "position", "epochs", "samples_seen", "current", "upcoming")
+    _stream_state = ("position", "epochs", "samples_seen", "current", "upcoming")
 
     def state_dict(self) -> dict:
         return state.capture(self, self._stream_state)

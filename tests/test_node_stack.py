@@ -122,6 +122,30 @@ def test_sampler_streams_are_per_node_permutations():
     assert torch.equal(torch.cat([again.next_indices(3) for _ in range(28)], dim=1), drawn)
 
 
+def test_a_robots_batches_depend_only_on_the_seed_its_id_and_its_data():
+    split = [torch.arange(10 * i, 10 * i + 6 + i) for i in range(5)]
+    everyone = NodeBatchSampler(split, seed=9)
+    block = NodeBatchSampler(split[3:], seed=9, robot_ids=[3, 4])  # robots 3 and 4 hosted elsewhere
+    alone = NodeBatchSampler(split[1:2], seed=9, robot_ids=[1])
+    for _ in range(12):
+        full = everyone.next_indices(4)
+        assert torch.equal(block.next_indices(4), full[3:])
+        assert torch.equal(alone.next_indices(4), full[1:2])
+    other_seed = NodeBatchSampler(split, seed=10)
+    assert not torch.equal(other_seed.next_indices(4), NodeBatchSampler(split, seed=9).next_indices(4))
+
+
+def test_shuffles_put_each_sample_in_each_slot_about_equally_often():
+    sampler = NodeBatchSampler([torch.arange(8)] * 3, seed=2)
+    counts = torch.zeros(8, 8)
+    for _ in range(1500):  # 1500 epochs of robot 0: slot -> sample histogram
+        batch = sampler.next_indices(8)[0]
+        counts[torch.arange(8), batch] += 1
+    expected = 1500 / 8
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 100, chi2  # 49 degrees of freedom: far below for a fair shuffle
+
+
 def test_sampler_refuses_batches_larger_than_a_node():
     sampler = NodeBatchSampler([torch.arange(4), torch.arange(4, 20)])
     with pytest.raises(ValueError, match="node 0"):
