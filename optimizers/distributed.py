@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from contextlib import contextmanager
 
 import networkx as nx
 import numpy as np
@@ -166,8 +167,8 @@ class TorchDistributedNetwork:
             for work, q in zip(works, peers):
                 try:
                     work.wait()
-                except Exception as error:  # gloo/nccl raise plain RuntimeErrors (DistBackendError)
-                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                except RuntimeError as error:  # gloo/nccl raise DistBackendError, a RuntimeError
+                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
                     raise PeerLostError(f"rank {self.rank} lost rank {q} while exchanging rows "
                                         f"(exchange {self.exchanges + 1}): {first}") from None
         row_bytes = rows.shape[1] * rows.element_size()
@@ -186,6 +187,16 @@ class TorchDistributedNetwork:
         return (self._adjacency @ self._halo(x)).reshape(x.shape)
 
 
+@contextmanager
+def _collective(what: str, group=None):
+    """A collective that fails because a peer died or hung raises PeerLostError (one line)."""
+    try:
+        yield
+    except RuntimeError as error:  # DistBackendError included
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PeerLostError(f"rank {dist.get_rank(group)} lost a peer during {what}: {first}") from None
+
+
 def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0) -> torch.Tensor | None:
     """The (N, ...) stack of every rank's local rows on rank ``dst`` (None on the other ranks)."""
     device = _comm_device()
@@ -193,7 +204,8 @@ def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0)
     padded = x.new_zeros((longest, *x.shape[1:]), device=device)
     padded[:x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in network.blocks] if network.rank == dst else None
-    dist.gather(padded, parts, dst=dst, group=network.group)
+    with _collective("gather_rows", network.group):
+        dist.gather(padded, parts, dst=dst, group=network.group)
     if parts is None:
         return None
     return torch.cat([p[:b.stop - b.start] for p, b in zip(parts, network.blocks)]).to(x.device)
@@ -204,14 +216,16 @@ def consensus_error(theta: torch.Tensor, num_nodes: int, group=None) -> torch.Te
     as ``problems.base.consensus_distances(theta)[0]`` in one process (the mean from reduced sums)."""
     unit = theta / theta.norm(dim=1, keepdim=True).clamp_min(1e-30)
     total = unit.sum(dim=0).to(_comm_device())
-    dist.all_reduce(total, group=group)
+    with _collective("consensus_error", group):
+        dist.all_reduce(total, group=group)
     return (unit - total.to(unit.device) / num_nodes).norm(dim=1)
 
 
 def any_rank(flag: bool, group=None) -> bool:
     """True on every rank when ``flag`` is true on at least one (e.g. a local divergence)."""
     t = torch.tensor([int(bool(flag))], device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    with _collective("any_rank", group):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())
 
 
@@ -227,7 +241,8 @@ def check_identical(tensor: torch.Tensor, what: str, group=None) -> None:
     """Raise one line naming the ranks whose ``tensor`` differs from rank 0's (checksums compared)."""
     mine = torch.tensor([checksum(tensor)], dtype=torch.int64, device=_comm_device())
     sums = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sums, mine, group=group)
+    with _collective(f"the check that {what} is identical on every rank", group):
+        dist.all_gather(sums, mine, group=group)
     differ = [r for r, s in enumerate(sums) if not torch.equal(s, sums[0])]
     if differ:
         raise ValueError(f"{what} differs across ranks: rank(s) {differ} disagree with rank 0")

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from optimizers.distributed import robot_blocks
+from optimizers.dinno import DiNNO
 from optimizers.dsgd import DSGD
 from optimizers.dsgt import DSGT
 from optimizers.graphs import make_graph
@@ -72,7 +73,9 @@ def train(optimizer_cls, config, problem, network) -> torch.Tensor:
 
 
 OPTIMIZERS = {"dsgd": (DSGD, {"outer_iterations": ROUNDS, "alpha0": 0.05, "mu": 0.01}),
-              "dsgt": (DSGT, {"outer_iterations": ROUNDS, "alpha": 0.05})}
+              "dsgt": (DSGT, {"outer_iterations": ROUNDS, "alpha": 0.05}),
+              "dinno": (DiNNO, {"outer_iterations": ROUNDS, "rho_init": 0.1, "rho_scaling": 1.01,
+                                "primal_iterations": 2, "primal_lr_start": 0.01})}
 
 
 def run_all(num_nodes: int, make_network, rows: slice) -> dict:
