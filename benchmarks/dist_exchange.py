@@ -93,10 +93,13 @@ def rank_main(repeats):
     from optimizers import dist_launch
 
     env, _ = dist_launch.init_distributed("gloo")
-    results = {case: measure(case, repeats) for case in CASES}
-    if env.rank == 0:
-        print(json.dumps(results))
-    dist_launch.exit_on_peer_loss(lambda: None)
+
+    def run():
+        results = {case: measure(case, repeats) for case in CASES}
+        if env.rank == 0:
+            print(json.dumps(results))
+
+    dist_launch.exit_on_peer_loss(run)
 
 
 def threads_for(world_size, threads):

@@ -117,6 +117,10 @@ class TorchDistributedNetwork:
     def _global(self, rank: int) -> np.ndarray:
         return np.arange(self.blocks[rank].start, self.blocks[rank].stop)
 
+    def _global_rank(self, rank: int) -> int:
+        """P2POp names peers by their rank in the default group."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
     def set_graph(self, graph: nx.Graph) -> None:
         """Use a new communication graph (same node set; every rank must pass the same graph)."""
         if graph.number_of_nodes() != self.num_nodes:
@@ -126,7 +130,7 @@ class TorchDistributedNetwork:
         np.fill_diagonal(adjacency, 0.0)
         mine = self.local_nodes
         linked = adjacency[mine] != 0  # (local, N): local robot i neighbours global robot j
-        self._peers = []  # (peer rank, local rows to send, halo slice to receive into)
+        self._peers = []  # (group rank, global rank, local rows to send, halo slice to receive into)
         columns = []
         for q in range(self.world_size):
             if q == self.rank:
@@ -139,10 +143,10 @@ class TorchDistributedNetwork:
             if send.size:
                 start = len(columns)
                 columns.extend(receive)
-                self._peers.append((q, torch.as_tensor(send, device=self.device),
+                self._peers.append((q, self._global_rank(q), torch.as_tensor(send, device=self.device),
                                     slice(start, len(columns))))
         self._halo_rows = len(columns)
-        self._rows_sent = sum(len(send) for _, send, _ in self._peers)
+        self._rows_sent = sum(len(send) for _, _, send, _ in self._peers)
         self._adjacency = _operator(adjacency, mine, columns, self.device, self.dtype)
         self._mixing = _operator(metropolis_weights(graph), mine, columns, self.device, self.dtype)
         degrees = adjacency[mine].sum(axis=1)
@@ -158,9 +162,9 @@ class TorchDistributedNetwork:
         halo = rows.new_empty((self._halo_rows, rows.shape[1]))
         halo[self._own] = rows
         ops, peers = [], []
-        for q, send, receive in self._peers:
-            ops += [dist.P2POp(dist.isend, rows.index_select(0, send), q, self.group),
-                    dist.P2POp(dist.irecv, halo[receive], q, self.group)]
+        for q, peer, send, receive in self._peers:
+            ops += [dist.P2POp(dist.isend, rows.index_select(0, send), peer, self.group),
+                    dist.P2POp(dist.irecv, halo[receive], peer, self.group)]
             peers += [q, q]
         if ops:
             works = dist.batch_isend_irecv(ops)

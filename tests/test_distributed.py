@@ -218,6 +218,22 @@ def test_more_ranks_than_robots_refused():
     assert robot_blocks(7, 3) == [slice(0, 3), slice(3, 5), slice(5, 7)]
 
 
+def test_rank_environment_and_backend_checked():
+    from optimizers.dist_launch import RankEnv, rank_env, resolve_backend
+
+    assert rank_env({}) is None
+    assert rank_env({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1"}) == RankEnv(1, 3, 1)
+    with pytest.raises(ValueError, match="need 0 <= RANK < WORLD_SIZE"):
+        rank_env({"RANK": "3", "WORLD_SIZE": "3"})
+    with pytest.raises(ValueError, match="must all be integers"):
+        rank_env({"RANK": "x", "WORLD_SIZE": "3"})
+    assert resolve_backend("auto", torch.device("cpu")) == "gloo"
+    with pytest.raises(ValueError, match="backend nccl needs a CUDA device"):
+        resolve_backend("nccl", torch.device("cpu"))
+    with pytest.raises(ValueError, match="backend must be one of auto, gloo, nccl"):
+        resolve_backend("mpi", torch.device("cpu"))
+
+
 def _check_peer_lost(tmp_path, scenario, timeout_s, limit_s):
     procs = launch(3, scenario, tmp_path, 6, timeout_s=timeout_s)
     start = time.monotonic()
