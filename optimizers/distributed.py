@@ -108,11 +108,9 @@ class TorchDistributedNetwork:
         self.wire_bytes_sent = 0
         self.wire_bytes_per_exchange = 0
         self.exchanges = 0
-        self.set_graph(graph)
-        # Same graph everywhere, and every rank in the group once before the first p2p exchange
-        # (NCCL requires the first call on a group to involve all ranks).
-        check_identical(torch.as_tensor(nx.to_numpy_array(graph, nodelist=range(self.num_nodes))),
-                        "communication graph", group)
+        # verify: the same graph everywhere, and every rank in the group once before the first p2p
+        # exchange (NCCL requires the first call on a group to involve all ranks).
+        self.set_graph(graph, verify=True)
 
     def _global(self, rank: int) -> np.ndarray:
         return np.arange(self.blocks[rank].start, self.blocks[rank].stop)
@@ -121,12 +119,15 @@ class TorchDistributedNetwork:
         """P2POp names peers by their rank in the default group."""
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
-    def set_graph(self, graph: nx.Graph) -> None:
-        """Use a new communication graph (same node set; every rank must pass the same graph)."""
+    def set_graph(self, graph: nx.Graph, verify: bool = False) -> None:
+        """Use a new communication graph (same node set; every rank must pass the same graph).
+        ``verify`` checks that they did (one small all_gather; always done by the constructor)."""
         if graph.number_of_nodes() != self.num_nodes:
             raise ValueError(f"graph has {graph.number_of_nodes()} nodes, network has {self.num_nodes}")
-        self.graph = graph
         adjacency = nx.to_numpy_array(graph, nodelist=range(self.num_nodes), dtype=np.float64)
+        if verify:
+            check_identical(torch.as_tensor(adjacency), "communication graph", self.group)
+        self.graph = graph
         np.fill_diagonal(adjacency, 0.0)
         mine = self.local_nodes
         linked = adjacency[mine] != 0  # (local, N): local robot i neighbours global robot j

@@ -127,6 +127,11 @@ def worker(scenario: str, out_dir: str, num_nodes: int) -> None:
                 check_identical(torch.tensor([float(env.rank == 1)]), "base model")
             except ValueError as error:
                 out["check_identical_error"] = str(error)
+            try:
+                net.set_graph(graphs(num_nodes)[env.rank % 2], verify=True)
+            except ValueError as error:
+                out["set_graph_error"] = str(error)
+            net.set_graph(graphs(num_nodes)[0], verify=True)
             out["wire"] = (net.wire_bytes_sent, net.wire_bytes_per_exchange)
             net.mix(theta)
             out["wire_after_mix"] = (net.wire_bytes_sent, net.wire_bytes_per_exchange)
@@ -201,6 +206,8 @@ def test_matches_one_process(tmp_path, world_size, num_nodes):
     assert all(r["gathered"] is None for r in ranks[1:])
     assert all(r["any_rank"] == (True, False) for r in ranks)
     assert all(r["check_identical_error"] == "base model differs across ranks: rank(s) [1] disagree with rank 0"
+               for r in ranks)
+    assert all(r["set_graph_error"].startswith("communication graph differs across ranks: rank(s) [1")
                for r in ranks)
     # wire bytes: rows that cross a block boundary, once per peer rank, 6 rows of 8-byte floats
     blocks = robot_blocks(num_nodes, world_size)
