@@ -19,8 +19,8 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers.distributed import robot_blocks
 from optimizers.dinno import DiNNO
+from optimizers.distributed import robot_blocks
 from optimizers.dsgd import DSGD
 from optimizers.dsgt import DSGT
 from optimizers.graphs import make_graph
@@ -182,8 +182,7 @@ def finish(procs, limit_s: float):
 
 
 def in_process(num_nodes: int) -> dict:
-    out = run_all(num_nodes, lambda g, dtype: InProcessNetwork(g, dtype=dtype), slice(0, num_nodes))
-    return out
+    return run_all(num_nodes, lambda g, dtype: InProcessNetwork(g, dtype=dtype), slice(0, num_nodes))
 
 
 @pytest.mark.parametrize("world_size,num_nodes", [(2, 8), (3, 7)])
