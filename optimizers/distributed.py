@@ -1,0 +1,253 @@
+"""The network of ``optimizers.network`` across processes, on ``torch.distributed``.
+
+Rank r of K hosts the contiguous block ``robot_blocks(N, K)[r]`` of the N robots (blocks differ in
+size by at most one; K > N is refused) and holds only those rows of every node-stack tensor. Every
+rank is given the same whole communication graph (it is small: N nodes) and derives from it, for
+each peer rank q, which of its own robots have a neighbour hosted by q (the rows it sends to q) and
+which of q's robots neighbour its own (the rows it receives from q). One exchange is then one
+``dist.batch_isend_irecv`` with, per peer that hosts a neighbour, one packed send and one packed
+receive: a robot's row travels once to each rank that hosts at least one of its neighbours, never to
+the others, and ranks with no edge between their blocks do not talk at all. The received rows land
+in a "halo" tensor whose rows are the local block plus the received robots in global order, and
+``mix`` / ``neighbor_sum`` are the local rows of W / A restricted to those columns times the halo
+(the same dense or sparse-CSR choice as ``InProcessNetwork``), so each local row sums the same
+terms in the same order as the one-process product: float64 results are identical to it in the
+tests.
+
+Point-to-point rather than a collective: an ``all_gather`` of the blocks moves every row to every
+rank (K - 1 times the stack per exchange) whatever the graph, whereas a sparse graph (cycle, disk)
+cut into contiguous blocks only has edges across the few block boundaries, so p2p sends a handful
+of rows. On a dense graph the two move the same rows; p2p then costs one message per peer.
+
+Byte counts: ``bytes_sent`` (float64, one entry per local robot) counts, like the one-process
+network, one row per neighbour per exchange, the figure a robot radio would send. ``wire_bytes_sent``
+counts the bytes this process actually handed to ``torch.distributed`` (rows sent once per peer
+rank; zero for edges inside the block); ``wire_bytes_per_exchange`` is that per exchange.
+
+A peer that dies or stops answering makes the waiting rank raise ``PeerLostError`` naming the peer
+it was waiting on, within the process group's timeout (gloo: immediately when the peer's socket
+closes, after the timeout when it hangs). A rank that never exchanges with the lost one learns of
+it when its own peers stop in turn; that error names the peer it lost.
+
+Helpers for metrics across ranks: ``gather_rows`` (local rows to rank 0), ``consensus_error`` (each
+robot's distance to the mean unit-normalized row, the mean from one all_reduce of block sums),
+``any_rank`` (a flag every rank agrees on) and ``check_identical`` (a tensor is bit-identical on every
+rank, compared by checksum). Starting the process group from torchrun's environment is
+``optimizers.dist_launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from contextlib import contextmanager
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from optimizers.graphs import metropolis_weights
+from optimizers.network import _SPARSE_MAX_DENSITY, _SPARSE_MIN_NODES
+
+
+class PeerLostError(RuntimeError):
+    """Another rank died or stopped answering during an exchange."""
+
+
+def robot_blocks(num_robots: int, world_size: int) -> list[slice]:
+    """Contiguous blocks of robots per rank; the first ``N % K`` ranks host one robot more."""
+    if world_size < 1 or num_robots < 1:
+        raise ValueError(f"need at least one robot and one rank (got N={num_robots}, K={world_size})")
+    if world_size > num_robots:
+        raise ValueError(f"world size {world_size} exceeds the {num_robots} robots: every rank must host "
+                         f"at least one robot (use at most {num_robots} processes)")
+    base, extra = divmod(num_robots, world_size)
+    ends = np.cumsum([0] + [base + (r < extra) for r in range(world_size)])
+    return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def _operator(full: np.ndarray, rows: slice, columns: list, device, dtype) -> torch.Tensor:
+    """``full[rows][:, columns]``, dense or sparse CSR under the same rule as ``InProcessNetwork``
+    (decided on the whole matrix, so every rank and the one-process network choose alike)."""
+    n = full.shape[0]
+    dense = torch.as_tensor(full[rows][:, columns], device=device, dtype=dtype)
+    if n >= _SPARSE_MIN_NODES and np.count_nonzero(full) / (n * n) <= _SPARSE_MAX_DENSITY:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+            return dense.to_sparse_csr()
+    return dense
+
+
+def _comm_device() -> torch.device:
+    """Where small collective tensors live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class TorchDistributedNetwork:
+    """This rank's block of the robots; ``mix`` and ``neighbor_sum`` exchange rows with the ranks
+    that host neighbours. Every rank must call every method in the same order (they are collective)."""
+
+    def __init__(self, graph: nx.Graph, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, group=None):
+        if not dist.is_initialized():
+            raise RuntimeError("TorchDistributedNetwork needs an initialized process group "
+                               "(optimizers.dist_launch.init_distributed)")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.num_nodes = graph.number_of_nodes()
+        self.blocks = robot_blocks(self.num_nodes, self.world_size)
+        self.local_nodes = self.blocks[self.rank]
+        self.num_local = self.local_nodes.stop - self.local_nodes.start
+        self.bytes_sent = torch.zeros(self.num_local, dtype=torch.float64)
+        self.wire_bytes_sent = 0
+        self.wire_bytes_per_exchange = 0
+        self.exchanges = 0
+        # verify: the same graph everywhere, and every rank in the group once before the first p2p
+        # exchange (NCCL requires the first call on a group to involve all ranks).
+        self.set_graph(graph, verify=True)
+
+    def _global(self, rank: int) -> np.ndarray:
+        return np.arange(self.blocks[rank].start, self.blocks[rank].stop)
+
+    def _global_rank(self, rank: int) -> int:
+        """P2POp names peers by their rank in the default group."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def set_graph(self, graph: nx.Graph, verify: bool = False) -> None:
+        """Use a new communication graph (same node set; every rank must pass the same graph).
+        ``verify`` checks that they did (one small all_gather; always done by the constructor)."""
+        if graph.number_of_nodes() != self.num_nodes:
+            raise ValueError(f"graph has {graph.number_of_nodes()} nodes, network has {self.num_nodes}")
+        adjacency = nx.to_numpy_array(graph, nodelist=range(self.num_nodes), dtype=np.float64)
+        if verify:
+            check_identical(torch.as_tensor(adjacency), "communication graph", self.group)
+        self.graph = graph
+        np.fill_diagonal(adjacency, 0.0)
+        mine = self.local_nodes
+        linked = adjacency[mine] != 0  # (local, N): local robot i neighbours global robot j
+        self._peers = []  # (group rank, global rank, local rows to send, halo slice to receive into)
+        columns = []
+        for q in range(self.world_size):
+            if q == self.rank:
+                self._own = slice(len(columns), len(columns) + self.num_local)
+                columns.extend(self._global(q))
+                continue
+            block = self.blocks[q]
+            send = np.flatnonzero(linked[:, block].any(axis=1))
+            receive = block.start + np.flatnonzero(linked[:, block].any(axis=0))
+            if send.size:
+                start = len(columns)
+                columns.extend(receive)
+                self._peers.append((q, self._global_rank(q), torch.as_tensor(send, device=self.device),
+                                    slice(start, len(columns))))
+        self._halo_rows = len(columns)
+        self._rows_sent = sum(len(send) for _, _, send, _ in self._peers)
+        self._adjacency = _operator(adjacency, mine, columns, self.device, self.dtype)
+        self._mixing = _operator(metropolis_weights(graph), mine, columns, self.device, self.dtype)
+        degrees = adjacency[mine].sum(axis=1)
+        self.degrees = torch.as_tensor(degrees, device=self.device, dtype=self.dtype)
+        self._degrees_cpu = torch.as_tensor(degrees, dtype=torch.float64)
+        self.is_connected = self.num_nodes == 1 or nx.is_connected(graph)
+
+    def _halo(self, x: torch.Tensor) -> torch.Tensor:
+        """The local rows and the neighbours' rows from other ranks, in global robot order."""
+        if x.shape[0] != self.num_local:
+            raise ValueError(f"expected the {self.num_local} local rows of rank {self.rank}, got {x.shape[0]}")
+        rows = x.reshape(self.num_local, -1)
+        halo = rows.new_empty((self._halo_rows, rows.shape[1]))
+        halo[self._own] = rows
+        ops, peers = [], []
+        for q, peer, send, receive in self._peers:
+            ops += [dist.P2POp(dist.isend, rows.index_select(0, send), peer, self.group),
+                    dist.P2POp(dist.irecv, halo[receive], peer, self.group)]
+            peers += [q, q]
+        if ops:
+            works = dist.batch_isend_irecv(ops)
+            for work, q in zip(works, peers):
+                try:
+                    work.wait()
+                except RuntimeError as error:  # gloo/nccl raise DistBackendError, a RuntimeError
+                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    raise PeerLostError(f"rank {self.rank} lost rank {q} while exchanging rows "
+                                        f"(exchange {self.exchanges + 1}): {first}") from None
+        row_bytes = rows.shape[1] * rows.element_size()
+        self.bytes_sent += self._degrees_cpu * row_bytes
+        self.wire_bytes_per_exchange = self._rows_sent * row_bytes
+        self.wire_bytes_sent += self.wire_bytes_per_exchange
+        self.exchanges += 1
+        return halo
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows."""
+        return (self._mixing @ self._halo(x)).reshape(x.shape)
+
+    def neighbor_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
+        return (self._adjacency @ self._halo(x)).reshape(x.shape)
+
+
+@contextmanager
+def _collective(what: str, group=None):
+    """A collective that fails because a peer died or hung raises PeerLostError (one line)."""
+    try:
+        yield
+    except RuntimeError as error:  # DistBackendError included
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PeerLostError(f"rank {dist.get_rank(group)} lost a peer during {what}: {first}") from None
+
+
+def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0) -> torch.Tensor | None:
+    """The (N, ...) stack of every rank's local rows on rank ``dst`` (None on the other ranks)."""
+    device = _comm_device()
+    longest = max(b.stop - b.start for b in network.blocks)
+    padded = x.new_zeros((longest, *x.shape[1:]), device=device)
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in network.blocks] if network.rank == dst else None
+    with _collective("gather_rows", network.group):
+        dist.gather(padded, parts, dst=dst, group=network.group)
+    if parts is None:
+        return None
+    return torch.cat([p[:b.stop - b.start] for p, b in zip(parts, network.blocks)]).to(x.device)
+
+
+def consensus_error(theta: torch.Tensor, num_nodes: int, group=None) -> torch.Tensor:
+    """Per local robot: distance of its unit-normalized row to the mean unit row over all robots,
+    as ``problems.base.consensus_distances(theta)[0]`` in one process (the mean from reduced sums)."""
+    unit = theta / theta.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    total = unit.sum(dim=0).to(_comm_device())
+    with _collective("consensus_error", group):
+        dist.all_reduce(total, group=group)
+    return (unit - total.to(unit.device) / num_nodes).norm(dim=1)
+
+
+def any_rank(flag: bool, group=None) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a local divergence)."""
+    t = torch.tensor([int(bool(flag))], device=_comm_device())
+    with _collective("any_rank", group):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
+def checksum(tensor: torch.Tensor) -> int:
+    """64-bit digest of a tensor's dtype, shape and bytes."""
+    t = tensor.detach().contiguous().cpu()
+    digest = hashlib.blake2b(f"{t.dtype}{tuple(t.shape)}".encode(), digest_size=8)
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def check_identical(tensor: torch.Tensor, what: str, group=None) -> None:
+    """Raise one line naming the ranks whose ``tensor`` differs from rank 0's (checksums compared)."""
+    mine = torch.tensor([checksum(tensor)], dtype=torch.int64, device=_comm_device())
+    sums = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    with _collective(f"the check that {what} is identical on every rank", group):
+        dist.all_gather(sums, mine, group=group)
+    differ = [r for r, s in enumerate(sums) if not torch.equal(s, sums[0])]
+    if differ:
+        raise ValueError(f"{what} differs across ranks: rank(s) {differ} disagree with rank 0")
