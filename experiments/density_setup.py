@@ -24,7 +24,7 @@ from experiments.setups import REPO_ROOT, ExperimentSetup, build_graph, resolve_
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
 from optimizers.graphs import disk_graph
-from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net
+from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net, observable_walls
 
 VALIDATION_SEED_OFFSET = 1000
 
@@ -76,6 +76,9 @@ class DensitySetup(ExperimentSetup):
         self.val_y = val.targets.contiguous()
         self.val_positions = val.positions
         self._build_data()
+        # map quality is judged where the robots could see: one beam length around any pose of any robot
+        self.map_truth = observable_walls(self.image, np.concatenate(self.node_positions), self.lidar.max_range,
+                                          self.lidar.border_width)
         torch.manual_seed(self.seed)
         self.base_model = fourier_net(exp["model"]["shape"], exp["model"]["scale"])
         for p in self.base_model.parameters():
@@ -170,7 +173,7 @@ class DensitySetup(ExperimentSetup):
     # -------------------------------------------------------------- problems
     def density_kwargs(self, problem_cfg: dict, rounds: int | None) -> dict:
         kwargs = self.problem_kwargs(problem_cfg)
-        kwargs.update(image_shape=self.image_shape, total_rounds=rounds,
+        kwargs.update(image_shape=self.image_shape, total_rounds=rounds, map_truth=self.map_truth,
                       mesh_only_at_end=problem_cfg["metrics_config"]["mesh_only_at_end"])
         return kwargs
 
@@ -245,6 +248,10 @@ class DensitySetup(ExperimentSetup):
             title = f"{name}: robot {node}'s map" if mesh.shape[0] > 1 else f"{name}: map"
             if val:
                 title += f"\nmean val. loss {float(torch.as_tensor(val[-1]).mean()):.4f}"
+            if res.get("map_balanced_accuracy"):
+                acc = float(torch.as_tensor(res["map_balanced_accuracy"][-1])[node])
+                iou = float(torch.as_tensor(res["map_wall_iou"][-1])[node])
+                title += f"\nmap bal. acc. {acc:.3f}, wall IoU {iou:.3f}"
             ax.set_title(title, fontsize=9)
         for idx in range(panels, rows * cols):
             axes[idx // cols][idx % cols].axis("off")

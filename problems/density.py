@@ -72,19 +72,56 @@ def mesh_grid(image_shape: tuple[int, int], stride: int = MESH_STRIDE) -> tuple[
     return torch.as_tensor(pts, dtype=torch.float32), (len(rows), len(cols))
 
 
+def observable_walls(image: np.ndarray, poses: np.ndarray, reach: float, border_width: int = 0,
+                     stride: int = MESH_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth for :func:`map_quality` on the mesh grid of ``image`` (walls >= 0.5).
+
+    Returns ``wall`` and ``observable``, (H', W') booleans at every ``stride``-th pixel (the points of
+    :func:`mesh_grid`): observable points lie within ``reach`` pixels of some pose in ``poses`` (lidar
+    coordinates) and outside the ``border_width`` pixels added at the image edge.
+    """
+    from scipy.spatial import cKDTree
+
+    ny, nx_ = image.shape
+    rows, cols = np.arange(0, ny, stride), np.arange(0, nx_, stride)
+    wall = image[np.ix_(rows, cols)] >= 0.5
+    points, shape = mesh_grid(image.shape, stride)
+    near = cKDTree(np.asarray(poses, dtype=np.float64).reshape(-1, 2)).query(
+        points.double().numpy(), distance_upper_bound=reach)[0] <= reach
+    inside_r = (rows >= border_width) & (rows < ny - border_width)
+    inside_c = (cols >= border_width) & (cols < nx_ - border_width)
+    observable = near.reshape(shape) & inside_r[:, None] & inside_c[None, :]
+    return torch.as_tensor(wall), torch.as_tensor(observable)
+
+
+def map_quality(maps: torch.Tensor, wall: torch.Tensor, observable: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per node: each map ``maps`` (N, H', W') thresholded at 0.5 against the ``wall`` truth on the
+    ``observable`` points. ``balanced_accuracy`` = mean of wall recall and free recall (NaN for a class
+    the area lacks is left out); ``wall_iou`` = |predicted & true walls| / |predicted | true walls|."""
+    pred = (maps >= 0.5)[:, observable]  # (N, M)
+    true = wall[observable].to(pred.device).unsqueeze(0)
+    recalls = torch.stack([(pred & true).sum(1) / true.sum(), (~pred & ~true).sum(1) / (~true).sum()])
+    return {"balanced_accuracy": recalls.nanmean(0),
+            "wall_iou": (pred & true).sum(1) / (pred | true).sum(1)}
+
+
 class DensityProblem(SupervisedProblem):
     """Nodes fit (x, y) -> density on their own scan points; validation on scans from random poses.
 
     Extra metric ``mesh_grid_density``: every node's density on the image grid (every 8th pixel),
     (N, H/8, W/8), recorded with ``mesh_round`` (at the last round only when ``mesh_only_at_end``).
+    Given ``map_truth = (wall, observable)`` (:func:`observable_walls`), every mesh also records the
+    map quality of each node: ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`).
     """
 
     base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
                     "train_loss_moving_average", "mesh_grid_density")
 
     def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
-                 total_rounds: int | None = None, **kwargs):
+                 total_rounds: int | None = None, map_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.map_truth = map_truth
         self.image_shape = tuple(int(s) for s in image_shape)
         self.mesh_only_at_end = bool(mesh_only_at_end)
         self.total_rounds = total_rounds
@@ -115,6 +152,10 @@ class DensityProblem(SupervisedProblem):
         if "mesh_grid_density" in self.metrics and self._mesh_due(self._round):
             values["mesh_grid_density"] = self.mesh_density(theta).to("cpu", torch.float32)
             values["mesh_round"] = torch.tensor(-1 if self._round is None else self._round)
+            if self.map_truth is not None:
+                quality = map_quality(values["mesh_grid_density"], *self.map_truth)
+                values["map_balanced_accuracy"] = quality["balanced_accuracy"]
+                values["map_wall_iou"] = quality["wall_iou"]
         return values
 
 

@@ -16,7 +16,8 @@ import yaml
 from experiments.runner import main
 from floorplans.io import save_floorplan
 from optimizers.network import InProcessNetwork
-from problems.density import OnlineDensityProblem, Sine, WindowSampler, fourier_net
+from problems.density import (OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality,
+                              observable_walls)
 from problems.node_stack import NodeStack
 from tests.conftest import REPO_ROOT
 
@@ -209,6 +210,35 @@ def test_original_window_rule_covers_the_paper_loop_with_a_short_tail():
     assert starts == [(w[0], len(w)) for w in windows]
 
 
+def test_map_quality_scores_truth_one_and_a_constant_map_one_half():
+    img = np.zeros(IMAGE_SHAPE)
+    img[:, :10] = 1.0  # border of 10 px
+    img[60:100, 60:68] = 1.0  # a wall
+    poses = np.array([[-40.0, 0.0], [80.0, 60.0]])
+    wall, observable = observable_walls(img, poses, reach=50.0, border_width=10)
+    rows, cols = np.arange(0, 160, 8), np.arange(0, 200, 8)
+    for a, r in enumerate(rows):  # reference: pixel by pixel
+        for b, c in enumerate(cols):
+            x, y = c + 0.5 - 100, r + 0.5 - 80
+            near = min(np.hypot(x - px, y - py) for px, py in poses) <= 50.0
+            assert observable[a, b] == (near and 10 <= r < 150 and 10 <= c < 190)
+            assert wall[a, b] == (img[r, c] >= 0.5)
+    assert wall[observable].any() and (~wall[observable]).any()
+    truth = wall.float().unsqueeze(0)
+    maps = torch.cat([truth, torch.zeros_like(truth), torch.ones_like(truth), 1 - truth])
+    q = map_quality(maps, wall, observable)
+    torch.testing.assert_close(q["balanced_accuracy"], torch.tensor([1.0, 0.5, 0.5, 0.0]))
+    walls, seen = int(wall[observable].sum()), int(observable.sum())
+    torch.testing.assert_close(q["wall_iou"], torch.tensor([1.0, 0.0, walls / seen, 0.0]))
+    # a random map against counts made by hand
+    noisy = torch.rand(1, *wall.shape, generator=torch.Generator().manual_seed(0))
+    pred, true = (noisy[0] >= 0.5)[observable], wall[observable]
+    tp, tn = int((pred & true).sum()), int((~pred & ~true).sum())
+    expect = (tp / int(true.sum()) + tn / int((~true).sum())) / 2
+    assert abs(float(map_quality(noisy, wall, observable)["balanced_accuracy"][0]) - expect) < 1e-6
+    assert abs(float(map_quality(noisy, wall, observable)["wall_iou"][0]) - tp / int((pred | true).sum())) < 1e-6
+
+
 def test_disk_graph_and_mixing_weights_match_pairwise_distances(tmp_path):
     rng = np.random.default_rng(3)
     n = 6
@@ -272,6 +302,11 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     with open(out / "dinno_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6 * 3 and "validation_loss" in rows[0]
+    with open(out / "summary.csv") as fh:
+        summary = {r["problem_name"]: r for r in csv.DictReader(fh)}
+    for name in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
+        assert 0 <= float(summary[name]["map_balanced_accuracy_mean"]) <= 1
+    assert len(hist["map_balanced_accuracy"]) == len(mesh) and hist["map_wall_iou"][-1].shape == (3,)
     central = torch.load(out / "centralized_results.pt", weights_only=True)
     assert central["validation_loss"][-1].shape == (1,)
     assert central["current_position"][-1].shape == (3, 2)
