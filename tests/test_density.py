@@ -343,6 +343,8 @@ def _seed_overrides(name: str) -> list[str]:
     return over
 
 
+@pytest.mark.skipif(not SEED_CONFIGS.is_dir(), reason="the original's configs are not beside the repository "
+                                                     "(../shared/seed/configs)")
 @pytest.mark.skipif(not (PAPER_PLAN / "tight_paths").is_dir(), reason="shipped paper plan missing")
 @pytest.mark.parametrize("name", ["dist_online_dense_PAPER", "dist_online_dense_anim", "dist_dense_v2"])
 def test_original_density_configs_run_on_the_shipped_plan(name, tmp_path):
@@ -359,6 +361,8 @@ def test_original_density_configs_run_on_the_shipped_plan(name, tmp_path):
     assert "mesh_grid_density" in hist
     if name == "dist_dense_v2":
         assert manifest["graph"]["num_nodes"] == 6
+    else:  # no window_step in the original's configs: its non-overlapping windows
+        assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["experiment"]["data"]["window_step"] is None
 
 
 @pytest.mark.parametrize("change, message", [
