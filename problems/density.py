@@ -5,8 +5,8 @@
   grouped kernels (:class:`Sine` declares itself element-wise).
 * :class:`DensityProblem`: static data (each node's scan points), plus the mesh-grid metric.
 * :class:`OnlineDensityProblem`: each robot sees a window of consecutive trajectory poses; when it
-  has used the window once (an epoch) the window moves on (see :class:`WindowSampler`). All nodes' windows live in one
-  padded tensor, so a batch for every node is one gather (:class:`WindowSampler`). Before every round
+  has used the window once (an epoch) the window moves on. All nodes' windows live in one padded
+  tensor, so a batch for every node is a gather (:class:`WindowSampler`). Before every round
   the communication graph is rebuilt as a disk graph on the robots' current positions.
 """
 
