@@ -76,6 +76,7 @@ COMMON_EXPERIMENT = {
     "centralized": (Bool, False),
     "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
     "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
+    "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
 }
 

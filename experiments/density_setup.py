@@ -5,8 +5,8 @@ trajectory; ``random`` gives every robot its own scans from ``num_scans`` random
 ``experiment.graph`` or, without one, a disk graph of ``comm_radius`` on the robots' mean positions.
 
 ``online_density``: each robot scans along its trajectory once; during training it sees a window of
-``num_scans_in_window`` poses that moves on after each epoch (see :class:`problems.density.OnlineDensityProblem`). The
-graph is a disk graph of ``comm_radius`` pixels on the robots' current positions, rebuilt every
+``num_scans_in_window`` poses that moves on after each epoch (:class:`problems.density.WindowSampler`).
+The graph is a disk graph of ``comm_radius`` pixels on the robots' current positions, rebuilt every
 round when ``dynamic_graph``.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from experiments.config import ConfigError
+from experiments.results_io import save_figure
 from experiments.setups import REPO_ROOT, ExperimentSetup, build_graph, resolve_path
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
@@ -261,7 +262,7 @@ class DensitySetup(ExperimentSetup):
                 ax.set_yticks([])
         fig.tight_layout()
         path = out / "density_maps.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         return [path]
 
@@ -284,7 +285,9 @@ class OnlineDensitySetup(DensitySetup):
         self.scans = scans
         self.poses = poses
         self.node_positions = [ds.positions for ds in sets]
-        first_window = WindowSampler(scans[:, :1], self.num_poses, data["num_scans_in_window"], data["window_step"])
+        # where the robots stand in their first windows (one point per pose is enough to know)
+        first_window = WindowSampler(scans[:, :, :1], self.num_poses, data["num_scans_in_window"],
+                                     data["window_step"])
         self.initial_positions = poses[np.arange(self.num_nodes), first_window.current_pose_index().numpy()]
         radius = next(iter(self.cfg["problem_configs"].values()))["comm_radius"]
         self.graph = disk_graph(self.initial_positions, radius)

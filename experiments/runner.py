@@ -7,7 +7,6 @@ command line (nothing written), 130 when interrupted (what exists is written fir
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import platform
@@ -24,7 +23,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from experiments import results_io
 from experiments.config import ConfigError, apply_overrides, load_yaml, validate_config
+from experiments.run_record import Interrupts, RunRecord, now_iso, run_is_live
 from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
 from optimizers.base import DivergedError
@@ -37,13 +38,19 @@ SUMMARY_METRICS = ("validation_loss", "top1_accuracy", "consensus_error", "train
                    "current_epoch", "forward_pass_count", "bytes_sent", "map_balanced_accuracy", "map_wall_iou")
 # Per-evaluation values with one number per node go into the tidy CSV.
 SCALAR_METRICS = ("forward_pass_count", "validation_loss", "top1_accuracy", "consensus_error",
-                  "current_epoch", "train_loss_moving_average", "bytes_sent", "wall_time")
+                  "current_epoch", "train_loss_moving_average", "bytes_sent")
+# Timing is kept in <pair>_results.pt and the manifest only, so that identical runs give identical CSVs.
+PAIR_STATUSES = ("not started", "running", "completed", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "diverged")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="run.py", description="Run every (problem, optimizer) pair of an experiment config.")
-    parser.add_argument("config", help="experiment YAML file")
+    parser.add_argument("config", nargs="?", help="experiment YAML file (not with --resume)")
+    parser.add_argument("--resume", metavar="OUTPUT_DIR",
+                        help="continue a crashed or interrupted run in its output folder: finished pairs are "
+                             "kept, unfinished ones continue from their last checkpoint")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. problem_configs.problem1.optimizer_config."
                              "outer_iterations=5 (value parsed as YAML; repeatable)")
@@ -84,12 +91,6 @@ def new_output_dir(base: Path, name: str) -> Path:
     return candidate
 
 
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
 def history_rows(history: dict) -> list[dict]:
     """Tidy rows: one per (round, node) with one column per scalar metric."""
     rows = []
@@ -108,16 +109,18 @@ def history_rows(history: dict) -> list[dict]:
     return rows
 
 
-def write_pair_results(out_dir: Path, name: str, history: dict, theta: torch.Tensor | None) -> None:
-    torch.save(history, out_dir / f"{name}_results.pt")
+def write_pair_results(out_dir: Path, name: str, history: dict, theta: torch.Tensor | None,
+                       last_finite: tuple[int, torch.Tensor] | None = None) -> None:
+    """The pair's results, each file written atomically."""
+    results_io.torch_save(history, out_dir / f"{name}_results.pt")
     rows = history_rows(history)
     if rows:
-        with open(out_dir / f"{name}_metrics.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        results_io.write_csv(out_dir / f"{name}_metrics.csv", rows)
     if theta is not None:
-        torch.save(theta.detach().cpu(), out_dir / f"{name}_final_params.pt")
+        results_io.torch_save(theta.detach().cpu(), out_dir / f"{name}_final_params.pt")
+    if last_finite is not None:
+        results_io.torch_save({"round": last_finite[0], "theta": last_finite[1].detach().cpu()},
+                              out_dir / f"{name}_last_finite_params.pt")
 
 
 def summarize(pair: dict, history: dict) -> dict:
@@ -141,47 +144,88 @@ def format_ranges(metrics: dict) -> str:
     return ", ".join(parts)
 
 
-def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device, out_dir,
-             quiet: bool, verbose: bool, pair: dict) -> dict:
-    """Train one pair; returns its history (also on divergence/failure)."""
-    network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
-    optimizer = optimizer_cls(problem, network, opt_cfg)
-    bar = tqdm(total=optimizer.outer_iterations, desc=f"{name} ({alg_name})", disable=quiet,
-               dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
-    rounds_done = 0
+def load_history(out_dir: Path, name: str) -> dict:
+    path = out_dir / f"{name}_results.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else {}
 
-    def progress(k, metrics):
-        nonlocal rounds_done
-        rounds_done = k
-        bar.update(1)
-        if metrics is not None:
-            if "validation_loss" in metrics:
-                bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
-            if verbose:
-                bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
 
-    start = time.perf_counter()
-    try:
+class PairRun:
+    """Train one (problem, optimizer) pair, checkpointing as it goes; resumes from a checkpoint."""
+
+    def __init__(self, name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device,
+                 out_dir: Path | None, record: RunRecord, interrupts: Interrupts, checkpoint_every: int | None):
+        self.name, self.alg_name, self.problem = name, alg_name, problem
+        self.network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
+        self.optimizer = optimizer_cls(problem, self.network, opt_cfg)
+        self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path = out_dir / f"{name}_checkpoint.pt" if out_dir is not None else None
+        self.rounds_done = 0
+
+    def save_checkpoint(self, k: int) -> None:
+        with self.interrupts.deferred():
+            results_io.torch_save(self.optimizer.checkpoint(k), self.checkpoint_path)
+            self.record.update_pair(self.name, checkpoint_round=k)
+
+    def train(self, quiet: bool, verbose: bool, resume: bool) -> None:
+        """Train to the end; sets the pair's status in the record (diverged is not an exception)."""
+        optimizer, problem, name = self.optimizer, self.problem, self.name
+        first = 1
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            first = optimizer.resume(torch.load(self.checkpoint_path, weights_only=True)) + 1
+            self.rounds_done = first - 1
+        bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
+                   disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
+
+        def progress(k, metrics):
+            self.rounds_done = k
+            bar.update(1)
+            if metrics is not None:
+                if "validation_loss" in metrics:
+                    bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
+                if verbose:
+                    bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
+
         before_round = None  # problems whose data or graph change every round define it
         if hasattr(problem, "before_round"):
-            before_round = partial(problem.before_round, network=network)
-        optimizer.train(progress=progress, profile_dir=out_dir, before_round=before_round)
-        pair["status"] = "completed"
-    except DivergedError as exc:
-        pair["status"] = "diverged"
-        pair["diverged_round"] = exc.round_index
-        pair["error"] = str(exc)
-        bar.write(f"  [{name}] diverged: {exc}")
-        problem.evaluate(exc.round_index, extras=optimizer._extras())
-    finally:
-        bar.close()
-        pair["seconds"] = time.perf_counter() - start
-        pair["rounds_completed"] = rounds_done
-        pair["outer_iterations"] = optimizer.outer_iterations
-        pair["bytes_sent_total"] = float(network.bytes_sent.sum())
-        pair["node_stack"] = {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size}
-                              for shape, (form, size) in problem.stack.plans.items()}
-    return problem.history
+            before_round = partial(problem.before_round, network=self.network)
+        start = time.perf_counter()
+        try:
+            if first == 1:
+                optimizer.begin()
+            optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=before_round,
+                                 on_checkpoint=self.save_checkpoint if self.checkpoint_path else None,
+                                 checkpoint_every=self.checkpoint_every)
+            self.record.update_pair(name, status="completed")
+        except DivergedError as exc:
+            bar.write(f"  [{name}] diverged: {exc}")
+            problem.evaluate(exc.round_index, extras=optimizer._extras())
+            self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
+        finally:
+            bar.close()
+            self.record.update_pair(name, **self.facts(time.perf_counter() - start))
+
+    def facts(self, seconds: float) -> dict:
+        stack = self.problem.stack
+        previous = self.record.pair(self.name).get("seconds", 0.0) if self.rounds_done else 0.0
+        return {"seconds": previous + seconds, "rounds_completed": self.rounds_done,
+                "outer_iterations": self.optimizer.outer_iterations,
+                "bytes_sent_total": float(self.network.bytes_sent.sum()),
+                "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,
+                                                          "decided_by": stack.plan_sources.get(shape, "config")}
+                               for shape, (form, size) in stack.plans.items()}}
+
+    def write_results(self) -> None:
+        if self.out_dir is None or not self.problem.history:
+            return
+        with self.interrupts.deferred():
+            status = self.record.pair(self.name)["status"]
+            last_finite = getattr(self.optimizer, "last_finite", None) if status == "diverged" else None
+            write_pair_results(self.out_dir, self.name, self.problem.history, self.problem.theta, last_finite)
+            if last_finite is not None:
+                self.record.update_pair(self.name, last_finite_round=last_finite[0])
+            if status in FINISHED and self.checkpoint_path is not None:
+                self.checkpoint_path.unlink(missing_ok=True)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -202,140 +246,232 @@ def print_table(rows: list[dict]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def _terminate_as_interrupt(signum, frame):
-    """SIGTERM (e.g. a batch scheduler stopping the job) ends the run like Ctrl-C: results are kept."""
-    raise KeyboardInterrupt
-
-
-def main(argv=None) -> int:
+def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
+    """Config and manifest of an output folder to resume; refuses live runs and changed configs."""
+    out_dir = Path(folder).resolve()
+    manifest_path, config_path = out_dir / "manifest.json", out_dir / "config.yaml"
+    if not manifest_path.is_file() or not config_path.is_file():
+        raise ConfigError(f"--resume {folder}: not an output folder of run.py (needs manifest.json and config.yaml)")
     try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if exc.code is not None else 2
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("pairs"), list):
+            raise ValueError("no pairs")
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"--resume {folder}: manifest.json is not a run manifest") from None
+    if run_is_live(manifest):
+        raise ConfigError(f"--resume {folder}: the run is still live (pid {manifest.get('pid')} on "
+                          f"{manifest.get('host')}, heartbeat {manifest.get('heartbeat')}); stop it first")
+    stored = validate_config(load_yaml(config_path))
+    cfg = validate_config(apply_overrides(load_yaml(config_path), overrides))
+    difference = config_difference(stored, cfg)
+    if difference:
+        raise ConfigError(f"--resume {folder}: --set may only change outer_iterations when resuming; "
+                          f"{difference} differs from the run's config")
+    return cfg, manifest, out_dir
 
-    try:
-        raw = apply_overrides(load_yaml(args.config), args.overrides)
-        cfg = validate_config(raw)
-        exp = cfg["experiment"]
-        device = pick_device(args.device, exp["use_cuda"])
-        setup = SETUPS[exp["problem"]](cfg, device)
-    except (ConfigError, GraphError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    writeout = exp["writeout"] or args.output_dir is not None
-    out_dir = None
-    if writeout:
-        if args.output_dir:
-            out_dir = Path(args.output_dir).resolve()
-            if out_dir.exists() and any(out_dir.iterdir()):
-                print(f"error: --output-dir {out_dir} exists and is not empty; choose a new folder",
-                      file=sys.stderr)
-                return 2
-        else:
-            base = resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR)
-            out_dir = new_output_dir(base, exp["name"])
-        out_dir.mkdir(parents=True, exist_ok=True)
+def config_difference(old, new, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs, ignoring the number of rounds."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if key == "outer_iterations":
+                continue
+            found = config_difference(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else prefix
 
+
+def prepare_output_dir(args, exp: dict) -> Path | None:
+    if args.output_dir:
+        out_dir = Path(args.output_dir).resolve()
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder")
+        return out_dir
+    if not exp["writeout"]:
+        return None
+    base = resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR)
+    return new_output_dir(base, exp["name"])
+
+
+def new_manifest(args, exp: dict, device, setup, jobs) -> dict:
     manifest = {
         "name": exp["name"], "status": "running", "config_file": str(Path(args.config).resolve()),
-        "overrides": args.overrides, "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "overrides": args.overrides, "started": now_iso(),
         "seed": exp["seed"], "device": str(device), "dtype": exp["dtype"], "problem": exp["problem"],
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "platform": platform.platform()},
+        "execution_plan_cache": str(setup.plan_cache.path),
         "data": setup.describe(),
         "graph": {"type": setup.graph.graph.get("type"), "num_nodes": setup.graph.number_of_nodes(),
                   "num_edges": setup.graph.number_of_edges()},
-        "pairs": [],
+        "pairs": [{"problem_name": name, "alg_name": alg, "status": "not started"} for name, alg, _ in jobs],
     }
     try:
         import torchvision
         manifest["versions"]["torchvision"] = torchvision.__version__
     except ImportError:
         pass
-    if out_dir is not None:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        write_json(out_dir / "graph.json", graph_to_json(setup.graph))
-        write_json(out_dir / "manifest.json", manifest)
+    return manifest
 
+
+def experiment_jobs(cfg: dict) -> list[tuple[str, str, dict | None]]:
+    exp = cfg["experiment"]
     jobs = [(pc["problem_name"], pc["optimizer_config"]["alg_name"], pc) for pc in cfg["problem_configs"].values()]
     if exp["individual_training"]["train_solo"]:
         jobs.append(("individual", "local", None))
     if exp["centralized"]:
         jobs.append(("centralized", "local", None))
+    return jobs
 
+
+def main(argv=None) -> int:
+    interrupts = Interrupts()
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    try:
+        return _main(argv, interrupts)
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv, interrupts: Interrupts) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if exc.code is not None else 2
+
+    resume = args.resume is not None
+    try:
+        if resume == (args.config is not None):
+            raise ConfigError("give either a CONFIG file or --resume OUTPUT_DIR (not both, not neither)")
+        if resume:
+            if args.output_dir:
+                raise ConfigError("--output-dir: not with --resume (the run continues in its own folder)")
+            cfg, old_manifest, out_dir = load_resume(args.resume, args.overrides)
+        else:
+            cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
+        exp = cfg["experiment"]
+        device = pick_device(args.device, exp["use_cuda"])
+        if not resume:
+            out_dir = prepare_output_dir(args, exp)
+        setup = SETUPS[exp["problem"]](cfg, device)
+    except (ConfigError, GraphError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    jobs = experiment_jobs(cfg)
+    if resume:
+        manifest = old_manifest
+        manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
+        manifest["status"] = "running"
+        manifest.pop("finished", None)
+        known = {p["problem_name"] for p in manifest["pairs"]}
+        manifest["pairs"] += [{"problem_name": n, "alg_name": a, "status": "not started"}
+                              for n, a, _ in jobs if n not in known]
+    else:
+        manifest = new_manifest(args, exp, device, setup, jobs)
+    with interrupts.deferred():
+        if out_dir is not None and not resume:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+            results_io.write_json(out_dir / "graph.json", graph_to_json(setup.graph))
+        record = RunRecord(out_dir / "manifest.json" if out_dir is not None else None, manifest)
+        record.save()
+    record.start_heartbeat()
+    try:
+        return run_jobs(args, cfg, setup, device, jobs, out_dir, record, interrupts, resume)
+    finally:
+        record.stop_heartbeat()
+
+
+def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interrupts: Interrupts,
+             resume: bool) -> int:
+    exp = cfg["experiment"]
     summary_rows = []
     interrupted = False
     print(f"experiment {exp['name']}: {len(jobs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
-          f"device {device}, data: {manifest['data'].get('source', '')}")
-    for name, alg_name, pc in jobs:
-        pair = {"problem_name": name, "alg_name": alg_name, "status": "running"}
-        manifest["pairs"].append(pair)
-        history: dict = {}
-        problem = None
-        try:
-            if pc is not None:
-                problem = setup.make_problem(pc)
-                opt_cfg = dict(pc["optimizer_config"])
-                cls = OPTIMIZERS[alg_name]
-                verbose = pc["verbose_evals"]
-            else:
-                problem, opt_cfg = setup.make_baseline(name)
-                cls = BASELINES["local"]
-                verbose = exp["individual_training"]["verbose"]
-            opt_cfg.pop("alg_name", None)
-            history = run_pair(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir,
-                               args.quiet, verbose, pair)
-        except KeyboardInterrupt:
-            pair["status"] = "interrupted"
-            history = problem.history if problem is not None else {}
-            interrupted = True
-        except Exception as exc:  # a crash of one pair never loses the others
-            pair["status"] = "failed"
-            pair["error"] = f"{type(exc).__name__}: {exc}"
-            pair["traceback"] = traceback.format_exc()
-            history = problem.history if problem is not None else {}
-            print(f"pair {name} failed: {pair['error']}", file=sys.stderr)
-        if out_dir is not None and history:
-            write_pair_results(out_dir, name, history, problem.theta if problem is not None else None)
-        summary_rows.append(summarize(pair, history))
-        if out_dir is not None:
-            write_json(out_dir / "manifest.json", manifest)
-        if interrupted:
-            break
+          f"device {device}, data: {record.manifest['data'].get('source', '')}")
+    try:
+        for name, alg_name, pc in jobs:
+            pair = record.pair(name)
+            if resume and pair["status"] in FINISHED:
+                summary_rows.append(summarize(pair, load_history(out_dir, name)))
+                continue
+            summary_rows.append(run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record,
+                                        interrupts, resume))
+    except KeyboardInterrupt:
+        interrupted = True
+    interrupts.stop()  # from here on, signals only wait: everything that exists gets written
 
-    statuses = [p["status"] for p in manifest["pairs"]]
+    statuses = [p["status"] for p in record.manifest["pairs"]]
     if interrupted:
-        manifest["status"] = "interrupted"
+        status = "interrupted"
     elif all(s == "completed" for s in statuses):
-        manifest["status"] = "completed"
+        status = "completed"
     else:
-        manifest["status"] = "failed"
-    manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-
+        status = "failed"
     print()
     print_table(summary_rows)
     if out_dir is not None:
-        with open(out_dir / "summary.csv", "w", newline="") as fh:
-            fields = list(dict.fromkeys(k for r in summary_rows for k in r))
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(summary_rows)
+        results_io.write_csv(out_dir / "summary.csv", summary_rows)
         try:
             from visualization.plotting import save_standard_figures
-            write_json(out_dir / "manifest.json", manifest)
             figures = save_standard_figures(out_dir)
             figures += setup.save_figures(out_dir)
-            manifest["figures"] = [str(p.relative_to(out_dir)) for p in figures]
+            record.update(figures=[str(p.relative_to(out_dir)) for p in figures])
         except Exception as exc:  # figures must never cost the results
-            manifest["figures_error"] = f"{type(exc).__name__}: {exc}"
+            record.update(figures_error=f"{type(exc).__name__}: {exc}")
             print(f"warning: figures could not be drawn: {exc}", file=sys.stderr)
-        write_json(out_dir / "manifest.json", manifest)
         print(f"\nresults: {out_dir}")
         print(f"figures: {out_dir / 'figures'}")
+    record.update(status=status, finished=now_iso())
     if interrupted:
-        print("interrupted: results so far are written", file=sys.stderr)
+        print("interrupted: results so far are written; continue with --resume "
+              f"{out_dir if out_dir is not None else 'OUTPUT_DIR'}", file=sys.stderr)
         return 130
-    return 0 if manifest["status"] == "completed" else 1
+    return 0 if status == "completed" else 1
+
+
+def run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record: RunRecord, interrupts: Interrupts,
+            resume: bool) -> dict:
+    """Build and train one pair; write its results whatever happens. Returns its summary row."""
+    with record.lock:
+        for stale in ("error", "traceback", "diverged_round", "last_finite_round"):
+            record.pair(name).pop(stale, None)
+    record.update_pair(name, status="running")
+    run = None
+    try:
+        if pc is not None:
+            problem = setup.make_problem(pc)
+            opt_cfg = dict(pc["optimizer_config"])
+            cls = OPTIMIZERS[alg_name]
+            verbose = pc["verbose_evals"]
+        else:
+            problem, opt_cfg = setup.make_baseline(name)
+            cls = BASELINES["local"]
+            verbose = exp["individual_training"]["verbose"]
+        opt_cfg.pop("alg_name", None)
+        run = PairRun(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir, record, interrupts,
+                      exp["checkpoint_every"])
+        run.train(args.quiet, verbose, resume)
+    except KeyboardInterrupt:
+        interrupts.stop()
+        record.update_pair(name, status="interrupted")
+        if run is not None:
+            run.write_results()
+        raise
+    except Exception as exc:  # a crash of one pair never loses the others
+        record.update_pair(name, status="failed", error=f"{type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc())
+        print(f"pair {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if run is not None:
+        run.write_results()
+    history = run.problem.history if run is not None else {}
+    return summarize(record.pair(name), history)

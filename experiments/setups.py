@@ -18,6 +18,7 @@ import torch
 
 from optimizers.graphs import make_graph
 from problems.mnist import MNISTProblem, mnist_cnn
+from problems.node_stack import default_plan_cache
 from problems.mnist_data import images_to_tensor, load_mnist, split_indices
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ class ExperimentSetup:
         self.device = device
         self.dtype = DTYPES[self.exp["dtype"]]
         self.seed = self.exp["seed"]
+        self.plan_cache = default_plan_cache()
 
     # graph: nx.Graph, base_model: nn.Module, data_description: dict are set by subclasses
     def make_problem(self, problem_cfg: dict):
@@ -60,7 +62,7 @@ class ExperimentSetup:
                     evaluate_frequency=mc["evaluate_frequency"], tloss_decay=mc["tloss_decay"],
                     device=self.device, dtype=self.dtype, seed=self.seed + 1,
                     verbose_evals=problem_cfg["verbose_evals"], execution=self.exp["execution"],
-                    chunk_size=self.exp["node_chunk_size"])
+                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache)
 
     def describe(self) -> dict:
         return {}

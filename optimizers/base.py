@@ -8,12 +8,15 @@ profiles the first rounds on request and reports progress.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from optimizers import state
 
 PROFILED_ROUNDS = 5
 
@@ -116,20 +119,56 @@ class DistributedOptimizer:
         if parameters_too and not bool(torch.isfinite(self.problem.theta).all()):
             raise DivergedError(k, "parameter")
 
-    def train(self, progress: Callable[[int, dict | None], None] | None = None,
-              profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None
-              ) -> None:
-        """Run ``outer_iterations`` rounds, evaluating at round 0, every ``evaluate_frequency``
-        rounds and at the last round. ``progress(k, metrics_or_None)`` is called after each round."""
-        problem = self.problem
-        freq = max(1, int(problem.evaluate_frequency))
+    # ----------------------------------------------------------------------- checkpoints
+    # Attributes that are wiring or configuration, not state that evolves during training.
+    _not_state = ("problem", "network", "config", "outer_iterations")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this optimizer has learned or counted (tensors, schedules, torch optimizers)."""
+        return state.capture(self, [n for n in vars(self) if n not in self._not_state])
+
+    def checkpoint(self, round_index: int) -> dict[str, Any]:
+        """The state after ``round_index`` rounds: optimizer, problem and network."""
+        return {"round": round_index, "optimizer": self.state_dict(), "problem": self.problem.state_dict(),
+                "network": self.network.state_dict()}
+
+    def resume(self, checkpoint: dict[str, Any]) -> int:
+        """Set up, then continue from ``checkpoint``; returns the round it was taken after."""
+        with torch.no_grad():
+            self.setup()
+            state.restore(self, checkpoint["optimizer"])
+            self.problem.load_state_dict(checkpoint["problem"])
+            self.network.load_state_dict(checkpoint["network"])
+        return int(checkpoint["round"])
+
+    # -------------------------------------------------------------------------- training
+    def begin(self) -> None:
+        """Set up and evaluate at round 0."""
         start = time.perf_counter()
         with torch.no_grad():
             self.setup()
         self.elapsed = time.perf_counter() - start
-        problem.evaluate(0, extras=self._extras())
-        profiler = self._profiler(profile_dir)
-        for k in range(1, self.outer_iterations + 1):
+        self.last_finite = (0, self.problem.theta.clone())
+        self.problem.evaluate(0, extras=self._extras())
+
+    def train(self, progress: Callable[[int, dict | None], None] | None = None,
+              profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None,
+              ) -> None:
+        """Run ``outer_iterations`` rounds from the start (see :meth:`run_rounds`)."""
+        self.begin()
+        self.run_rounds(1, progress=progress, profile_dir=profile_dir, before_round=before_round)
+
+    def run_rounds(self, first_round: int, progress: Callable[[int, dict | None], None] | None = None,
+                   profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None,
+                   on_checkpoint: Callable[[int], None] | None = None, checkpoint_every: int | None = None,
+                   ) -> None:
+        """Rounds ``first_round``..``outer_iterations``, evaluating every ``evaluate_frequency`` rounds and
+        at the last round. ``progress(k, metrics_or_None)`` is called after each round;
+        ``on_checkpoint(k)`` after every evaluation, or every ``checkpoint_every`` rounds when given."""
+        problem = self.problem
+        freq = max(1, int(problem.evaluate_frequency))
+        profiler = self._profiler(profile_dir) if first_round == 1 else None
+        for k in range(first_round, self.outer_iterations + 1):
             if before_round is not None:
                 before_round(k)
             t0 = time.perf_counter()
@@ -138,15 +177,23 @@ class DistributedOptimizer:
             self.elapsed += time.perf_counter() - t0
             evaluating = k % freq == 0 or k == self.outer_iterations
             self._check_finite(k, parameters_too=evaluating)
+            if evaluating:
+                self.last_finite = (k, problem.theta.clone())
             if profiler is not None:
                 profiler.step()
                 if k >= PROFILED_ROUNDS or k == self.outer_iterations:
                     profiler.__exit__(None, None, None)
-                    profiler.export_chrome_trace(str(Path(profile_dir) / f"{problem.name}_profile.json"))
+                    trace = Path(profile_dir) / f"{problem.name}_profile.json"
+                    partial = trace.with_name(f".{trace.stem}.tmp{trace.suffix}")
+                    profiler.export_chrome_trace(str(partial))
+                    os.replace(partial, trace)
                     profiler = None
             metrics = None
             if evaluating:
                 metrics = problem.evaluate(k, extras=self._extras())
+            if on_checkpoint is not None and k < self.outer_iterations and (
+                    k % checkpoint_every == 0 if checkpoint_every else evaluating):
+                on_checkpoint(k)
             if progress is not None:
                 progress(k, metrics)
 

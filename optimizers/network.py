@@ -63,6 +63,21 @@ class InProcessNetwork:
         self._degrees_cpu = torch.as_tensor(adjacency.sum(axis=1), dtype=torch.float64)
         self.is_connected = self.num_nodes == 1 or nx.is_connected(graph)
 
+    def state_dict(self) -> dict:
+        """Byte counters and the graph in use (which changes when the graph is dynamic)."""
+        edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
+        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges}
+
+    def load_state_dict(self, saved: dict) -> None:
+        graph = nx.Graph()
+        graph.add_nodes_from(self.graph.nodes(data=True))
+        graph.add_edges_from(saved["edges"].tolist())
+        graph.graph.update(self.graph.graph)
+        if frozenset(map(frozenset, graph.edges())) != frozenset(map(frozenset, self.graph.edges())):
+            self.set_graph(graph)
+        self.bytes_sent.copy_(saved["bytes_sent"])
+        self.exchanges = int(saved["exchanges"])
+
     def _count(self, x: torch.Tensor) -> None:
         row_bytes = x[0].numel() * x.element_size()
         self.bytes_sent += self._degrees_cpu * row_bytes

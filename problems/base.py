@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from optimizers import state
 from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
 
@@ -59,12 +60,12 @@ class SupervisedProblem:
                  loss: str, metrics: Sequence[str], train_batch_size: int, val_batch_size: int,
                  evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
-                 execution: str = "auto", chunk_size: int | None = None):
+                 execution: str = "auto", chunk_size: int | None = None, plan_cache=None):
         self.name = name
         self.num_nodes = len(node_indices)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size)
+        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache)
         self.loss_name = loss
         self.metrics = list(metrics)
         unknown = [m for m in self.metrics if m not in self.available_metrics()]
@@ -175,6 +176,19 @@ class SupervisedProblem:
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
         return values
+
+    # ---------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Parameters, batch streams, loss averages and the metric history so far."""
+        return {"theta": self.theta.detach().clone(), "sampler": self.sampler.state_dict(),
+                "stack_plans": dict(self.stack.plans),
+                **state.capture(self, ("train_loss_ma", "last_losses", "history"))}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.theta.copy_(saved["theta"].to(self.theta.device, self.theta.dtype))
+        self.sampler.load_state_dict(saved["sampler"])
+        self.stack.plans.update(saved["stack_plans"])
+        state.restore(self, {k: saved[k] for k in ("train_loss_ma", "last_losses", "history")})
 
     def make_node_models(self) -> list[nn.Module]:
         return [self.stack.node_model(i) for i in range(self.num_nodes)]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from optimizers import state
 from optimizers.graphs import disk_graph
 from problems.base import SupervisedProblem
 
@@ -254,6 +255,12 @@ class WindowSampler:
         self.samples_seen += batch_size
         return torch.gather(self.flat, 1, rows.unsqueeze(2).expand(-1, -1, 3))
 
+    def state_dict(self) -> dict:
+        return state.capture(self, ("generator", "start", "position", "epochs", "samples_seen", "current"))
+
+    def load_state_dict(self, saved: dict) -> None:
+        state.restore(self, saved)
+
     def window_points(self, node: int) -> torch.Tensor:
         """(M, 3) points of robot ``node``'s current window, poses in window order."""
         local = torch.arange(int(self.window_size()[node]), device=self.device).unsqueeze(0)
@@ -261,7 +268,7 @@ class WindowSampler:
 
 
 class OnlineDensityProblem(DensityProblem):
-    """Robots drive along their trajectories and learn from a sliding window of their latest scans.
+    """Robots drive along their trajectories and learn from a window of their latest scans.
 
     ``scans``: (N, P_max, S, 3) per-robot trajectory scans (padded), ``poses``: (N, P_max, 2) their
     positions, ``num_poses``: trajectory lengths. With ``pooled=True`` the problem is one node that
@@ -321,6 +328,26 @@ class OnlineDensityProblem(DensityProblem):
             self._edges = edges
         self.graph = graph
         self.data_seconds += time.perf_counter() - t0
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        saved = super().state_dict()
+        saved["window_sampler"] = self.window_sampler.state_dict()
+        edges = sorted(self.graph.edges()) if self.graph is not None else None
+        saved["graph_edges"] = torch.tensor(edges, dtype=torch.long).reshape(-1, 2) if edges is not None else None
+        saved.update(state.capture(self, ("graph_changes", "data_seconds")))
+        return saved
+
+    def load_state_dict(self, saved: dict) -> None:
+        super().load_state_dict(saved)
+        self.window_sampler.load_state_dict(saved["window_sampler"])
+        state.restore(self, {k: saved[k] for k in ("graph_changes", "data_seconds")})
+        if saved["graph_edges"] is not None:
+            graph = disk_graph(self.current_positions(), self.comm_radius)
+            graph.remove_edges_from(list(graph.edges()))
+            graph.add_edges_from(saved["graph_edges"].tolist())
+            self.graph = graph
+            self._edges = frozenset(graph.edges())
 
     # ---------------------------------------------------------------- training
     def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,11 @@ ones node by node. The choice only changes speed and float rounding, never the m
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -172,6 +175,68 @@ class _GroupedForward:
         return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
 
 
+# Layers whose behaviour depends on train/eval mode or on running buffers: the stack keeps only
+# parameters per node, so it refuses them rather than silently sharing statistics between nodes.
+_MODE_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
+
+
+def check_stackable(model: nn.Module) -> None:
+    """Refuse models the stack would get silently wrong (per-node buffers, train-mode behaviour)."""
+    for name, module in model.named_modules():
+        if isinstance(module, _MODE_DEPENDENT):
+            raise ValueError(f"node stack: layer {name or type(module).__name__} ({type(module).__name__}) "
+                             f"needs per-node running statistics or train/eval modes, which the stack does "
+                             f"not keep; use a model without BatchNorm/Dropout (e.g. GroupNorm/LayerNorm)")
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        raise ValueError(f"node stack: the model has buffers ({', '.join(buffers[:3])}), which would be shared "
+                         f"by all nodes; use a model whose state is all parameters")
+
+
+class ExecutionPlanCache:
+    """Execution choices of the automatic node stack, kept in a JSON file so that reruns reuse them.
+
+    Keyed by everything that decides which form is fastest (model, nodes, batch shape, dtype, device,
+    threads, torch version): the first run measures, later runs on the same machine take the same
+    decision and therefore compute bit-identical numbers.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> tuple[str, int] | None:
+        entry = self._read().get(key)
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] in EXECUTIONS and isinstance(entry[1], int):
+            return entry[0], entry[1]
+        return None
+
+    def put(self, key: str, choice: tuple[str, int]) -> None:
+        data = self._read()
+        data[key] = list(choice)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only cache only costs the measurement next time
+            pass
+
+
+def default_plan_cache() -> ExecutionPlanCache:
+    """``$NNDT_PLAN_CACHE``, else ``~/.cache/nn_distributed_training/execution_plans.json``."""
+    path = os.environ.get("NNDT_PLAN_CACHE")
+    if not path:
+        path = Path.home() / ".cache" / "nn_distributed_training" / "execution_plans.json"
+    return ExecutionPlanCache(path)
+
+
 class NodeStack:
     """All node models of one architecture as a stacked ``(N, n)`` parameter tensor.
 
@@ -181,9 +246,10 @@ class NodeStack:
 
     def __init__(self, model: nn.Module, num_nodes: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, execution: str = "auto",
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, plan_cache: ExecutionPlanCache | None = None):
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
+        check_stackable(model)
         self.num_nodes = num_nodes
         self.device = torch.device(device)
         self.dtype = dtype
@@ -205,6 +271,8 @@ class NodeStack:
         self.chunk_size = chunk_size
         self._grouped = _GroupedForward(self.template, self.slots) if grouped_ok else None
         self.plans: dict[tuple, tuple[str, int]] = {}
+        self.plan_sources: dict[tuple, str] = {}
+        self.plan_cache = plan_cache
         self._buffers = {n: b for n, b in self.template.named_buffers()}
 
     # ----------------------------------------------------------------------------- views
@@ -238,8 +306,14 @@ class NodeStack:
         key = tuple(x.shape[1:])
         if key in self.plans:
             return self.plans[key]
+        cache_key = self._cache_key(x) if self.autotune and self.plan_cache is not None else None
+        cached = self.plan_cache.get(cache_key) if cache_key is not None else None
         if not self.autotune:
             choice = (self.execution, self.chunk_size or auto_chunk(self.num_nodes, x.shape[1]))
+            self.plan_sources[key] = "config"
+        elif cached is not None:
+            choice = cached
+            self.plan_sources[key] = "cache"
         else:
             timings = {}
             for candidate in self.candidates(x.shape[1]):
@@ -251,9 +325,18 @@ class NodeStack:
                 timings[candidate] = min(_timed(run, theta.device) for _ in range(2))
             choice = min(timings, key=timings.get)
             self.timings = {f"{form}/{size}": t for (form, size), t in timings.items()}
+            self.plan_sources[key] = "measured"
+            if cache_key is not None:
+                self.plan_cache.put(cache_key, choice)
         self.plans[key] = choice
         self.execution = choice[0]
         return choice
+
+    def _cache_key(self, x: torch.Tensor) -> str:
+        model = " ".join(repr(self.template).split())
+        return (f"torch {torch.__version__} | {self.device} | {str(self.dtype).replace('torch.', '')} | "
+                f"threads {torch.get_num_threads()} | nodes {self.num_nodes} | chunk {self.chunk_size} | "
+                f"batch {tuple(x.shape[1:])} | {model}")
 
     # --------------------------------------------------------------------------- forward
     def forward(self, theta: torch.Tensor, x: torch.Tensor, shared_input: bool = False,

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from optimizers import state
+
 
 class NodeBatchSampler:
     """Shuffled mini-batch indices for N nodes.
@@ -74,5 +76,10 @@ class NodeBatchSampler:
             self.upcoming[rows] = self._permutations(rows.cpu())
         return torch.gather(self.table, 1, local)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"epochs": self.epochs.clone(), "samples_seen": self.samples_seen.clone()}
+    _stream_state = ("generator", "position", "epochs", "samples_seen", "current", "upcoming")
+
+    def state_dict(self) -> dict:
+        return state.capture(self, self._stream_state)
+
+    def load_state_dict(self, saved: dict) -> None:
+        state.restore(self, saved)

@@ -12,6 +12,12 @@ def shared_mnist_dir() -> Path | None:
     return candidate if (candidate / "MNIST" / "raw").is_dir() else None
 
 
+def pytest_configure(config):
+    """Execution-plan decisions of the test session go to a throwaway cache, not the user's."""
+    import tempfile
+    os.environ.setdefault("NNDT_PLAN_CACHE", str(Path(tempfile.mkdtemp(prefix="nndt-plans-")) / "plans.json"))
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 

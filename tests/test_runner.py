@@ -315,7 +315,7 @@ def test_ctrl_c_or_sigterm_keeps_results_and_marks_the_run_interrupted(signame, 
     assert proc.returncode == 130, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
-    assert [p["status"] for p in manifest["pairs"]] == ["interrupted"]  # later pairs never started
+    assert [p["status"] for p in manifest["pairs"]] == ["interrupted", "not started", "not started"]
     res = torch.load(out / "dinno_results.pt", weights_only=True)
     assert res["round"][0] == 0
     assert (out / "summary.csv").is_file()

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 
+from experiments.results_io import save_figure  # noqa: E402
+
 METRIC_LABELS = {
     "validation_loss": "validation loss",
     "top1_accuracy": "top-1 accuracy",
@@ -96,7 +98,7 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         ax.set_title(METRIC_LABELS.get(metric, metric) + " vs round")
         fig.tight_layout()
         path = out / f"{metric}.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     if (folder / "graph.json").exists():
@@ -104,7 +106,7 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         plot_graph(load_graph(folder), ax)
         fig.tight_layout()
         path = out / "graph.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -1,0 +1,148 @@
+"""The live record of a run: its manifest (with a heartbeat) and how it reacts to Ctrl-C / SIGTERM.
+
+The manifest says which process on which host runs the experiment and refreshes ``heartbeat`` every
+``heartbeat_interval_s`` seconds from a background thread, so a reader can tell a live run from one
+that was killed: ``status`` is ``running`` and the heartbeat is older than a few intervals (or the
+process is gone from this host) means it crashed.
+
+Signals: Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` except inside :meth:`Interrupts.deferred`
+sections (result and checkpoint writing), where they are remembered and raised when the section ends.
+Once the run is stopping, further signals are only remembered, so a second Ctrl-C never interrupts the
+writing of what exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import signal
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from experiments.results_io import write_json
+
+HEARTBEAT_INTERVAL_S = 15.0
+STALE_AFTER_INTERVALS = 4
+
+
+def now_iso() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """The manifest of one run; every change goes through here and is written atomically."""
+
+    def __init__(self, path: Path | None, manifest: dict[str, Any],
+                 heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S):
+        self.path = path
+        self.manifest = manifest
+        self.lock = threading.RLock()
+        self.interval = heartbeat_interval_s
+        self.manifest.update(pid=os.getpid(), host=socket.gethostname(), heartbeat=now_iso(),
+                             heartbeat_interval_s=heartbeat_interval_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        with self.lock:
+            self.manifest["heartbeat"] = now_iso()
+            write_json(self.path, copy.deepcopy(self.manifest))
+
+    def update(self, **fields) -> None:
+        with self.lock:
+            self.manifest.update(fields)
+            self.save()
+
+    def pair(self, name: str) -> dict[str, Any]:
+        return next(p for p in self.manifest["pairs"] if p["problem_name"] == name)
+
+    def update_pair(self, name: str, **fields) -> None:
+        with self.lock:
+            self.pair(name).update(fields)
+            self.save()
+
+    def start_heartbeat(self) -> None:
+        if self.path is None or self._thread is not None:
+            return
+
+        def beat():
+            while not self._stop.wait(self.interval):
+                try:
+                    self.save()
+                except OSError:
+                    pass  # the next regular write reports real problems
+
+        self._thread = threading.Thread(target=beat, name="manifest-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_is_live(manifest: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    """True when the manifest belongs to a run that is still going (not finished, not crashed)."""
+    if manifest.get("status") != "running":
+        return False
+    if manifest.get("host") == socket.gethostname() and isinstance(manifest.get("pid"), int):
+        if not _process_alive(manifest["pid"]) or manifest["pid"] == os.getpid():
+            return False
+    try:
+        beat = dt.datetime.fromisoformat(manifest["heartbeat"])
+        interval = float(manifest.get("heartbeat_interval_s", HEARTBEAT_INTERVAL_S))
+    except (KeyError, TypeError, ValueError):
+        return False
+    age = ((now or dt.datetime.now()) - beat).total_seconds()
+    return age <= STALE_AFTER_INTERVALS * interval
+
+
+class Interrupts:
+    """Ctrl-C / SIGTERM as ``KeyboardInterrupt``, held back inside deferred sections."""
+
+    def __init__(self):
+        self.depth = 0
+        self.pending = False
+        self.stopping = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.depth or self.stopping:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.pending and not self.depth and not self.stopping:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def stop(self) -> None:
+        """From now on signals are only remembered: the run is writing what it has and ending."""
+        self.stopping = True

@@ -1,0 +1,71 @@
+"""Checkpointable state of training objects, as plain data that ``torch.load(weights_only=True)`` reads.
+
+``capture(obj, names)`` records the named attributes of ``obj``: tensors, numbers, strings, numpy arrays,
+``torch.Generator`` states, ``torch.optim`` optimizers and lists / tuples / dicts of these.
+``restore(obj, state)`` puts them back: generators and optimizers are loaded into the objects ``obj``
+already holds (so a freshly set-up object continues exactly where the captured one stopped).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+_GENERATOR = "__generator_state__"
+_OPTIMIZER = "__optimizer_state__"
+_NDARRAY = "__ndarray__"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.Generator):
+        return {_GENERATOR: value.get_state()}
+    if isinstance(value, torch.optim.Optimizer):
+        return {_OPTIMIZER: value.state_dict()}
+    if isinstance(value, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot checkpoint a value of type {type(value).__name__}")
+
+
+def _decode(stored: Any, current: Any) -> Any:
+    if isinstance(stored, dict) and _GENERATOR in stored:
+        current.set_state(stored[_GENERATOR])
+        return current
+    if isinstance(stored, dict) and _OPTIMIZER in stored:
+        current.load_state_dict(stored[_OPTIMIZER])
+        return current
+    if isinstance(stored, dict) and _NDARRAY in stored:
+        return stored[_NDARRAY].numpy()
+    if isinstance(stored, torch.Tensor) and isinstance(current, torch.Tensor):
+        return stored.to(device=current.device, dtype=current.dtype)
+    if isinstance(stored, (list, tuple)):
+        return type(stored)(_decode(v, None) for v in stored)
+    if isinstance(stored, dict):
+        old = current if isinstance(current, dict) else {}
+        return {k: _decode(v, old.get(k)) for k, v in stored.items()}
+    return stored
+
+
+def capture(obj: Any, names: Iterable[str]) -> dict[str, Any]:
+    return {name: _encode(getattr(obj, name)) for name in names if hasattr(obj, name)}
+
+
+def restore(obj: Any, state: dict[str, Any]) -> None:
+    for name, stored in state.items():
+        current = getattr(obj, name, None)
+        value = _decode(stored, current)
+        if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor) and current.shape == value.shape:
+            current.copy_(value)  # keep tensors that others hold a reference to (e.g. theta)
+        else:
+            setattr(obj, name, value)
