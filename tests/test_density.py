@@ -199,6 +199,17 @@ def test_window_sampler_follows_the_original_window_sequence_by_default(batch):
     assert sampler.samples_seen.tolist() == [draws * batch] * len(num_poses)
 
 
+def test_window_sampler_continues_exactly_from_its_state_dict():
+    num_poses = [7, 5, 3]
+    a = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=2)
+    for _ in range(5):
+        a.next_points(7)
+    b = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=9)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):
+        assert torch.equal(a.next_points(7), b.next_points(7))
+
+
 def test_original_window_rule_covers_the_paper_loop_with_a_short_tail():
     windows = original_windows(2430, 800, 5)
     assert [(w[0], len(w)) for w in windows] == [(0, 800), (800, 800), (1600, 800), (2400, 30), (0, 800)]
