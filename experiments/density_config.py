@@ -10,7 +10,7 @@ from experiments.config import (
     COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
     Int, ListOf, Str, check_graph_parameters, problem_schema,
 )
-from optimizers.base import schema_entry
+from optimizers.base import NON_NEGATIVE, schema_entry
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
 ONLINE_ONLY_METRICS = ("current_position", "current_graph")
@@ -33,7 +33,7 @@ DATA_SCHEMA = {
     "clipped_lidar": (Bool, False),
     "num_scans": (Int, OPTIONAL),
     "num_scans_in_window": (Int, OPTIONAL),
-    "window_step": (Int, 1),
+    "window_step": (Int, OPTIONAL, NON_NEGATIVE),  # absent: the original's non-overlapping windows
     "num_validation_scans": (Int, 500),
 }
 
@@ -134,7 +134,6 @@ def _check_online(cfg: dict) -> None:
     if exp["graph"]["type"] is not None or exp["graph"]["num_nodes"] is not None:
         raise ConfigError("experiment.graph: online_density builds its graph from the robots' positions "
                           "(problem comm_radius); remove experiment.graph")
-    _positive("experiment.data.window_step", data["window_step"], allow_zero=True)
     for key, pc in cfg["problem_configs"].items():
         if pc["comm_radius"] is None:
             raise ConfigError(f"problem_configs.{key}.comm_radius: required for online_density "

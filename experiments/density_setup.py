@@ -1,12 +1,12 @@
 """Setups of the density mapping experiments: lidar data per robot from its waypoints, graph, base model.
 
 ``density``: static data. ``split_type: trajectory`` gives each robot the scans along its own spline
-trajectory; ``random`` spreads scans from ``num_scans`` random free poses over the robots. The graph is
+trajectory; ``random`` gives every robot its own scans from ``num_scans`` random free poses. The graph is
 ``experiment.graph`` or, without one, a disk graph of ``comm_radius`` on the robots' mean positions.
 
-``online_density``: each robot scans along its trajectory once; during training it sees a sliding
-window of ``num_scans_in_window`` poses (see :class:`problems.density.OnlineDensityProblem`). The
-graph is a disk graph of ``comm_radius`` pixels on the robots' current positions, rebuilt every
+``online_density``: each robot scans along its trajectory once; during training it sees a window of
+``num_scans_in_window`` poses that moves on after each epoch (:class:`problems.density.WindowSampler`).
+The graph is a disk graph of ``comm_radius`` pixels on the robots' current positions, rebuilt every
 round when ``dynamic_graph``.
 """
 
@@ -25,7 +25,7 @@ from experiments.setups import REPO_ROOT, ExperimentSetup, build_graph, resolve_
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
 from optimizers.graphs import disk_graph
-from problems.density import DensityProblem, OnlineDensityProblem, fourier_net
+from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net, observable_walls
 
 VALIDATION_SEED_OFFSET = 1000
 
@@ -77,6 +77,9 @@ class DensitySetup(ExperimentSetup):
         self.val_y = val.targets.contiguous()
         self.val_positions = val.positions
         self._build_data()
+        # map quality is judged where the robots could see: one beam length around any pose of any robot
+        self.map_truth = observable_walls(self.image, np.concatenate(self.node_positions), self.lidar.max_range,
+                                          self.lidar.border_width)
         torch.manual_seed(self.seed)
         self.base_model = fourier_net(exp["model"]["shape"], exp["model"]["scale"])
         for p in self.base_model.parameters():
@@ -128,17 +131,14 @@ class DensitySetup(ExperimentSetup):
             points = [ds.points for ds in sets]
             self.node_positions = [ds.positions for ds in sets]
         else:
-            ds = RandomPoseLidarDataset(self.lidar, data["num_scans"], seed=self.seed,
+            # like the original, every robot draws its own num_scans random poses
+            per_robot = data["num_scans"]
+            ds = RandomPoseLidarDataset(self.lidar, per_robot * self.num_nodes, seed=self.seed,
                                         round_density=data["round_density"], clipped=data["clipped_lidar"],
                                         dtype=self.dtype)
-            order = np.random.default_rng(self.seed).permutation(ds.num_poses)
-            parts = np.array_split(order, self.num_nodes)
-            points, self.node_positions = [], []
-            for part in parts:
-                part = np.sort(part)
-                points.append(torch.cat([ds.scan_points(int(k)) for k in part]) if len(part) else
-                              torch.zeros(0, 3, dtype=self.dtype))
-                self.node_positions.append(ds.positions[part])
+            robot_poses = np.arange(ds.num_poses).reshape(self.num_nodes, per_robot)
+            points = [ds.points[ds.scan_ranges[p[0], 0]:ds.scan_ranges[p[-1], 1]] for p in robot_poses]
+            self.node_positions = [ds.positions[p] for p in robot_poses]
         sizes = [len(p) for p in points]
         if min(sizes) == 0:
             raise ConfigError(f"experiment.data.num_scans: robot {sizes.index(0)} gets no scans; "
@@ -174,7 +174,7 @@ class DensitySetup(ExperimentSetup):
     # -------------------------------------------------------------- problems
     def density_kwargs(self, problem_cfg: dict, rounds: int | None) -> dict:
         kwargs = self.problem_kwargs(problem_cfg)
-        kwargs.update(image_shape=self.image_shape, total_rounds=rounds,
+        kwargs.update(image_shape=self.image_shape, total_rounds=rounds, map_truth=self.map_truth,
                       mesh_only_at_end=problem_cfg["metrics_config"]["mesh_only_at_end"])
         return kwargs
 
@@ -249,6 +249,10 @@ class DensitySetup(ExperimentSetup):
             title = f"{name}: robot {node}'s map" if mesh.shape[0] > 1 else f"{name}: map"
             if val:
                 title += f"\nmean val. loss {float(torch.as_tensor(val[-1]).mean()):.4f}"
+            if res.get("map_balanced_accuracy"):
+                acc = float(torch.as_tensor(res["map_balanced_accuracy"][-1])[node])
+                iou = float(torch.as_tensor(res["map_wall_iou"][-1])[node])
+                title += f"\nmap bal. acc. {acc:.3f}, wall IoU {iou:.3f}"
             ax.set_title(title, fontsize=9)
         for idx in range(panels, rows * cols):
             axes[idx // cols][idx % cols].axis("off")
@@ -281,9 +285,10 @@ class OnlineDensitySetup(DensitySetup):
         self.scans = scans
         self.poses = poses
         self.node_positions = [ds.positions for ds in sets]
-        window = data["num_scans_in_window"]
-        start = np.array([(window - 1) % p for p in self.num_poses])
-        self.initial_positions = poses[np.arange(self.num_nodes), start]
+        # where the robots stand in their first windows (one point per pose is enough to know)
+        first_window = WindowSampler(scans[:, :, :1], self.num_poses, data["num_scans_in_window"],
+                                     data["window_step"])
+        self.initial_positions = poses[np.arange(self.num_nodes), first_window.current_pose_index().numpy()]
         radius = next(iter(self.cfg["problem_configs"].values()))["comm_radius"]
         self.graph = disk_graph(self.initial_positions, radius)
         self.graph.graph["type"] = "disk"
@@ -317,7 +322,12 @@ class OnlineDensitySetup(DensitySetup):
         if kind == "centralized":
             kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "consensus_error"]
             return self._online("centralized", first, kwargs, dynamic_graph=False, pooled=True), opt_cfg
-        window_points = self.data_cfg["num_scans_in_window"] * self.scans.shape[2]
-        kwargs["train_batch_size"] = min(ind["train_batch_size"], window_points)
+        # like the original, every robot trains alone for `epochs` passes over its whole trajectory
+        # (the longest one: every robot makes at least that many passes)
+        batch = ind["train_batch_size"]
+        trajectory_points = max(self.num_poses) * self.scans.shape[2]
+        opt_cfg["outer_iterations"] = max(1, math.ceil(ind["epochs"] * trajectory_points / batch))
+        kwargs["train_batch_size"] = batch
         kwargs["val_batch_size"] = ind["val_batch_size"]
+        kwargs["total_rounds"] = opt_cfg["outer_iterations"]
         return self._online("individual", first, kwargs, dynamic_graph=False), opt_cfg

@@ -35,7 +35,7 @@ from problems.mnist_data import DataError
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "experiments" / "outputs"
 SUMMARY_METRICS = ("validation_loss", "top1_accuracy", "consensus_error", "train_loss_moving_average",
-                   "current_epoch", "forward_pass_count", "bytes_sent")
+                   "current_epoch", "forward_pass_count", "bytes_sent", "map_balanced_accuracy", "map_wall_iou")
 # Per-evaluation values with one number per node go into the tidy CSV.
 SCALAR_METRICS = ("forward_pass_count", "validation_loss", "top1_accuracy", "consensus_error",
                   "current_epoch", "train_loss_moving_average", "bytes_sent")
@@ -233,7 +233,8 @@ def print_table(rows: list[dict]) -> None:
             ("rounds", "rounds", "{}"), ("seconds", "seconds", "{:.1f}"),
             ("validation_loss_mean", "val loss (mean)", "{:.4f}"),
             ("top1_accuracy_mean", "top-1 mean", "{:.4f}"), ("top1_accuracy_min", "top-1 min", "{:.4f}"),
-            ("consensus_error_mean", "consensus err", "{:.3g}")]
+            ("consensus_error_mean", "consensus err", "{:.3g}"),
+            ("map_balanced_accuracy_mean", "map bal. acc.", "{:.3f}"), ("map_wall_iou_mean", "wall IoU", "{:.3f}")]
     cols = [c for c in cols if any(c[0] in r for r in rows)]
     cells = [[c[1] for c in cols]]
     for r in rows:

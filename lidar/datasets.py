@@ -146,15 +146,17 @@ class TrajectoryLidarDataset(ScanDataset):
 
 
 class OnlineTrajectoryLidarDataset(ScanDataset):
-    """A robot's view of its trajectory through a sliding window of consecutive poses.
+    """A robot's view of its trajectory through a window of consecutive poses.
 
     ``OnlineTrajectoryLidarDataset(lidar, waypoints, spline_res, num_scans_in_window, round_density=True)``
 
     The scans of every trajectory pose are computed once. The window holds the poses
-    ``start, start + 1, ..., start + num_scans_in_window - 1`` (indices modulo the number of poses,
-    so the window wraps around at the end of the trajectory; a window longer than the trajectory
-    repeats poses). The robot's current position is the window's last pose. :meth:`advance` moves the
-    window on by ``window_step`` poses (default) or by a given number.
+    ``start, start + 1, ...`` and :meth:`advance` moves it on. With ``window_step=None`` (the original
+    research code's rule) windows of ``num_scans_in_window`` poses do not overlap: they start at pose
+    0, the last one of the loop is the short tail ``[k * num_scans_in_window, P)``, then the window
+    starts again at pose 0. With an integer ``window_step`` the window is always
+    ``num_scans_in_window`` poses long (indices modulo the number of poses) and slides on by
+    ``window_step`` poses. The robot's current position is the window's last pose.
 
     While a window is active, ``len(ds)``/``ds[i]`` index the window's points only;
     :meth:`window_points` returns them as one (M, 3) tensor (cached per window), and ``inputs`` /
@@ -163,7 +165,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
 
     def __init__(self, lidar: Lidar2D, waypoints, spline_res: int, num_scans_in_window: int,
                  round_density: bool = True, clipped: bool = False, dtype: torch.dtype = torch.float32,
-                 start_index: int = 0, window_step: int = 1, on_invalid: str = "raise"):
+                 start_index: int = 0, window_step: int | None = None, on_invalid: str = "raise"):
         self.waypoints = np.asarray(waypoints, dtype=np.float64).reshape(-1, 2)
         self.spline_res = int(spline_res)
         positions = _trajectory_poses(lidar, self.waypoints, spline_res, on_invalid)
@@ -173,7 +175,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
         self.num_scans_in_window = int(num_scans_in_window)
         if self.num_scans_in_window < 1:
             raise ValueError("num_scans_in_window must be >= 1")
-        self.window_step = int(window_step)
+        self.window_step = None if window_step is None else int(window_step)
         self.start_index = int(start_index) % self.num_poses
         self._cache_key = None
         self._cache = None
@@ -182,13 +184,20 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
     def all_points(self) -> torch.Tensor:
         return self.points
 
+    @property
+    def window_length(self) -> int:
+        """Poses in the current window (shorter only for the tail window of the original's rule)."""
+        if self.window_step is None:
+            return min(self.num_scans_in_window, self.num_poses - self.start_index)
+        return self.num_scans_in_window
+
     def window_indices(self) -> np.ndarray:
         """Pose indices of the current window, oldest first."""
-        return (self.start_index + np.arange(self.num_scans_in_window)) % self.num_poses
+        return (self.start_index + np.arange(self.window_length)) % self.num_poses
 
     @property
     def current_index(self) -> int:
-        return int((self.start_index + self.num_scans_in_window - 1) % self.num_poses)
+        return int((self.start_index + self.window_length - 1) % self.num_poses)
 
     @property
     def current_position(self) -> np.ndarray:
@@ -196,9 +205,14 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
         return self.positions[self.current_index].copy()
 
     def advance(self, step: int | None = None) -> np.ndarray:
-        """Move the window on by ``step`` poses (default ``window_step``); returns the new position."""
-        step = self.window_step if step is None else int(step)
-        self.start_index = (self.start_index + step) % self.num_poses
+        """Move the window on (by ``step`` poses when given, else by the dataset's rule); returns the
+        new position."""
+        if step is None and self.window_step is None:
+            after = self.start_index + self.num_scans_in_window
+            self.start_index = 0 if after >= self.num_poses else after
+        else:
+            step = self.window_step if step is None else int(step)
+            self.start_index = (self.start_index + step) % self.num_poses
         return self.current_position
 
     def reset(self, start_index: int = 0) -> None:
@@ -209,7 +223,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
         key = self.start_index
         if self._cache_key == key:
             return self._cache
-        P, W, s = self.num_poses, self.num_scans_in_window, self.start_index
+        P, W, s = self.num_poses, self.window_length, self.start_index
         r = self.scan_ranges
         pieces = []
         remaining, pos = W, s

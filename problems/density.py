@@ -1,12 +1,12 @@
 """Implicit density mapping: every robot fits position -> occupancy density from its own lidar scans.
 
 * :func:`fourier_net` is the paper's "Fourier" network as an ordinary ``nn.Sequential``
-  (``Linear -> Sine -> (Linear -> ReLU)* -> Linear -> Sigmoid``) that the node stack runs with
+  (``Linear -> Sine -> ReLU -> (Linear -> ReLU)* -> Linear -> Sigmoid``) that the node stack runs with
   grouped kernels (:class:`Sine` declares itself element-wise).
 * :class:`DensityProblem`: static data (each node's scan points), plus the mesh-grid metric.
-* :class:`OnlineDensityProblem`: each robot sees a sliding window of consecutive trajectory poses;
-  when it has used the window once (an epoch) the window moves on. All nodes' windows live in one
-  padded tensor, so a batch for every node is one gather (:class:`WindowSampler`). Before every round
+* :class:`OnlineDensityProblem`: each robot sees a window of consecutive trajectory poses; when it
+  has used the window once (an epoch) the window moves on. All nodes' windows live in one padded
+  tensor, so a batch for every node is a gather (:class:`WindowSampler`). Before every round
   the communication graph is rebuilt as a disk graph on the robots' current positions.
 """
 
@@ -45,15 +45,16 @@ class Sine(nn.Module):
 
 
 def fourier_net(shape: Sequence[int], scale: float = 1.0) -> nn.Sequential:
-    """``shape = [in, first, hidden..., out]``: ``sin(scale * (W x + b))`` with
-    ``W ~ U(-sqrt(6/first), sqrt(6/first))``, ReLU hidden layers and a sigmoid output."""
+    """``shape = [in, first, hidden..., out]``: first layer ``relu(sin(scale * (W x + b)))`` with
+    ``W ~ U(-sqrt(6/first), sqrt(6/first))`` (the original's ReLU after the sine), ReLU hidden layers
+    and a sigmoid output."""
     shape = [int(s) for s in shape]
     if len(shape) < 3:
         raise ValueError(f"model.shape needs at least [in, first, out], got {shape}")
     first = nn.Linear(shape[0], shape[1])
     bound = math.sqrt(6.0 / shape[1])
     nn.init.uniform_(first.weight, -bound, bound)
-    layers: list[nn.Module] = [first, Sine(scale)]
+    layers: list[nn.Module] = [first, Sine(scale), nn.ReLU()]
     for i in range(1, len(shape) - 2):
         layers += [nn.Linear(shape[i], shape[i + 1]), nn.ReLU()]
     layers += [nn.Linear(shape[-2], shape[-1]), nn.Sigmoid()]
@@ -72,19 +73,56 @@ def mesh_grid(image_shape: tuple[int, int], stride: int = MESH_STRIDE) -> tuple[
     return torch.as_tensor(pts, dtype=torch.float32), (len(rows), len(cols))
 
 
+def observable_walls(image: np.ndarray, poses: np.ndarray, reach: float, border_width: int = 0,
+                     stride: int = MESH_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth for :func:`map_quality` on the mesh grid of ``image`` (walls >= 0.5).
+
+    Returns ``wall`` and ``observable``, (H', W') booleans at every ``stride``-th pixel (the points of
+    :func:`mesh_grid`): observable points lie within ``reach`` pixels of some pose in ``poses`` (lidar
+    coordinates) and outside the ``border_width`` pixels added at the image edge.
+    """
+    from scipy.spatial import cKDTree
+
+    ny, nx_ = image.shape
+    rows, cols = np.arange(0, ny, stride), np.arange(0, nx_, stride)
+    wall = image[np.ix_(rows, cols)] >= 0.5
+    points, shape = mesh_grid(image.shape, stride)
+    near = cKDTree(np.asarray(poses, dtype=np.float64).reshape(-1, 2)).query(
+        points.double().numpy(), distance_upper_bound=reach)[0] <= reach
+    inside_r = (rows >= border_width) & (rows < ny - border_width)
+    inside_c = (cols >= border_width) & (cols < nx_ - border_width)
+    observable = near.reshape(shape) & inside_r[:, None] & inside_c[None, :]
+    return torch.as_tensor(wall), torch.as_tensor(observable)
+
+
+def map_quality(maps: torch.Tensor, wall: torch.Tensor, observable: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per node: each map ``maps`` (N, H', W') thresholded at 0.5 against the ``wall`` truth on the
+    ``observable`` points. ``balanced_accuracy`` = mean of wall recall and free recall (NaN for a class
+    the area lacks is left out); ``wall_iou`` = |predicted & true walls| / |predicted | true walls|."""
+    pred = (maps >= 0.5)[:, observable]  # (N, M)
+    true = wall[observable].to(pred.device).unsqueeze(0)
+    recalls = torch.stack([(pred & true).sum(1) / true.sum(), (~pred & ~true).sum(1) / (~true).sum()])
+    return {"balanced_accuracy": recalls.nanmean(0),
+            "wall_iou": (pred & true).sum(1) / (pred | true).sum(1)}
+
+
 class DensityProblem(SupervisedProblem):
     """Nodes fit (x, y) -> density on their own scan points; validation on scans from random poses.
 
     Extra metric ``mesh_grid_density``: every node's density on the image grid (every 8th pixel),
     (N, H/8, W/8), recorded with ``mesh_round`` (at the last round only when ``mesh_only_at_end``).
+    Given ``map_truth = (wall, observable)`` (:func:`observable_walls`), every mesh also records the
+    map quality of each node: ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`).
     """
 
     base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
                     "train_loss_moving_average", "mesh_grid_density")
 
     def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
-                 total_rounds: int | None = None, **kwargs):
+                 total_rounds: int | None = None, map_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.map_truth = map_truth
         self.image_shape = tuple(int(s) for s in image_shape)
         self.mesh_only_at_end = bool(mesh_only_at_end)
         self.total_rounds = total_rounds
@@ -115,6 +153,10 @@ class DensityProblem(SupervisedProblem):
         if "mesh_grid_density" in self.metrics and self._mesh_due(self._round):
             values["mesh_grid_density"] = self.mesh_density(theta).to("cpu", torch.float32)
             values["mesh_round"] = torch.tensor(-1 if self._round is None else self._round)
+            if self.map_truth is not None:
+                quality = map_quality(values["mesh_grid_density"], *self.map_truth)
+                values["map_balanced_accuracy"] = quality["balanced_accuracy"]
+                values["map_wall_iou"] = quality["wall_iou"]
         return values
 
 
@@ -122,13 +164,20 @@ class WindowSampler:
     """Mini-batches of every robot's current window of scans, drawn for all robots at once.
 
     ``scans`` is (N, P_max, S, 3): robot ``i``'s trajectory has ``num_poses[i]`` poses of ``S`` points
-    (padded to ``P_max``). A window is ``window`` consecutive poses (modulo the trajectory), i.e.
-    ``M = window * S`` points. Each robot reads its window through a random permutation of ``range(M)``;
-    when the permutation is used up (an epoch), its window moves on by ``step`` poses and a new
-    permutation starts. Batches are one gather, without a loop over robots.
+    (padded to ``P_max``). Each robot reads its window's points through a random permutation; when it
+    has used them all once (an epoch) its window moves on and a new permutation starts. How it moves:
+
+    * ``step=None`` (the original's rule): windows of ``window`` poses that do not overlap, starting at
+      pose 0; the last window of the loop is the short tail ``[k * window, P)``, then it starts again
+      at pose 0.
+    * ``step=s``: a sliding window of ``window`` consecutive poses (modulo the trajectory) that moves
+      on by ``s`` poses.
+
+    A batch that outlasts a window continues in the next one. Batches are gathers for all robots;
+    the only loop is over the window changes inside one batch.
     """
 
-    def __init__(self, scans: torch.Tensor, num_poses: Sequence[int], window: int, step: int = 1,
+    def __init__(self, scans: torch.Tensor, num_poses: Sequence[int], window: int, step: int | None = None,
                  seed: int = 0):
         self.scans = scans
         self.device = scans.device
@@ -136,73 +185,90 @@ class WindowSampler:
         self.flat = scans.reshape(self.num_nodes, -1, 3)
         self.num_poses = torch.as_tensor(list(num_poses), dtype=torch.long, device=self.device)
         self.window = int(window)
-        self.step = int(step)
-        self.window_size = self.window * self.points_per_pose
+        self.step = None if step is None else int(step)
+        self.max_window_size = self.window * self.points_per_pose
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         n = self.num_nodes
         self.start = torch.zeros(n, dtype=torch.long, device=self.device)
         self.position = torch.zeros(n, dtype=torch.long, device=self.device)
         self.epochs = torch.zeros(n, dtype=torch.long, device=self.device)
         self.samples_seen = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.current = self._permutations(n)
-        self.upcoming = self._permutations(n)
+        self.current = self._permutations(self.window_size())
 
-    def _permutations(self, count: int) -> torch.Tensor:
-        keys = torch.rand(count, self.window_size, generator=self.generator)
-        return torch.argsort(keys, dim=1).to(self.device)
+    # --------------------------------------------------------------- windows
+    def window_length(self, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Poses in the window that starts at ``start`` (default: the current windows)."""
+        start = self.start if start is None else start
+        if self.step is None:
+            return torch.clamp(self.num_poses - start, max=self.window)
+        return torch.full_like(start, self.window)
+
+    def next_start(self) -> torch.Tensor:
+        if self.step is None:
+            after = self.start + self.window
+            return torch.where(after >= self.num_poses, 0, after)
+        return (self.start + self.step) % self.num_poses
+
+    def window_size(self, start: torch.Tensor | None = None) -> torch.Tensor:
+        return self.window_length(start) * self.points_per_pose
 
     def current_pose_index(self) -> torch.Tensor:
         """(N,) index of each robot's current pose: the last pose of its window."""
-        return (self.start + self.window - 1) % self.num_poses
+        return (self.start + self.window_length() - 1) % self.num_poses
 
-    def next_points(self, batch_size: int) -> torch.Tensor:
-        """(N, B, 3) points ``(x, y, density)``, one batch per robot."""
-        if batch_size > self.window_size:
-            raise ValueError(f"batch size {batch_size} is larger than a window's {self.window_size} points "
-                             f"({self.window} scans of {self.points_per_pose} points)")
-        M = self.window_size
-        offsets = self.position.unsqueeze(1) + torch.arange(batch_size, device=self.device)
-        wrapped = offsets >= M
-        next_start = (self.start + self.step) % self.num_poses
-        local = torch.where(
-            wrapped,
-            torch.gather(self.upcoming, 1, torch.where(wrapped, offsets - M, 0)),
-            torch.gather(self.current, 1, torch.where(wrapped, 0, offsets)),
-        )
-        start = torch.where(wrapped, next_start.unsqueeze(1), self.start.unsqueeze(1))
-        rows = self._rows_mixed(local, start)
-        self.position += batch_size
-        self.samples_seen += batch_size
-        finished = self.position >= M
-        if bool(finished.any()):
-            rows_done = torch.nonzero(finished).squeeze(1)
-            self.position[rows_done] -= M
-            self.epochs[rows_done] += 1
-            self.start[rows_done] = next_start[rows_done]
-            self.current[rows_done] = self.upcoming[rows_done]
-            self.upcoming[rows_done] = self._permutations(len(rows_done))
-        return torch.gather(self.flat, 1, rows.unsqueeze(2).expand(-1, -1, 3))
+    def _permutations(self, sizes: torch.Tensor) -> torch.Tensor:
+        """One random order of ``range(size)`` per row, in the first ``size`` entries."""
+        keys = torch.rand(len(sizes), self.max_window_size, generator=self.generator).to(self.device)
+        keys[torch.arange(self.max_window_size, device=self.device) >= sizes.unsqueeze(1)] = 2.0
+        return torch.argsort(keys, dim=1)
 
-    def _rows_mixed(self, local: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        pose = (start + local // self.points_per_pose) % self.num_poses.unsqueeze(1)
+    def _rows(self, local: torch.Tensor, robots: slice = slice(None)) -> torch.Tensor:
+        """Rows of ``flat`` of window-local point indices ``local`` (one row per robot of ``robots``)."""
+        start, poses = self.start[robots].unsqueeze(1), self.num_poses[robots].unsqueeze(1)
+        pose = (start + local // self.points_per_pose) % poses
         return pose * self.points_per_pose + local % self.points_per_pose
 
+    def _advance(self, robots: torch.Tensor) -> None:
+        self.start[robots] = self.next_start()[robots]
+        self.position[robots] = 0
+        self.epochs[robots] += 1
+        self.current[robots] = self._permutations(self.window_size()[robots])
+
+    # -------------------------------------------------------------- batches
+    def next_points(self, batch_size: int) -> torch.Tensor:
+        """(N, B, 3) points ``(x, y, density)``, one batch per robot."""
+        j = torch.arange(batch_size, device=self.device)
+        rows = torch.zeros(self.num_nodes, batch_size, dtype=torch.long, device=self.device)
+        filled = torch.zeros(self.num_nodes, dtype=torch.long, device=self.device)
+        while bool((filled < batch_size).any()):
+            size = self.window_size()
+            take = torch.minimum(batch_size - filled, size - self.position)
+            k = j - filled.unsqueeze(1)  # index inside this window's part of the batch
+            part = (k >= 0) & (k < take.unsqueeze(1))
+            slot = (self.position.unsqueeze(1) + k).clamp(0, self.max_window_size - 1)
+            rows = torch.where(part, self._rows(torch.gather(self.current, 1, slot)), rows)
+            self.position += take
+            filled += take
+            done = self.position >= size
+            if bool(done.any()):
+                self._advance(torch.nonzero(done).squeeze(1))
+        self.samples_seen += batch_size
+        return torch.gather(self.flat, 1, rows.unsqueeze(2).expand(-1, -1, 3))
+
     def state_dict(self) -> dict:
-        return state.capture(self, ("generator", "start", "position", "epochs", "samples_seen", "current",
-                                    "upcoming"))
+        return state.capture(self, ("generator", "start", "position", "epochs", "samples_seen", "current"))
 
     def load_state_dict(self, saved: dict) -> None:
         state.restore(self, saved)
 
     def window_points(self, node: int) -> torch.Tensor:
         """(M, 3) points of robot ``node``'s current window, poses in window order."""
-        local = torch.arange(self.window_size, device=self.device).unsqueeze(0)
-        rows = self._rows_mixed(local, self.start[node:node + 1].unsqueeze(1))[0]
-        return self.flat[node, rows]
+        local = torch.arange(int(self.window_size()[node]), device=self.device).unsqueeze(0)
+        return self.flat[node, self._rows(local, slice(node, node + 1))[0]]
 
 
 class OnlineDensityProblem(DensityProblem):
-    """Robots drive along their trajectories and learn from a sliding window of their latest scans.
+    """Robots drive along their trajectories and learn from a window of their latest scans.
 
     ``scans``: (N, P_max, S, 3) per-robot trajectory scans (padded), ``poses``: (N, P_max, 2) their
     positions, ``num_poses``: trajectory lengths. With ``pooled=True`` the problem is one node that
@@ -213,7 +279,7 @@ class OnlineDensityProblem(DensityProblem):
 
     def __init__(self, name: str, model: nn.Module, scans: torch.Tensor, poses: np.ndarray,
                  num_poses: Sequence[int], val_x: torch.Tensor, val_y: torch.Tensor, *, loss: str,
-                 num_scans_in_window: int, window_step: int = 1, comm_radius: float | None = None,
+                 num_scans_in_window: int, window_step: int | None = None, comm_radius: float | None = None,
                  dynamic_graph: bool = True, pooled: bool = False, log=None, **kwargs):
         self.num_robots = scans.shape[0]
         self.pooled = bool(pooled)

@@ -16,7 +16,8 @@ import yaml
 from experiments.runner import main
 from floorplans.io import save_floorplan
 from optimizers.network import InProcessNetwork
-from problems.density import OnlineDensityProblem, Sine, WindowSampler, fourier_net
+from problems.density import (OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality,
+                              observable_walls)
 from problems.node_stack import NodeStack
 from tests.conftest import REPO_ROOT
 
@@ -106,6 +107,23 @@ def test_fourier_net_runs_grouped_and_matches_the_module():
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_fourier_net_output_matches_the_original_layer_rule():
+    """The original's FourierNet: relu(sin(scale * (W x + b))), then ReLU layers, a sigmoid output."""
+    torch.manual_seed(1)
+    shape, scale = [2, 16, 8, 8, 1], 0.3
+    model = fourier_net(shape, scale=scale).double()
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == list(zip(shape[:-1], shape[1:]))
+    x = torch.randn(64, 2, dtype=torch.float64) * 50
+    h = torch.relu(torch.sin(scale * (x @ linears[0].weight.T + linears[0].bias)))
+    for m in linears[1:-1]:
+        h = torch.relu(h @ m.weight.T + m.bias)
+    expect = torch.sigmoid(h @ linears[-1].weight.T + linears[-1].bias)
+    torch.testing.assert_close(model(x), expect, rtol=0, atol=1e-12)
+    without_relu = torch.sin(scale * (x @ linears[0].weight.T + linears[0].bias))
+    assert (without_relu < 0).any()  # so the ReLU after the sine changes the output
+
+
 def test_window_sampler_draws_each_window_once_per_epoch_then_moves_on():
     n, poses, per_pose, window = 3, 7, 4, 2
     scans = torch.zeros(n, poses, per_pose, 3)
@@ -130,6 +148,106 @@ def test_window_sampler_draws_each_window_once_per_epoch_then_moves_on():
     for i, expect in enumerate([(6, 0), (1, 2), (0, 1)]):  # the windows after the second epoch
         assert {int(p) for p in sampler.window_points(i)[:, 1]} == set(expect)
     assert sampler.samples_seen.tolist() == [16, 16, 16]
+
+
+def original_windows(num_poses: int, window: int, count: int) -> list[list[int]]:
+    """The original's window rule (``OnlineTrajectoryLidarDataset.gen_next_index_list`` as the issue
+    states it), one window at a time: the window ends where the last one ended plus ``window`` poses,
+    cut at the end of the trajectory, and starts again at pose 0 after the end."""
+    out, end = [], 0
+    for _ in range(count):
+        if end >= num_poses:
+            end = 0
+        start, end = end, min(end + window, num_poses)
+        out.append(list(range(start, end)))
+    return out
+
+
+def encoded_scans(num_poses, per_pose):
+    """(N, P_max, S, 3) scans whose points say (robot, pose, point index)."""
+    scans = torch.zeros(len(num_poses), max(num_poses), per_pose, 3)
+    scans[..., 0] = torch.arange(len(num_poses)).view(-1, 1, 1)
+    scans[..., 1] = torch.arange(max(num_poses)).view(1, -1, 1).float()
+    scans[..., 2] = torch.arange(per_pose).float()
+    return scans
+
+
+@pytest.mark.parametrize("batch", [3, 8, 13, 40])
+def test_window_sampler_follows_the_original_window_sequence_by_default(batch):
+    num_poses, per_pose, window = [7, 5, 3, 12], 4, 3
+    sampler = WindowSampler(encoded_scans(num_poses, per_pose), num_poses, window, seed=1)
+    draws = 30
+    stream = torch.cat([sampler.next_points(batch) for _ in range(draws)], dim=1)
+    for i, P in enumerate(num_poses):
+        seen = [(int(p), int(k)) for _, p, k in stream[i].tolist()]
+        windows = original_windows(P, window, len(seen) // per_pose + 1)
+        at, finished = 0, 0
+        for poses in windows:  # each window's points exactly once, in some order, then the next window
+            expect = [(p, k) for p in poses for k in range(per_pose)]
+            chunk = seen[at:at + len(expect)]
+            at += len(expect)
+            if at > len(seen):  # the window in use: a part of its points, none twice
+                assert len(set(chunk)) == len(chunk) and set(chunk) <= set(expect)
+                break
+            assert sorted(chunk) == expect
+            finished += 1
+        assert sampler.epochs[i] == finished
+        current = windows[finished]
+        assert sampler.current_pose_index()[i] == current[-1]  # the robot stands at its window's last pose
+        assert {int(p) for p in sampler.window_points(i)[:, 1]} == set(current)
+    assert (stream[:, :, 0] == torch.arange(len(num_poses)).view(-1, 1)).all()
+    assert sampler.samples_seen.tolist() == [draws * batch] * len(num_poses)
+
+
+def test_window_sampler_continues_exactly_from_its_state_dict():
+    num_poses = [7, 5, 3]
+    a = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=2)
+    for _ in range(5):
+        a.next_points(7)
+    b = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=9)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):
+        assert torch.equal(a.next_points(7), b.next_points(7))
+
+
+def test_original_window_rule_covers_the_paper_loop_with_a_short_tail():
+    windows = original_windows(2430, 800, 5)
+    assert [(w[0], len(w)) for w in windows] == [(0, 800), (800, 800), (1600, 800), (2400, 30), (0, 800)]
+    sampler = WindowSampler(torch.zeros(1, 2430, 1, 3), [2430], 800, seed=0)
+    starts = []
+    for _ in range(5):
+        starts.append((int(sampler.start[0]), int(sampler.window_length()[0])))
+        sampler.next_points(int(sampler.window_size()[0]))
+    assert starts == [(w[0], len(w)) for w in windows]
+
+
+def test_map_quality_scores_truth_one_and_a_constant_map_one_half():
+    img = np.zeros(IMAGE_SHAPE)
+    img[:, :10] = 1.0  # border of 10 px
+    img[60:100, 60:68] = 1.0  # a wall
+    poses = np.array([[-40.0, 0.0], [80.0, 60.0]])
+    wall, observable = observable_walls(img, poses, reach=50.0, border_width=10)
+    rows, cols = np.arange(0, 160, 8), np.arange(0, 200, 8)
+    for a, r in enumerate(rows):  # reference: pixel by pixel
+        for b, c in enumerate(cols):
+            x, y = c + 0.5 - 100, r + 0.5 - 80
+            near = min(np.hypot(x - px, y - py) for px, py in poses) <= 50.0
+            assert observable[a, b] == (near and 10 <= r < 150 and 10 <= c < 190)
+            assert wall[a, b] == (img[r, c] >= 0.5)
+    assert wall[observable].any() and (~wall[observable]).any()
+    truth = wall.float().unsqueeze(0)
+    maps = torch.cat([truth, torch.zeros_like(truth), torch.ones_like(truth), 1 - truth])
+    q = map_quality(maps, wall, observable)
+    torch.testing.assert_close(q["balanced_accuracy"], torch.tensor([1.0, 0.5, 0.5, 0.0]))
+    walls, seen = int(wall[observable].sum()), int(observable.sum())
+    torch.testing.assert_close(q["wall_iou"], torch.tensor([1.0, 0.0, walls / seen, 0.0]))
+    # a random map against counts made by hand
+    noisy = torch.rand(1, *wall.shape, generator=torch.Generator().manual_seed(0))
+    pred, true = (noisy[0] >= 0.5)[observable], wall[observable]
+    tp, tn = int((pred & true).sum()), int((~pred & ~true).sum())
+    expect = (tp / int(true.sum()) + tn / int((~true).sum())) / 2
+    assert abs(float(map_quality(noisy, wall, observable)["balanced_accuracy"][0]) - expect) < 1e-6
+    assert abs(float(map_quality(noisy, wall, observable)["wall_iou"][0]) - tp / int((pred | true).sum())) < 1e-6
 
 
 def test_disk_graph_and_mixing_weights_match_pairwise_distances(tmp_path):
@@ -164,6 +282,10 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert [p["problem_name"] for p in manifest["pairs"]] == ["dinno", "dsgd", "dsgt", "individual", "centralized"]
+    # the original's solo training: `epochs` (1) passes over the whole trajectory of 31 poses of 8 x 5
+    # points, in batches of 40 points, not the distributed problems' 10 rounds
+    individual = next(p for p in manifest["pairs"] if p["problem_name"] == "individual")
+    assert individual["rounds_completed"] == 31
     for name in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
         assert (out / f"{name}_results.pt").is_file()
         assert (out / f"{name}_metrics.csv").is_file()
@@ -191,6 +313,11 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     with open(out / "dinno_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6 * 3 and "validation_loss" in rows[0]
+    with open(out / "summary.csv") as fh:
+        summary = {r["problem_name"]: r for r in csv.DictReader(fh)}
+    for name in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
+        assert 0 <= float(summary[name]["map_balanced_accuracy_mean"]) <= 1
+    assert len(hist["map_balanced_accuracy"]) == len(mesh) and hist["map_wall_iou"][-1].shape == (3,)
     central = torch.load(out / "centralized_results.pt", weights_only=True)
     assert central["validation_loss"][-1].shape == (1,)
     assert central["current_position"][-1].shape == (3, 2)
@@ -227,6 +354,8 @@ def _seed_overrides(name: str) -> list[str]:
     return over
 
 
+@pytest.mark.skipif(not SEED_CONFIGS.is_dir(), reason="the original's configs are not beside the repository "
+                                                     "(../shared/seed/configs)")
 @pytest.mark.skipif(not (PAPER_PLAN / "tight_paths").is_dir(), reason="shipped paper plan missing")
 @pytest.mark.parametrize("name", ["dist_online_dense_PAPER", "dist_online_dense_anim", "dist_dense_v2"])
 def test_original_density_configs_run_on_the_shipped_plan(name, tmp_path):
@@ -243,6 +372,8 @@ def test_original_density_configs_run_on_the_shipped_plan(name, tmp_path):
     assert "mesh_grid_density" in hist
     if name == "dist_dense_v2":
         assert manifest["graph"]["num_nodes"] == 6
+    else:  # no window_step in the original's configs: its non-overlapping windows
+        assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["experiment"]["data"]["window_step"] is None
 
 
 @pytest.mark.parametrize("change, message", [
@@ -334,8 +465,8 @@ def test_static_density_run_with_either_split(tmp_path, split):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["problem"] == "density" and manifest["graph"]["num_nodes"] == 3
     sizes = manifest["data"]["node_points"]
-    if split == "random":
-        assert sum(sizes) == 30 * 8 * 5 and max(sizes) - min(sizes) <= 8 * 5
+    if split == "random":  # the original: every robot its own num_scans scans from random poses
+        assert sizes == [30 * 8 * 5] * 3
     else:
         assert sizes == [31 * 8 * 5] * 3
     hist = torch.load(out / "dinno_results.pt", weights_only=True)

@@ -190,7 +190,7 @@ def test_trajectory_and_online_datasets():
     np.testing.assert_allclose(tr.positions, trajectory_from_waypoints(w, 5, img.shape))
     assert len(tr) == len(tr.positions) * 500
     P = tr.num_poses
-    on = OnlineTrajectoryLidarDataset(lid, w, 5, num_scans_in_window=7)
+    on = OnlineTrajectoryLidarDataset(lid, w, 5, num_scans_in_window=7, window_step=1)  # sliding
     assert torch.equal(on.all_points, tr.points)
     assert len(on) == 7 * 500
     np.testing.assert_array_equal(on.current_position, tr.positions[6])
@@ -204,6 +204,14 @@ def test_trajectory_and_online_datasets():
     np.testing.assert_array_equal(on.current_position, tr.positions[3])
     on.advance(7)
     np.testing.assert_array_equal(on.window_indices()[0], 4)
+    # default: the original's non-overlapping windows with the short tail, then pose 0 again
+    from tests.test_density import original_windows
+    jump = OnlineTrajectoryLidarDataset(lid, w, 5, num_scans_in_window=7)
+    for poses in original_windows(P, 7, P // 7 + 3):
+        np.testing.assert_array_equal(jump.window_indices(), poses)
+        np.testing.assert_array_equal(jump.current_position, tr.positions[poses[-1]])
+        assert len(jump) == len(poses) * 500
+        jump.advance()
 
 
 def test_trajectory_inside_wall_is_an_error():
