@@ -24,7 +24,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from experiments.config import ConfigError, apply_overrides, load_yaml, validate_config
+from experiments.config import ConfigError, apply_overrides, check_output_folder, load_yaml, validate_config
 from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
 from optimizers.base import DivergedError
@@ -216,6 +216,10 @@ def main(argv=None) -> int:
         raw = apply_overrides(load_yaml(args.config), args.overrides)
         cfg = validate_config(raw)
         exp = cfg["experiment"]
+        if args.output_dir:
+            check_output_folder("--output-dir", args.output_dir)
+        elif exp["writeout"]:
+            check_output_folder("experiment.output_metadir", resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR))
         device = pick_device(args.device, exp["use_cuda"])
         setup = SETUPS[exp["problem"]](cfg, device)
     except (ConfigError, GraphError, DataError) as exc:
