@@ -386,7 +386,7 @@ def parse_yaml(text: str, where: str):
     """``text`` parsed as safe YAML; any problem is a one-line ConfigError that starts with ``where``."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a 5,000-digit integer
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -102,6 +102,7 @@ CASES = {
                                     "--set", ()),
     "python object tag": (dump(tiny()).replace("seed: 1", "seed: !!python/object/apply:os.system [touch pwned]"),
                           [], "not valid YAML", ()),
+    "5000-digit integer": (dump(tiny()).replace("seed: 1", "seed: " + "9" * 5000), [], "not valid YAML", ()),
     "huge file": ("# padding\n" * 200_000, [], "larger than 1 MiB", ()),
     "huge value in a message": (tiny(**{"experiment.seed": "x" * 100_000}), [], "experiment.seed", ()),
     "huge unknown key": (tiny(**{"experiment.graph": {"k" * 100_000: 1, "num_nodes": 4, "type": "cycle"}}), [],
