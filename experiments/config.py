@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
+import reprlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from optimizers import OPTIMIZERS
-import math
 
 from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, UNIT_INTERVAL, Range, schema_entry
 from optimizers.graphs import GRAPH_TYPES
@@ -35,9 +38,38 @@ class ListOf:
         self.item = item
 
 
+class Name(str):
+    """Kind of a string that becomes a file or folder name."""
+
+
 Float, Int, Bool, Str = float, int, bool, str
 OPTIONAL = None
 SEED_RANGE = Range(0, 2**32 - 1)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+MAX_DEPTH = 50  # nesting levels of a config file (the schema needs 5)
+MAX_CONFIG_BYTES = 1 << 20
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother = 2, 40, 40
+_EXCERPT.maxlist = _EXCERPT.maxdict = _EXCERPT.maxtuple = 4
+
+
+def excerpt(value, limit: int = 60) -> str:
+    """A short, one-line repr of ``value`` for error messages, however large or deep the value is."""
+    text = _EXCERPT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """``text`` as one short line (for error messages that quote text from files or the system)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _key(key) -> str:
+    """A config key as printed in messages: as is when plain, else a short repr."""
+    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,60}", key) else excerpt(key)
 
 PROBLEM_KINDS = ("mnist", "density", "online_density")
 MNIST_METRICS = ("forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
@@ -65,7 +97,7 @@ INDIVIDUAL_SCHEMA = {
 }
 
 COMMON_EXPERIMENT = {
-    "name": (Str, REQUIRED),
+    "name": (Name, REQUIRED),
     "problem": (Choice(PROBLEM_KINDS), OPTIONAL),
     "data_dir": (Str, OPTIONAL),
     "output_metadir": (Str, OPTIONAL),
@@ -103,7 +135,7 @@ def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_b
                    val_batch_size: int, **extra) -> dict:
     """Schema of one entry of ``problem_configs``; ``extra`` adds domain keys before optimizer_config."""
     return {
-        "problem_name": (Str, REQUIRED),
+        "problem_name": (Name, REQUIRED),
         "train_batch_size": (Int, train_batch_size, AT_LEAST_ONE),
         "val_batch_size": (Int, val_batch_size, AT_LEAST_ONE),
         "verbose_evals": (Bool, False),
@@ -122,8 +154,10 @@ MNIST_PROBLEM = problem_schema(MNIST_METRICS, ["forward_pass_count", "validation
 SCHEMAS: dict[str, tuple[dict, dict]] = {"mnist": (MNIST_EXPERIMENT, MNIST_PROBLEM)}
 
 
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+def _did_you_mean(word, options) -> str:
+    if not isinstance(word, str) or len(word) > 100:
+        return ""
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -134,28 +168,28 @@ def _type_name(kind) -> str:
         return "a list"
     if isinstance(kind, dict):
         return "a mapping"
-    return {Float: "a number", Int: "an integer", Bool: "true or false", Str: "a string"}[kind]
+    return {Float: "a number", Int: "an integer", Bool: "true or false", Str: "a string", Name: "a name"}[kind]
 
 
 def _check_value(key: str, kind, value):
     if isinstance(kind, Choice):
         if value not in kind:
-            raise ConfigError(f"{key}: {value!r} is not allowed{_did_you_mean(value, kind)}; "
+            raise ConfigError(f"{key}: {excerpt(value)} is not allowed{_did_you_mean(value, kind)}; "
                               f"allowed: {', '.join(kind)}")
         return value
     if isinstance(kind, ListOf):
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {excerpt(value)}")
         return [_check_value(f"{key}[{i}]", kind.item, v) for i, v in enumerate(value)]
     if isinstance(kind, dict):
         return validate_mapping(key, kind, value)
     if kind is Bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {excerpt(value)}")
         return value
     if kind is Int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(value)}")
         return value
     if kind is Float:
         if isinstance(value, str):
@@ -164,13 +198,19 @@ def _check_value(key: str, kind, value):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {excerpt(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {excerpt(value)}")
         return float(value)
+    if kind is Name:
+        if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+            raise ConfigError(f"{key}: {excerpt(value)} cannot name a file; use {NAME_RULE}")
+        return value
     if kind is Str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {excerpt(value)}")
+        if "\0" in value:
+            raise ConfigError(f"{key}: {excerpt(value)} contains a NUL character")
         return value
     raise TypeError(kind)
 
@@ -180,11 +220,11 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {excerpt(data)}")
     out = {}
     for key, value in data.items():
         if key not in schema:
-            raise ConfigError(f"{prefix}.{key}: unknown key{_did_you_mean(key, schema)}; "
+            raise ConfigError(f"{prefix}.{_key(key)}: unknown key{_did_you_mean(key, schema)}; "
                               f"allowed: {', '.join(schema)}")
     for key, spec in schema.items():
         kind, default, bounds = schema_entry(spec)
@@ -195,7 +235,7 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
             else:
                 out[key] = _check_value(full, kind, data[key])
                 if bounds is not None and not bounds.contains(out[key]):
-                    raise ConfigError(f"{full}: must be {bounds.describe()}, got {out[key]!r}")
+                    raise ConfigError(f"{full}: must be {bounds.describe()}, got {excerpt(out[key])}")
         elif default is REQUIRED:
             raise ConfigError(f"{full}: required key is missing")
         elif isinstance(kind, dict):
@@ -207,12 +247,12 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
 
 def validate_optimizer(prefix: str, data: Any) -> dict:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {excerpt(data)}")
     name = data.get("alg_name")
     if name is None:
         raise ConfigError(f"{prefix}.alg_name: required key is missing; allowed: {', '.join(OPTIMIZERS)}")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"{prefix}.alg_name: {name!r} is not allowed{_did_you_mean(name, OPTIMIZERS)}; "
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ConfigError(f"{prefix}.alg_name: {excerpt(name)} is not allowed{_did_you_mean(name, OPTIMIZERS)}; "
                           f"allowed: {', '.join(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
     schema = {"alg_name": (Str, REQUIRED)}
@@ -233,8 +273,8 @@ def validate_optimizer(prefix: str, data: Any) -> dict:
 def infer_problem_kind(experiment: dict) -> str:
     kind = experiment.get("problem")
     if kind is not None:
-        if kind not in PROBLEM_KINDS:
-            raise ConfigError(f"experiment.problem: {kind!r} is not allowed{_did_you_mean(kind, PROBLEM_KINDS)}; "
+        if not isinstance(kind, str) or kind not in PROBLEM_KINDS:
+            raise ConfigError(f"experiment.problem: {excerpt(kind)} is not allowed{_did_you_mean(kind, PROBLEM_KINDS)}; "
                               f"allowed: {', '.join(PROBLEM_KINDS)}")
         return kind
     data = experiment.get("data")
@@ -252,13 +292,13 @@ def validate_config(raw: Any) -> dict:
             hint = _did_you_mean(key, ("experiment", "problem_configs"))
             if key == "problem":
                 hint = " (single-problem scaling configs are not supported; use problem_configs)"
-            raise ConfigError(f"{key}: unknown top-level key{hint}; allowed: experiment, problem_configs")
+            raise ConfigError(f"{_key(key)}: unknown top-level key{hint}; allowed: experiment, problem_configs")
     experiment = raw.get("experiment")
     if not isinstance(experiment, dict):
         raise ConfigError("experiment: required mapping is missing")
     kind = infer_problem_kind(experiment)
     if kind not in SCHEMAS:
-        raise ConfigError(f"experiment.problem: {kind!r} is not available in this installation; "
+        raise ConfigError(f"experiment.problem: {excerpt(kind)} is not available in this installation; "
                           f"allowed: {', '.join(SCHEMAS)}")
     exp_schema, problem_schema = SCHEMAS[kind]
     exp = validate_mapping("experiment", exp_schema, experiment)
@@ -271,7 +311,9 @@ def validate_config(raw: Any) -> dict:
     validated = {}
     names = set()
     for key, value in problems.items():
-        prefix = f"problem_configs.{key}"
+        prefix = f"problem_configs.{_key(key)}"
+        if _key(key) != key:
+            raise ConfigError(f"{prefix}: a problem key must be 1 to 60 letters, digits, '.', '_' or '-'")
         pc = validate_mapping(prefix, problem_schema, value)
         if pc["problem_name"] in names or pc["problem_name"] in ("individual", "centralized"):
             raise ConfigError(f"{prefix}.problem_name: {pc['problem_name']!r} is used twice or reserved "
@@ -297,8 +339,9 @@ def _check_mnist(cfg: dict) -> None:
     exp = cfg["experiment"]
     n = exp["graph"]["num_nodes"]
     if exp["data_split_type"] == "hetero" and n > 10:
-        raise ConfigError(f"experiment.data_split_type: hetero gives each node whole digit classes, "
-                          f"so at most 10 nodes (got graph.num_nodes = {n}); use sorted, random or dirichlet")
+        raise ConfigError(f"experiment.graph.num_nodes: {n} nodes but only 10 digits; data_split_type hetero "
+                          f"gives each node whole digit classes, so use at most 10 nodes or split sorted, "
+                          f"random or dirichlet")
     check_graph_parameters(exp["graph"])
     kernel = exp["model"]["kernel_size"]
     if kernel > 27:
@@ -309,42 +352,116 @@ def _check_mnist(cfg: dict) -> None:
 CROSS_CHECKS = {"mnist": _check_mnist}
 
 
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping and nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {_key(key)} appears twice (lines {first_line[key]} and {line}); "
+                        f"give each key once", key_node.start_mark)
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """``text`` parsed as safe YAML; any problem is a one-line ConfigError that starts with ``where``."""
     try:
-        with open(path) as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
+        return yaml.load(text, Loader=_StrictLoader)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a 5,000-digit integer
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        line = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}:{line} not valid YAML ({clip(problem)})") from None
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def load_yaml(path: str | Path) -> dict | None:
+    """The config file's top-level mapping (None for an empty file); ConfigError for anything else."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size if path.is_file() else None
+        data = path.read_bytes() if size is not None and size <= MAX_CONFIG_BYTES else None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{clip(path)}: cannot read the config file ({type(exc).__name__})") from None
+    if size is None:
+        raise ConfigError(f"{path}: config file not found")
+    if data is None:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not YAML text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          f"save the file as UTF-8") from None
+    raw = parse_yaml(text, str(path))
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys 'experiment' and 'problem_configs' at the "
+                          f"top, got a {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict | None, overrides: list[str]) -> dict:
     """Apply ``dotted.key=value`` overrides; values are parsed as YAML."""
-    raw = copy.deepcopy(raw) if raw is not None else {}
+    try:
+        raw = copy.deepcopy(raw) if raw is not None else {}
+    except RecursionError:
+        raise ConfigError(f"config: nested deeper than {MAX_DEPTH} levels") from None
     for item in overrides:
+        where = f"--set {excerpt(item, 80)}"
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+            raise ConfigError(f"{where}: expected dotted.key=value")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+            raise ConfigError(f"{where}: empty key segment in {excerpt(key)}")
+        value = parse_yaml(text, where)
         node = raw
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
                 if part in node and node[part] is not None:
-                    raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+                    raise ConfigError(f"{where}: {_key('.'.join(parts[:i + 1]))} is not a mapping")
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
     return raw
+
+
+def check_output_folder(label: str, path: str | Path) -> None:
+    """``path`` is a folder, or can be made one, and is writable; checked before anything is written."""
+    try:
+        path = Path(path).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{label}: {existing} is a file, not a folder; choose a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{label}: {clip(path, 200)} is not writable ({reason}); "
+                          f"choose a folder you can write to") from None
 
 
 from experiments.density_config import register as _register_density  # noqa: E402

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from experiments.config import (
     COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
-    Int, ListOf, Str, check_graph_parameters, problem_schema,
+    Int, ListOf, Str, check_graph_parameters, excerpt, problem_schema,
 )
-from optimizers.base import NON_NEGATIVE, schema_entry
+from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, schema_entry
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
 ONLINE_ONLY_METRICS = ("current_position", "current_graph")
@@ -19,22 +19,22 @@ DATA_SCHEMA = {
     "data_dir": (Str, REQUIRED),
     "floor_img": (Str, "floor_img.png"),
     "waypoint_subdir": (Str, "tight_paths"),
-    "num_nodes": (Int, OPTIONAL),
+    "num_nodes": (Int, OPTIONAL, AT_LEAST_ONE),
     "split_type": (Choice(("trajectory", "random")), "trajectory"),
-    "num_beams": (Int, 20),
-    "beam_length": (Float, 0.2),
-    "beam_samps": (Int, 25),
-    "collision_samps": (Int, 50),
-    "fine_samps": (Int, 3),
-    "samp_distribution_factor": (Float, 1.0),
-    "border_width": (Int, 30),
+    "num_beams": (Int, 20, AT_LEAST_ONE),
+    "beam_length": (Float, 0.2, POSITIVE),
+    "beam_samps": (Int, 25, AT_LEAST_ONE),
+    "collision_samps": (Int, 50, AT_LEAST_ONE),
+    "fine_samps": (Int, 3, NON_NEGATIVE),
+    "samp_distribution_factor": (Float, 1.0, POSITIVE),
+    "border_width": (Int, 30, NON_NEGATIVE),
     "round_density": (Bool, True),
-    "spline_res": (Int, 30),
+    "spline_res": (Int, 30, AT_LEAST_ONE),
     "clipped_lidar": (Bool, False),
-    "num_scans": (Int, OPTIONAL),
-    "num_scans_in_window": (Int, OPTIONAL),
+    "num_scans": (Int, OPTIONAL, AT_LEAST_ONE),
+    "num_scans_in_window": (Int, OPTIONAL, AT_LEAST_ONE),
     "window_step": (Int, OPTIONAL, NON_NEGATIVE),  # absent: the original's non-overlapping windows
-    "num_validation_scans": (Int, 500),
+    "num_validation_scans": (Int, 500, AT_LEAST_ONE),
 }
 
 MODEL_SCHEMA = {
@@ -64,31 +64,15 @@ DENSITY_EXPERIMENT = {
 
 DENSITY_PROBLEM = problem_schema(DENSITY_METRICS, ["forward_pass_count", "train_loss_moving_average",
                                                   "validation_loss", "consensus_error", "current_epoch"],
-                                 10000, 10000, comm_radius=(Float, OPTIONAL), dynamic_graph=(Bool, False))
-
-
-def _positive(key: str, value, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}: must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+                                 10000, 10000, comm_radius=(Float, OPTIONAL, POSITIVE), dynamic_graph=(Bool, False))
 
 
 def _check_common(cfg: dict) -> None:
     exp = cfg["experiment"]
-    data = exp["data"]
-    for key in ("num_beams", "beam_samps", "collision_samps", "spline_res", "num_validation_scans",
-                "beam_length", "samp_distribution_factor", "num_nodes", "num_scans", "num_scans_in_window"):
-        _positive(f"experiment.data.{key}", data[key])
-    for key in ("fine_samps", "border_width"):
-        _positive(f"experiment.data.{key}", data[key], allow_zero=True)
     shape = exp["model"]["shape"]
     if len(shape) < 3 or shape[0] != 2 or shape[-1] != 1 or min(shape) < 1:
         raise ConfigError(f"experiment.model.shape: expected [2, first, ..., 1] with at least 3 positive "
-                          f"widths (input (x, y), output density), got {shape}")
-    for key, pc in cfg["problem_configs"].items():
-        if pc["comm_radius"] is not None and pc["comm_radius"] <= 0:
-            raise ConfigError(f"problem_configs.{key}.comm_radius: must be positive (pixels), got {pc['comm_radius']}")
+                          f"widths (input (x, y), output density), got {excerpt(shape)}")
 
 
 def _check_density(cfg: dict) -> None:
@@ -103,8 +87,6 @@ def _check_density(cfg: dict) -> None:
     if graph["type"] is not None:
         if graph["num_nodes"] is None:
             raise ConfigError("experiment.graph.num_nodes: required when experiment.graph is given")
-        if graph["num_nodes"] < 1:
-            raise ConfigError(f"experiment.graph.num_nodes: must be at least 1, got {graph['num_nodes']}")
         check_graph_parameters(graph)
         if data["num_nodes"] is not None and data["num_nodes"] != graph["num_nodes"]:
             raise ConfigError(f"experiment.data.num_nodes: {data['num_nodes']} differs from "

@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from experiments import results_io
-from experiments.config import ConfigError, apply_overrides, load_yaml, validate_config
+from experiments.config import ConfigError, apply_overrides, check_output_folder, load_yaml, validate_config
 from experiments.run_record import Interrupts, RunRecord, now_iso, run_is_live
 from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
@@ -285,6 +285,7 @@ def config_difference(old, new, prefix: str = "") -> str | None:
 
 def prepare_output_dir(args, exp: dict) -> Path | None:
     if args.output_dir:
+        check_output_folder("--output-dir", args.output_dir)
         out_dir = Path(args.output_dir).resolve()
         if out_dir.exists() and any(out_dir.iterdir()):
             raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder")
@@ -292,6 +293,7 @@ def prepare_output_dir(args, exp: dict) -> Path | None:
     if not exp["writeout"]:
         return None
     base = resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR)
+    check_output_folder("experiment.output_metadir", base)
     return new_output_dir(base, exp["name"])
 
 

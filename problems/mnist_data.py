@@ -82,6 +82,16 @@ def _decompress_missing(raw: Path) -> None:
             raise DataError(f"cannot extract {packed} into {raw}: {exc}; extract it by hand or fix permissions") from exc
 
 
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder that creating ``path`` would create (None if ``path`` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def _load_torchvision(data_dir: Path, download: bool) -> MnistData:
     from torchvision.datasets import MNIST
 
@@ -91,6 +101,7 @@ def _load_torchvision(data_dir: Path, download: bool) -> MnistData:
         if missing:
             raise DataError(_missing_hint(raw, missing))
         _decompress_missing(raw)
+    created = _topmost_missing(raw) if download else None
     try:
         train = MNIST(str(data_dir), train=True, download=download)
         test = MNIST(str(data_dir), train=False, download=download)
@@ -98,6 +109,8 @@ def _load_torchvision(data_dir: Path, download: bool) -> MnistData:
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if created is not None:  # a failed download leaves no folders behind
+            shutil.rmtree(created, ignore_errors=True)
         if download:
             raise DataError(
                 f"MNIST download into {raw} failed ({reason}); put the files {', '.join(MNIST_RAW_FILES)}"
