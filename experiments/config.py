@@ -17,6 +17,7 @@ import yaml
 from optimizers import OPTIMIZERS
 import math
 
+from optimizers.compressors import COMPRESSOR_SCHEMAS
 from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, UNIT_INTERVAL, Range, schema_entry
 from optimizers.graphs import GRAPH_TYPES
 from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES
@@ -191,6 +192,8 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
         if key in data and data[key] is not None:
             if kind == "optimizer":
                 out[key] = validate_optimizer(full, data[key])
+            elif kind == "compressor":
+                out[key] = validate_compressor(full, data[key])
             else:
                 out[key] = _check_value(full, kind, data[key])
                 if bounds is not None and not bounds.contains(out[key]):
@@ -202,6 +205,17 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
         else:
             out[key] = copy.deepcopy(default)
     return out
+
+
+def validate_compressor(prefix: str, data: Any) -> dict:
+    """``{name: ..., <that compressor's keys>}``, checked against the compressor's own schema."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: top_k, fraction: 0.01}}, got {data!r}")
+    name = data.get("name")
+    if name not in COMPRESSOR_SCHEMAS:
+        raise ConfigError(f"{prefix}.name: {name!r} is not allowed{_did_you_mean(name, COMPRESSOR_SCHEMAS)}; "
+                          f"allowed: {', '.join(COMPRESSOR_SCHEMAS)}")
+    return validate_mapping(prefix, {"name": (Str, REQUIRED), **COMPRESSOR_SCHEMAS[name]}, data)
 
 
 def validate_optimizer(prefix: str, data: Any) -> dict:
