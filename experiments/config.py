@@ -78,6 +78,11 @@ COMMON_EXPERIMENT = {
     "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
     "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
+    # lossy and time-varying communication (optimizers/links.py)
+    "links": ({"drop_prob": (Float, 0.0, UNIT_INTERVAL), "seed": (Int, 0, SEED_RANGE)}, {}),
+    "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
+                        "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
+                        "seed": (Int, 0, SEED_RANGE)}, {}),
 }
 
 MNIST_EXPERIMENT = {
@@ -292,6 +297,7 @@ def validate_config(raw: Any) -> dict:
         names.add(pc["problem_name"])
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
+    check_graph_schedule(exp)
     CROSS_CHECKS[kind](cfg)
     return cfg
 
@@ -304,6 +310,24 @@ def check_graph_parameters(graph: dict) -> None:
         key, what = needs[graph["type"]]
         if graph.get(key) is None:
             raise ConfigError(f"experiment.graph.{key}: required for graph type {graph['type']} ({what})")
+
+
+def check_graph_schedule(exp: dict) -> None:
+    """Either a list of graphs over the experiment's nodes or a number of random edges per round."""
+    schedule = exp.get("graph_schedule") or {}
+    graphs, edges = schedule.get("graphs"), schedule.get("random_edges_per_round")
+    if graphs is not None and edges is not None:
+        raise ConfigError("experiment.graph_schedule: give either graphs or random_edges_per_round, not both")
+    if graphs is not None and not graphs:
+        raise ConfigError("experiment.graph_schedule.graphs: expected at least one graph")
+    num_nodes = (exp.get("graph") or {}).get("num_nodes")
+    for i, g in enumerate(graphs or []):
+        if num_nodes is not None and g["num_nodes"] != num_nodes:
+            raise ConfigError(f"experiment.graph_schedule.graphs[{i}].num_nodes: must equal "
+                              f"experiment.graph.num_nodes ({num_nodes}), got {g['num_nodes']}")
+        needs = {"random": "p", "disk": "radius", "fiedler": "target_fiedler"}.get(g["type"])
+        if needs is not None and g.get(needs) is None:
+            raise ConfigError(f"experiment.graph_schedule.graphs[{i}].{needs}: required for graph type {g['type']}")
 
 
 def _check_mnist(cfg: dict) -> None:

@@ -29,6 +29,7 @@ from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
 from optimizers.base import DivergedError
 from optimizers.graphs import GraphError, graph_to_json
+from optimizers.links import configure_network
 from optimizers.network import InProcessNetwork
 from problems.mnist_data import DataError
 
@@ -142,9 +143,10 @@ def format_ranges(metrics: dict) -> str:
 
 
 def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device, out_dir,
-             quiet: bool, verbose: bool, pair: dict) -> dict:
+             quiet: bool, verbose: bool, pair: dict, exp: dict | None = None) -> dict:
     """Train one pair; returns its history (also on divergence/failure)."""
     network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
+    graph_schedule = configure_network(network, exp or {}, graph)  # experiment.links / graph_schedule
     optimizer = optimizer_cls(problem, network, opt_cfg)
     bar = tqdm(total=optimizer.outer_iterations, desc=f"{name} ({alg_name})", disable=quiet,
                dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
@@ -165,6 +167,8 @@ def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, gr
         before_round = None  # problems whose data or graph change every round define it
         if hasattr(problem, "before_round"):
             before_round = partial(problem.before_round, network=network)
+        if graph_schedule is not None:
+            before_round = graph_schedule if before_round is None else _chain(graph_schedule, before_round)
         optimizer.train(progress=progress, profile_dir=out_dir, before_round=before_round)
         pair["status"] = "completed"
     except DivergedError as exc:
@@ -182,6 +186,10 @@ def run_pair(name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, gr
         pair["node_stack"] = {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size}
                               for shape, (form, size) in problem.stack.plans.items()}
     return problem.history
+
+
+def _chain(first, second):
+    return lambda k: (first(k), second(k))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
                 verbose = exp["individual_training"]["verbose"]
             opt_cfg.pop("alg_name", None)
             history = run_pair(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir,
-                               args.quiet, verbose, pair)
+                               args.quiet, verbose, pair, exp=exp if pc is not None else None)
         except KeyboardInterrupt:
             pair["status"] = "interrupted"
             history = problem.history if problem is not None else {}

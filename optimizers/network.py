@@ -96,7 +96,6 @@ class InProcessNetwork:
         self._src, self._dst = as_index(src), as_index(dst)
         self._edge_rows = as_index([self.edge_ids[e] for e in zip(src.tolist(), dst.tolist())])
         self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
-        self._self_weight = torch.as_tensor(np.diag(mixing).copy(), device=self.device, dtype=self.dtype)
 
     def _count(self, x: torch.Tensor, row_bytes) -> None:
         if row_bytes is None:
@@ -108,26 +107,28 @@ class InProcessNetwork:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return self._lossy_combine(x, channel, self._self_weight, self._edge_weight)
+            return self._lossy_combine(x, channel, self._edge_weight, relative=True)
         return self._mixing @ x
 
     def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """``A x``: sum of the neighbours' rows for each node."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return self._lossy_combine(x, channel, None, torch.ones_like(self._edge_weight))
+            return self._lossy_combine(x, channel, torch.ones_like(self._edge_weight), relative=False)
         return self._adjacency @ x
 
-    def _lossy_combine(self, x, channel, self_weight, edge_weight) -> torch.Tensor:
-        """sum_j weight_ij * (row i holds from j) (+ self_weight_i x_i), dropping messages."""
+    def _lossy_combine(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
+        """sum_j weight_ij h_ij over the rows h_ij node i holds from j, or, ``relative``,
+        x_i + sum_j weight_ij (h_ij - x_i) (= W x when every row is fresh; exactly x_i when none is)."""
         ids, src, dst = self._edge_rows, self._src, self._dst
         rows, arrived = self._buffers(channel, x)
         delivered = (torch.rand(len(ids), generator=self.link_generator) >= self.drop_prob).to(self.device)
         rows[ids[delivered]] = x[src[delivered]]
         arrived[ids[delivered]] = True
         held = torch.where(arrived[ids].unsqueeze(1), rows[ids], x[dst])
-        out = torch.zeros_like(x) if self_weight is None else self_weight.unsqueeze(1) * x
-        return out.index_add_(0, dst, edge_weight.unsqueeze(1) * held)
+        if relative:
+            return x.clone().index_add_(0, dst, edge_weight.unsqueeze(1) * (held - x[dst]))
+        return torch.zeros_like(x).index_add_(0, dst, edge_weight.unsqueeze(1) * held)
 
     def _buffers(self, channel: str, x: torch.Tensor):
         rows = self.last_rows.get(channel)

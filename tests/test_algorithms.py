@@ -236,3 +236,80 @@ def test_compressor_defaults_are_filled_in():
     cfg = validate_optimizer("c", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
                                    "compressor": {"name": "qsgd"}})
     assert cfg["compressor"] == {"name": "qsgd", "levels": 16, "seed": 0}
+
+
+# ------------------------------------------------------------------------------ bytes on the radio
+
+def test_each_optimizer_counts_what_it_sends():
+    degrees = torch.tensor([d for _, d in sorted(graph().degree)], dtype=torch.float64)
+    n = make_problem().theta.shape[1]
+    dense = 8 * n  # float64 rows
+    cases = [(DSGD, {"alpha0": 0.05}, ROUNDS * dense),
+             (DSGT, {"alpha": 0.05}, 2 * ROUNDS * dense),
+             (DiNNO, {"rho_init": 0.5, "primal_lr_start": 0.01}, ROUNDS * dense),
+             (EXTRA, {"alpha": 0.05}, ROUNDS * dense),
+             (NEXT, {"alpha0": 0.5, "tau": 20.0}, 2 * ROUNDS * dense),
+             (ProxPDA, {"beta": 0.5, "primal_lr": 0.01}, (ROUNDS + 1) * dense),
+             (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "sign"}},
+              ROUNDS * (math.ceil(n / 8) + 8))]
+    for cls, cfg, per_neighbour in cases:
+        _, net = run_stack(cls, cfg)
+        assert torch.equal(net.bytes_sent, degrees * per_neighbour), cls.alg_name
+
+
+# ------------------------------------------------------------------------------------ lossy links
+
+ALL = [(DSGD, {"alpha0": 0.05, "mu": 0.1}), (DSGT, {"alpha": 0.05}),
+       (DiNNO, {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}),
+       (EXTRA, {"alpha": 0.05}), (NEXT, {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}),
+       (ProxPDA, {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}),
+       (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}})]
+
+
+@pytest.mark.parametrize("cls,cfg", ALL, ids=[c.alg_name for c, _ in ALL])
+def test_links_that_never_drop_change_nothing_and_links_that_always_drop_isolate(cls, cfg):
+    plain, _ = run_stack(cls, cfg)
+    lossless, _ = run_stack(cls, cfg, links=(0.0, 7))
+    assert torch.equal(plain, lossless)
+    # p = 1: nothing another node does reaches node 1..N-1
+    alone, _ = run_stack(cls, cfg, links=(1.0, 7))
+    moved, _ = run_stack(cls, cfg, links=(1.0, 7), perturb=0)
+    assert not torch.equal(alone[0], moved[0])
+    assert torch.equal(alone[1:], moved[1:])
+    # and the lossy path does connect nodes when messages do arrive
+    some, _ = run_stack(cls, cfg, links=(0.3, 7))
+    some_moved, _ = run_stack(cls, cfg, links=(0.3, 7), perturb=0)
+    assert not torch.allclose(some[1:], some_moved[1:], atol=1e-9)
+
+
+def test_dsgd_with_all_messages_dropped_is_local_sgd():
+    alone, _ = run_stack(DSGD, {"alpha0": 0.05}, links=(1.0, 0))
+    local, _ = run_stack(LocalTraining, {"optimizer": "sgd", "lr": 0.05})
+    assert torch.equal(alone, local)
+
+
+def test_lossy_mixing_matches_per_edge_reference():
+    g = nx.cycle_graph(5)
+    g.add_edge(0, 2)
+    net = InProcessNetwork(g, dtype=DT)
+    net.set_links(0.4, 3)
+    draws = torch.Generator().manual_seed(3)
+    edges = sorted(((j, i) for i in g for j in g.neighbors(i)), key=lambda e: (e[1], e[0]))  # (src, dst)
+    held = {}
+    weight = lambda i, j: 1.0 / (1 + max(g.degree[i], g.degree[j]))  # noqa: E731
+    rng = torch.Generator().manual_seed(9)
+    for step in range(6):
+        x = torch.randn(5, 3, generator=rng, dtype=DT)
+        use_sum = step % 2 == 1
+        got = net.neighbor_sum(x, "c") if use_sum else net.mix(x, "c")
+        delivered = torch.rand(len(edges), generator=draws) >= 0.4
+        for (j, i), ok in zip(edges, delivered.tolist()):
+            if ok:
+                held[(j, i)] = x[j].clone()
+        for i in range(5):
+            rows = {j: held.get((j, i), x[i]) for j in g.neighbors(i)}
+            if use_sum:
+                expect = sum(rows.values())
+            else:
+                expect = (1 - sum(weight(i, j) for j in rows)) * x[i] + sum(weight(i, j) * r for j, r in rows.items())
+            assert torch.allclose(got[i], expect, atol=1e-12), (step, i)
