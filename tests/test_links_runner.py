@@ -30,6 +30,7 @@ def test_links_and_graph_schedule_in_a_run(tmp_path):
     assert run(write_config(tmp_path, tiny(), "a.yaml"), plain) == 0
     assert run(write_config(tmp_path, tiny(links={"drop_prob": 0.0, "seed": 4}), "b.yaml"), lossless) == 0
     assert run(write_config(tmp_path, tiny(links={"drop_prob": 1.0, "seed": 4}), "c.yaml"), alone) == 0
+    assert (plain / "figures" / "top1_vs_round_and_megabytes.png").stat().st_size > 0
     for name in ("dsgd", "choco"):
         assert torch.equal(final(plain, name), final(lossless, name))
         assert not torch.equal(final(plain, name), final(alone, name))

@@ -42,8 +42,18 @@ def load_graph(folder: str | Path) -> nx.Graph:
     return graph_from_json(json.loads((Path(folder) / "graph.json").read_text()))
 
 
-def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None):
-    """One line per pair: node mean vs round, shaded between node min and max."""
+def megabytes_per_node(res: dict) -> torch.Tensor | None:
+    """Mean over nodes of the megabytes each node has sent, at every evaluation (None: nothing sent)."""
+    if not res.get("bytes_sent"):
+        return None
+    sent = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["bytes_sent"]])
+    return sent.mean(1) / 1e6 if bool((sent > 0).any()) else None
+
+
+def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None,
+                x: str = "round"):
+    """One line per pair: node mean vs round (``x="megabytes"``: vs megabytes sent per node, pairs that
+    sent nothing left out), shaded between node min and max."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
     drawn = 0
@@ -51,13 +61,18 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
         if metric not in res or not res[metric]:
             continue
         rounds = torch.as_tensor(res["round"][:len(res[metric])], dtype=torch.float64)
+        if x == "megabytes":
+            rounds = megabytes_per_node(res)
+            if rounds is None:
+                continue
+            rounds = rounds[:len(res[metric])]
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
         mean, low, high = values.mean(1), values.min(1).values, values.max(1).values
         line, = ax.plot(rounds, mean, label=name, lw=1.8)
         if values.shape[1] > 1:
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
         drawn += 1
-    ax.set_xlabel("round")
+    ax.set_xlabel("megabytes sent per node (mean over nodes)" if x == "megabytes" else "round")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if log_scale or (log_scale is None and metric == "consensus_error"):
         ax.set_yscale("log")
@@ -96,6 +111,17 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         ax.set_title(METRIC_LABELS.get(metric, metric) + " vs round")
         fig.tight_layout()
         path = out / f"{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if any(res.get("top1_accuracy") and megabytes_per_node(res) is not None for res in results.values()):
+        fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
+        plot_metric(results, "top1_accuracy", by_round)
+        by_round.set_title("top-1 accuracy vs round")
+        plot_metric(results, "top1_accuracy", by_bytes, x="megabytes")
+        by_bytes.set_title("top-1 accuracy vs megabytes sent per node")
+        fig.tight_layout()
+        path = out / "top1_vs_round_and_megabytes.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
