@@ -175,8 +175,10 @@ def test_prox_pda_matches_per_node_loop():
             for i in range(N):
                 opts[i].zero_grad()
                 th = torch.cat([p.reshape(-1) for p in ref.models[i].parameters()])
-                # signed-incidence penalty + signless proximal term, written per edge
-                aug = sum(0.5 * ((th - snap[j]) ** 2).sum() + 0.5 * ((th - snap[i]) + (snap[j] - snap[j])).pow(2).sum()
+                # per edge (i, j): 1/2 ||x_i - x_j||^2 + 1/2 ||(x_i - x_i^r) + (x_j - x_j^r)||^2 (signed
+                # incidence penalty + signless proximal term); the x_i x_j cross terms cancel, so the
+                # node's problem is the same with x_j held at x_j^r
+                aug = sum(0.5 * ((th - snap[j]) ** 2).sum() + 0.5 * ((th - snap[i]) ** 2).sum()
                           for j in neighbours(ref, i))
                 (ref.loss(i, idx) + th @ duals[i] + 0.7 * aug).backward()
                 opts[i].step()
@@ -313,3 +315,15 @@ def test_lossy_mixing_matches_per_edge_reference():
             else:
                 expect = (1 - sum(weight(i, j) for j in rows)) * x[i] + sum(weight(i, j) * r for j, r in rows.items())
             assert torch.allclose(got[i], expect, atol=1e-12), (step, i)
+
+
+def test_accuracy_table_finds_first_round_and_megabytes_at_threshold():
+    from visualization.plotting import accuracy_table
+    res = {"round": [0, 10, 20], "top1_accuracy": [torch.tensor([0.1, 0.2], dtype=DT), torch.tensor([0.95, 0.8], dtype=DT),
+                                                   torch.tensor([0.93, 0.91], dtype=DT)],
+           "bytes_sent": [torch.zeros(2), torch.tensor([1e6, 3e6]), torch.tensor([2e6, 6e6])]}
+    row, alone = accuracy_table({"a": res, "b": {**res, "bytes_sent": [torch.zeros(2)] * 3}}, 0.9)
+    assert row["rounds_to_threshold"] == 20 and row["mb_to_threshold"] == 4.0 and row["mb_total"] == 4.0
+    assert math.isclose(row["final_mean"], 0.92) and math.isclose(row["final_min"], 0.91)
+    assert alone["mb_to_threshold"] is None
+    assert accuracy_table({"a": res}, 0.99)[0]["rounds_to_threshold"] is None

@@ -134,3 +134,21 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         plt.close(fig)
         written.append(path)
     return written
+
+
+def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dict]:
+    """Per pair: final mean / min top-1 over nodes, and the first evaluated round (and megabytes sent
+    per node by then) at which the mean top-1 reached ``threshold`` (None: not reached)."""
+    rows = []
+    for name, res in results.items():
+        if not res.get("top1_accuracy"):
+            continue
+        top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["top1_accuracy"]])
+        mb = megabytes_per_node(res)
+        reached = (top1.mean(1) >= threshold).nonzero()
+        first = int(reached[0]) if len(reached) else None
+        rows.append({"pair": name, "final_mean": float(top1[-1].mean()), "final_min": float(top1[-1].min()),
+                     "rounds_to_threshold": None if first is None else int(res["round"][first]),
+                     "mb_to_threshold": None if first is None or mb is None else float(mb[first]),
+                     "mb_total": None if mb is None else float(mb[-1])})
+    return rows
