@@ -327,3 +327,26 @@ def test_accuracy_table_finds_first_round_and_megabytes_at_threshold():
     assert math.isclose(row["final_mean"], 0.92) and math.isclose(row["final_min"], 0.91)
     assert alone["mb_to_threshold"] is None
     assert accuracy_table({"a": res}, 0.99)[0]["rounds_to_threshold"] is None
+
+
+def test_graph_schedule_cycles_through_graphs_or_draws_edges_of_the_base_graph():
+    from optimizers.links import configure_network
+    base = nx.cycle_graph(5)
+    net = InProcessNetwork(base, dtype=DT)
+    exp = {"seed": 0, "graph_schedule": {"graphs": [{"num_nodes": 5, "type": "complete"},
+                                                    {"num_nodes": 5, "type": "cycle"}]}}
+    schedule = configure_network(net, exp, base)
+    sizes = []
+    for k in (1, 2, 3):
+        schedule(k)
+        sizes.append(net.graph.number_of_edges())
+    assert sizes == [10, 5, 10]
+    schedule = configure_network(net, {"graph_schedule": {"random_edges_per_round": 2, "seed": 1}}, base)
+    seen = set()
+    for k in range(1, 8):
+        schedule(k)
+        edges = {tuple(sorted(e)) for e in net.graph.edges}
+        assert len(edges) == 2 and edges <= {tuple(sorted(e)) for e in base.edges}
+        seen |= edges
+    assert len(seen) > 2  # a new draw every round
+    assert net.degrees.sum() == 4
