@@ -152,3 +152,25 @@ def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dic
                      "mb_to_threshold": None if first is None or mb is None else float(mb[first]),
                      "mb_total": None if mb is None else float(mb[-1])})
     return rows
+
+
+def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
+    """Markdown rows of ``accuracy_table`` for each output folder (e.g. a lossless and a lossy run)."""
+    fmt = lambda v, f="{:.3f}": "not reached" if v is None else f.format(v)  # noqa: E731
+    print(f"| run | pair | final top-1 mean / min | rounds to mean {threshold} | MB/node to mean {threshold} "
+          f"| MB/node total |")
+    print("|---|---|---|---|---|---|")
+    for folder in folders:
+        for r in accuracy_table(load_results(folder), threshold):
+            print(f"| {Path(folder).name} | {r['pair']} | {r['final_mean']:.3f} / {r['final_min']:.3f} | "
+                  f"{fmt(r['rounds_to_threshold'], '{}')} | {fmt(r['mb_to_threshold'], '{:.2f}')} | "
+                  f"{fmt(r['mb_total'], '{:.2f}')} |")
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="Markdown table: final top-1, rounds and MB to a threshold")
+    parser.add_argument("folders", nargs="+", help="output folders of experiments/run.py")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    args = parser.parse_args()
+    print_accuracy_table(args.folders, args.threshold)
