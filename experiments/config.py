@@ -20,6 +20,7 @@ import yaml
 
 from optimizers import OPTIMIZERS
 
+from optimizers.compressors import COMPRESSOR_SCHEMAS
 from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, UNIT_INTERVAL, Range, schema_entry
 from optimizers.graphs import GRAPH_TYPES
 from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES
@@ -110,6 +111,11 @@ COMMON_EXPERIMENT = {
     "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
+    # lossy and time-varying communication (optimizers/links.py)
+    "links": ({"drop_prob": (Float, 0.0, UNIT_INTERVAL), "seed": (Int, 0, SEED_RANGE)}, {}),
+    "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
+                        "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
+                        "seed": (Int, 0, SEED_RANGE)}, {}),
 }
 
 MNIST_EXPERIMENT = {
@@ -232,6 +238,8 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
         if key in data and data[key] is not None:
             if kind == "optimizer":
                 out[key] = validate_optimizer(full, data[key])
+            elif kind == "compressor":
+                out[key] = validate_compressor(full, data[key])
             else:
                 out[key] = _check_value(full, kind, data[key])
                 if bounds is not None and not bounds.contains(out[key]):
@@ -243,6 +251,17 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
         else:
             out[key] = copy.deepcopy(default)
     return out
+
+
+def validate_compressor(prefix: str, data: Any) -> dict:
+    """``{name: ..., <that compressor's keys>}``, checked against the compressor's own schema."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: top_k, fraction: 0.01}}, got {data!r}")
+    name = data.get("name")
+    if name not in COMPRESSOR_SCHEMAS:
+        raise ConfigError(f"{prefix}.name: {name!r} is not allowed{_did_you_mean(name, COMPRESSOR_SCHEMAS)}; "
+                          f"allowed: {', '.join(COMPRESSOR_SCHEMAS)}")
+    return validate_mapping(prefix, {"name": (Str, REQUIRED), **COMPRESSOR_SCHEMAS[name]}, data)
 
 
 def validate_optimizer(prefix: str, data: Any) -> dict:
@@ -321,6 +340,7 @@ def validate_config(raw: Any) -> dict:
         names.add(pc["problem_name"])
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
+    check_graph_schedule(exp)
     CROSS_CHECKS[kind](cfg)
     return cfg
 
@@ -333,6 +353,24 @@ def check_graph_parameters(graph: dict) -> None:
         key, what = needs[graph["type"]]
         if graph.get(key) is None:
             raise ConfigError(f"experiment.graph.{key}: required for graph type {graph['type']} ({what})")
+
+
+def check_graph_schedule(exp: dict) -> None:
+    """Either a list of graphs over the experiment's nodes or a number of random edges per round."""
+    schedule = exp.get("graph_schedule") or {}
+    graphs, edges = schedule.get("graphs"), schedule.get("random_edges_per_round")
+    if graphs is not None and edges is not None:
+        raise ConfigError("experiment.graph_schedule: give either graphs or random_edges_per_round, not both")
+    if graphs is not None and not graphs:
+        raise ConfigError("experiment.graph_schedule.graphs: expected at least one graph")
+    num_nodes = (exp.get("graph") or {}).get("num_nodes")
+    for i, g in enumerate(graphs or []):
+        if num_nodes is not None and g["num_nodes"] != num_nodes:
+            raise ConfigError(f"experiment.graph_schedule.graphs[{i}].num_nodes: must equal "
+                              f"experiment.graph.num_nodes ({num_nodes}), got {g['num_nodes']}")
+        needs = {"random": "p", "disk": "radius", "fiedler": "target_fiedler"}.get(g["type"])
+        if needs is not None and g.get(needs) is None:
+            raise ConfigError(f"experiment.graph_schedule.graphs[{i}].{needs}: required for graph type {g['type']}")
 
 
 def _check_mnist(cfg: dict) -> None:

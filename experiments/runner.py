@@ -30,6 +30,7 @@ from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
 from optimizers.base import DivergedError
 from optimizers.graphs import GraphError, graph_to_json
+from optimizers.links import configure_network
 from optimizers.network import InProcessNetwork
 from problems.mnist_data import DataError
 
@@ -153,9 +154,11 @@ class PairRun:
     """Train one (problem, optimizer) pair, checkpointing as it goes; resumes from a checkpoint."""
 
     def __init__(self, name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device,
-                 out_dir: Path | None, record: RunRecord, interrupts: Interrupts, checkpoint_every: int | None):
+                 out_dir: Path | None, record: RunRecord, interrupts: Interrupts, checkpoint_every: int | None,
+                 exp: dict | None = None):
         self.name, self.alg_name, self.problem = name, alg_name, problem
         self.network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
+        self.graph_schedule = configure_network(self.network, exp or {}, graph)  # links / graph_schedule
         self.optimizer = optimizer_cls(problem, self.network, opt_cfg)
         self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
         self.checkpoint_every = checkpoint_every
@@ -189,6 +192,8 @@ class PairRun:
         before_round = None  # problems whose data or graph change every round define it
         if hasattr(problem, "before_round"):
             before_round = partial(problem.before_round, network=self.network)
+        if self.graph_schedule is not None:
+            before_round = self.graph_schedule if before_round is None else _chain(self.graph_schedule, before_round)
         start = time.perf_counter()
         try:
             if first == 1:
@@ -226,6 +231,10 @@ class PairRun:
                 self.record.update_pair(self.name, last_finite_round=last_finite[0])
             if status in FINISHED and self.checkpoint_path is not None:
                 self.checkpoint_path.unlink(missing_ok=True)
+
+
+def _chain(first, second):
+    return lambda k: (first(k), second(k))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -465,7 +474,7 @@ def run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record: RunRe
             verbose = exp["individual_training"]["verbose"]
         opt_cfg.pop("alg_name", None)
         run = PairRun(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir, record, interrupts,
-                      exp["checkpoint_every"])
+                      exp["checkpoint_every"], exp=exp if pc is not None else None)
         run.train(args.quiet, verbose, resume)
     except KeyboardInterrupt:
         interrupts.stop()

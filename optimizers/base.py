@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from optimizers import state
+from optimizers.schedules import learning_rates
 
 PROFILED_ROUNDS = 5
 
@@ -106,6 +107,29 @@ class DistributedOptimizer:
 
     def round(self, k: int) -> None:
         raise NotImplementedError
+
+    def lr_schedule(self, start: float, finish: float | None, kind: str):
+        """Learning rate of every round (``finish`` None: constant ``start``)."""
+        return learning_rates(kind, start, start if finish is None else finish, self.outer_iterations)
+
+    def primal_steps(self, opt: torch.optim.Optimizer, lr: float, steps: int,
+                     penalty_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """``steps`` steps of ``opt`` on theta, each on a fresh batch, with gradient
+        grad f_i(theta_i) + penalty_grad(theta) (the inexact primal step of DiNNO and Prox-PDA)."""
+        theta = self.problem.theta
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for _ in range(steps):
+            _, grads = self.problem.local_grads(theta)
+            grads += penalty_grad(theta)
+            theta.grad = grads
+            opt.step()
+        theta.grad = None
+
+    def message_bytes(self, compressor) -> int:
+        """What one compressed row of the node stack costs on the radio."""
+        theta = self.problem.theta
+        return compressor.row_bytes(theta[0].numel(), theta.element_size())
 
     def _extras(self) -> dict[str, torch.Tensor]:
         return {"bytes_sent": self.network.bytes_sent.clone(),

@@ -8,7 +8,10 @@ Per round k, with every node using the round-k snapshot theta^k (Jacobi style):
     f_i(theta) + <theta, lambda_i> + rho * sum_{j in N(i)} || theta - (theta_i^k + theta_j^k) / 2 ||^2
 
 The penalty's gradient is analytic: lambda_i + 2 rho (d_i theta - (d_i theta_i^k + (A theta^k)_i) / 2),
-so one neighbour exchange per round suffices.
+so one neighbour exchange per round suffices: each node sends its parameters once a round.
+Lossy links: a node whose message from j is lost uses the last theta_j it received (its own theta_i
+before any arrived, which adds nothing to its dual and pulls it only toward itself); both the dual and
+the pull then use the same held row, so the penalty still vanishes exactly at consensus.
 """
 
 from __future__ import annotations
@@ -58,20 +61,13 @@ class DiNNO(DistributedOptimizer):
         self.rho *= float(cfg["rho_scaling"])
         rho = self.rho
         anchor = theta.clone()
-        neighbours = net.neighbor_sum(anchor)
+        neighbours = net.neighbor_sum(anchor, "theta")
         degree = net.degrees.unsqueeze(1)
         self.duals += rho * (degree * anchor - neighbours)
         pull = 0.5 * (degree * anchor + neighbours)
 
-        lr = float(self.lrs[k - 1])
         opt = self.primal_opt
         if opt is None:
-            opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for _ in range(int(cfg["primal_iterations"])):
-            _, grads = self.problem.local_grads(theta)
-            grads += self.duals + 2.0 * rho * (degree * theta - pull)
-            theta.grad = grads
-            opt.step()
-        theta.grad = None
+            opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], float(self.lrs[k - 1]))
+        self.primal_steps(opt, float(self.lrs[k - 1]), int(cfg["primal_iterations"]),
+                          lambda x: self.duals + 2.0 * rho * (degree * x - pull))

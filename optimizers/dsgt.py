@@ -2,6 +2,13 @@
 
 y_i = g_i = grad f_i(theta_i^0) at the start when ``init_grads`` (zeros otherwise); per round:
 theta <- W (theta - alpha y); g' = grad f_i(theta_i); y <- W y + g' - g; g <- g'.
+Two exchanges per round (parameters and tracker), each a dense row per neighbour.
+
+Lossy links: a lost row is replaced by the last one received (own row before any arrived). The
+parameter step stays an average (consensus is still a fixed point), but the invariant
+sum_i y_i = sum_i g_i needs a column-stochastic mixing: stale rows add or lose tracker mass, which
+stays as a bias, so under drops DSGT reaches a neighbourhood of the optimum, not the optimum
+(with p = 1, y_i = g_i after the first round: plain local SGD).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ class DSGT(DistributedOptimizer):
     def round(self, k: int) -> None:
         alpha = float(self.config["alpha"])
         theta = self.problem.theta
-        theta.copy_(self.network.mix(torch.add(theta, self.tracker, alpha=-alpha)))
+        theta.copy_(self.network.mix(torch.add(theta, self.tracker, alpha=-alpha), "theta"))
         _, new_grads = self.problem.local_grads(theta)
-        self.tracker = self.network.mix(self.tracker).add_(new_grads).sub_(self.grads)
+        self.tracker = self.network.mix(self.tracker, "tracker").add_(new_grads).sub_(self.grads)
         self.grads = new_grads

@@ -1,13 +1,30 @@
 """How optimizers talk to the other nodes.
 
 An optimizer only ever holds the rows of the node stack that live in its process and asks the
-network for graph-shaped products of them: ``mix(X) = W X`` with Metropolis weights and
-``neighbor_sum(X) = A X`` with the adjacency matrix. In one process these are matrix products
-over the whole stack; a distributed backend answers the same calls by exchanging rows with the
-processes that host the neighbours, so optimizer code never changes.
+network for graph-shaped products of them. Every call is one *exchange*: each node sends one
+message (its row of ``x``) to every neighbour, and gets back a combination of what it received:
 
-The network also counts the bytes each node has sent: one exchange sends a node's row to each of
-its neighbours.
+- ``mix(x, channel, row_bytes)``: ``W x`` with Metropolis weights W,
+- ``neighbor_sum(x, channel, row_bytes)``: ``A x`` with the adjacency matrix A.
+
+``row_bytes`` is what one message really costs on the radio (a number, or one number per node):
+a dense float row by default (n * element size); a compressed message says its own size (see
+``optimizers/compressors.py``). ``bytes_sent[i]`` adds degree_i * row_bytes_i per exchange; a
+dropped message was still transmitted and still counts. ``channel`` names the quantity being
+exchanged (e.g. "theta", "tracker"): a receiver keeps one last-received row per neighbour and
+channel.
+
+In one process these are matrix products over the whole stack. A distributed backend answers the
+same calls by sending each local row (and its byte size) to the processes that host the
+neighbours and combining what arrives, so optimizer code never changes. The receiving side of a
+lossy link is the same for both: ``_lossy_combine`` works from (source, destination) rows.
+
+Lossy links (``set_links(drop_prob, seed)``): every directed message is dropped independently with
+probability ``drop_prob`` (a ``torch.Generator`` seeded from the config). A receiver then uses the
+last row it received from that neighbour on that channel, or its own current row if none has
+arrived yet; so ``drop_prob = 1`` makes every node train alone (W x = x, A x = d x), and
+``drop_prob = 0`` takes the exact, lossless path. ``set_graph`` changes the graph between rounds;
+the last-received rows of an edge survive while it is absent.
 """
 
 from __future__ import annotations
@@ -18,6 +35,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from optimizers import state
 from optimizers.graphs import metropolis_weights
 
 # Above this many nodes a sparse product beats a dense one for sparse graphs.
@@ -47,7 +65,16 @@ class InProcessNetwork:
         self.local_nodes = slice(0, self.num_nodes)
         self.bytes_sent = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.exchanges = 0
+        self.drop_prob = 0.0
+        self.edge_ids: dict[tuple[int, int], int] = {}  # directed edge (src, dst) -> buffer row
+        self.last_rows: dict[str, torch.Tensor] = {}     # channel -> (edges seen, n) last received rows
+        self.arrived: dict[str, torch.Tensor] = {}       # channel -> (edges seen,) anything received yet
         self.set_graph(graph)
+
+    def set_links(self, drop_prob: float, seed: int) -> None:
+        """Drop each directed message with probability ``drop_prob`` from now on."""
+        self.drop_prob = float(drop_prob)
+        self.link_generator = torch.Generator().manual_seed(int(seed))
 
     def set_graph(self, graph: nx.Graph) -> None:
         """Use a new communication graph (same node set) from now on."""
@@ -57,41 +84,81 @@ class InProcessNetwork:
         self.graph = graph
         adjacency = nx.to_numpy_array(graph, nodelist=nodes, dtype=np.float64)
         np.fill_diagonal(adjacency, 0.0)
+        mixing = metropolis_weights(graph)
         self._adjacency = _as_operator(adjacency, self.device, self.dtype)
-        self._mixing = _as_operator(metropolis_weights(graph), self.device, self.dtype)
+        self._mixing = _as_operator(mixing, self.device, self.dtype)
         self.degrees = torch.as_tensor(adjacency.sum(axis=1), device=self.device, dtype=self.dtype)
         self._degrees_cpu = torch.as_tensor(adjacency.sum(axis=1), dtype=torch.float64)
         self.is_connected = self.num_nodes == 1 or nx.is_connected(graph)
+        dst, src = np.nonzero(adjacency)  # message src -> dst
+        for edge in zip(src.tolist(), dst.tolist()):
+            self.edge_ids.setdefault(edge, len(self.edge_ids))
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
+        self._src, self._dst = as_index(src), as_index(dst)
+        self._edge_rows = as_index([self.edge_ids[e] for e in zip(src.tolist(), dst.tolist())])
+        self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
 
     def state_dict(self) -> dict:
-        """Byte counters and the graph in use (which changes when the graph is dynamic)."""
+        """Byte counters, the graph in use (it changes when the graph is dynamic) and, with lossy links,
+        the last rows each node received and the drop generator."""
         edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
-        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges}
+        directed = torch.tensor(list(self.edge_ids), dtype=torch.long).reshape(-1, 2)
+        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
+                "edge_ids": directed, **state.capture(self, ("last_rows", "arrived", "link_generator"))}
 
     def load_state_dict(self, saved: dict) -> None:
+        self.edge_ids = {tuple(e): i for i, e in enumerate(saved["edge_ids"].tolist())}
         graph = nx.Graph()
         graph.add_nodes_from(self.graph.nodes(data=True))
         graph.add_edges_from(saved["edges"].tolist())
         graph.graph.update(self.graph.graph)
-        if frozenset(map(frozenset, graph.edges())) != frozenset(map(frozenset, self.graph.edges())):
-            self.set_graph(graph)
+        self.set_graph(graph)
+        state.restore(self, {k: saved[k] for k in ("last_rows", "arrived", "link_generator") if k in saved})
         self.bytes_sent.copy_(saved["bytes_sent"])
         self.exchanges = int(saved["exchanges"])
 
-    def _count(self, x: torch.Tensor) -> None:
-        row_bytes = x[0].numel() * x.element_size()
-        self.bytes_sent += self._degrees_cpu * row_bytes
+    def _count(self, x: torch.Tensor, row_bytes) -> None:
+        if row_bytes is None:
+            row_bytes = x[0].numel() * x.element_size()
+        self.bytes_sent += self._degrees_cpu * torch.as_tensor(row_bytes, dtype=torch.float64)
         self.exchanges += 1
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
-        self._count(x)
+        self._count(x, row_bytes)
+        if self.drop_prob > 0:
+            return self._lossy_combine(x, channel, self._edge_weight, relative=True)
         return self._mixing @ x
 
-    def neighbor_sum(self, x: torch.Tensor) -> torch.Tensor:
+    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """``A x``: sum of the neighbours' rows for each node."""
-        self._count(x)
+        self._count(x, row_bytes)
+        if self.drop_prob > 0:
+            return self._lossy_combine(x, channel, torch.ones_like(self._edge_weight), relative=False)
         return self._adjacency @ x
+
+    def _lossy_combine(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
+        """sum_j weight_ij h_ij over the rows h_ij node i holds from j, or, ``relative``,
+        x_i + sum_j weight_ij (h_ij - x_i) (= W x when every row is fresh; exactly x_i when none is)."""
+        ids, src, dst = self._edge_rows, self._src, self._dst
+        rows, arrived = self._buffers(channel, x)
+        delivered = (torch.rand(len(ids), generator=self.link_generator) >= self.drop_prob).to(self.device)
+        rows[ids[delivered]] = x[src[delivered]]
+        arrived[ids[delivered]] = True
+        held = torch.where(arrived[ids].unsqueeze(1), rows[ids], x[dst])
+        if relative:
+            return x.clone().index_add_(0, dst, edge_weight.unsqueeze(1) * (held - x[dst]))
+        return torch.zeros_like(x).index_add_(0, dst, edge_weight.unsqueeze(1) * held)
+
+    def _buffers(self, channel: str, x: torch.Tensor):
+        rows = self.last_rows.get(channel)
+        grow = len(self.edge_ids) - (0 if rows is None else len(rows))
+        if grow > 0:
+            new_rows = x.new_zeros((grow,) + x.shape[1:])
+            new_flags = torch.zeros(grow, dtype=torch.bool, device=x.device)
+            self.last_rows[channel] = new_rows if rows is None else torch.cat([rows, new_rows])
+            self.arrived[channel] = new_flags if rows is None else torch.cat([self.arrived[channel], new_flags])
+        return self.last_rows[channel], self.arrived[channel]
 
     def mixing_matrix(self) -> torch.Tensor:
         m = self._mixing

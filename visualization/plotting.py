@@ -44,8 +44,18 @@ def load_graph(folder: str | Path) -> nx.Graph:
     return graph_from_json(json.loads((Path(folder) / "graph.json").read_text()))
 
 
-def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None):
-    """One line per pair: node mean vs round, shaded between node min and max."""
+def megabytes_per_node(res: dict) -> torch.Tensor | None:
+    """Mean over nodes of the megabytes each node has sent, at every evaluation (None: nothing sent)."""
+    if not res.get("bytes_sent"):
+        return None
+    sent = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["bytes_sent"]])
+    return sent.mean(1) / 1e6 if bool((sent > 0).any()) else None
+
+
+def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None,
+                x: str = "round"):
+    """One line per pair: node mean vs round (``x="megabytes"``: vs megabytes sent per node, pairs that
+    sent nothing left out), shaded between node min and max."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
     drawn = 0
@@ -53,13 +63,18 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
         if metric not in res or not res[metric]:
             continue
         rounds = torch.as_tensor(res["round"][:len(res[metric])], dtype=torch.float64)
+        if x == "megabytes":
+            rounds = megabytes_per_node(res)
+            if rounds is None:
+                continue
+            rounds = rounds[:len(res[metric])]
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
         mean, low, high = values.mean(1), values.min(1).values, values.max(1).values
         line, = ax.plot(rounds, mean, label=name, lw=1.8)
         if values.shape[1] > 1:
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
         drawn += 1
-    ax.set_xlabel("round")
+    ax.set_xlabel("megabytes sent per node (mean over nodes)" if x == "megabytes" else "round")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if log_scale or (log_scale is None and metric == "consensus_error"):
         ax.set_yscale("log")
@@ -101,6 +116,17 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
+    if any(res.get("top1_accuracy") and megabytes_per_node(res) is not None for res in results.values()):
+        fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
+        plot_metric(results, "top1_accuracy", by_round)
+        by_round.set_title("top-1 accuracy vs round")
+        plot_metric(results, "top1_accuracy", by_bytes, x="megabytes")
+        by_bytes.set_title("top-1 accuracy vs megabytes sent per node")
+        fig.tight_layout()
+        path = out / "top1_vs_round_and_megabytes.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     if (folder / "graph.json").exists():
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         plot_graph(load_graph(folder), ax)
@@ -110,3 +136,43 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         plt.close(fig)
         written.append(path)
     return written
+
+
+def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dict]:
+    """Per pair: final mean / min top-1 over nodes, and the first evaluated round (and megabytes sent
+    per node by then) at which the mean top-1 reached ``threshold`` (None: not reached)."""
+    rows = []
+    for name, res in results.items():
+        if not res.get("top1_accuracy"):
+            continue
+        top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["top1_accuracy"]])
+        mb = megabytes_per_node(res)
+        reached = (top1.mean(1) >= threshold).nonzero()
+        first = int(reached[0]) if len(reached) else None
+        rows.append({"pair": name, "final_mean": float(top1[-1].mean()), "final_min": float(top1[-1].min()),
+                     "rounds_to_threshold": None if first is None else int(res["round"][first]),
+                     "mb_to_threshold": None if first is None or mb is None else float(mb[first]),
+                     "mb_total": None if mb is None else float(mb[-1])})
+    return rows
+
+
+def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
+    """Markdown rows of ``accuracy_table`` for each output folder (e.g. a lossless and a lossy run)."""
+    fmt = lambda v, f="{:.3f}": "not reached" if v is None else f.format(v)  # noqa: E731
+    print(f"| run | pair | final top-1 mean / min | rounds to mean {threshold} | MB/node to mean {threshold} "
+          f"| MB/node total |")
+    print("|---|---|---|---|---|---|")
+    for folder in folders:
+        for r in accuracy_table(load_results(folder), threshold):
+            print(f"| {Path(folder).name} | {r['pair']} | {r['final_mean']:.3f} / {r['final_min']:.3f} | "
+                  f"{fmt(r['rounds_to_threshold'], '{}')} | {fmt(r['mb_to_threshold'], '{:.2f}')} | "
+                  f"{fmt(r['mb_total'], '{:.2f}')} |")
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="Markdown table: final top-1, rounds and MB to a threshold")
+    parser.add_argument("folders", nargs="+", help="output folders of experiments/run.py")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    args = parser.parse_args()
+    print_accuracy_table(args.folders, args.threshold)

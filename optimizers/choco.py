@@ -1,0 +1,52 @@
+"""CHOCO-SGD (Koloskova, Stich, Jaggi 2019, Algorithm 2): gossip with compressed messages.
+
+Every node keeps a public copy xhat_i of its parameters that all its neighbours also hold. Per round,
+all nodes at once:
+
+    x_half = x - eta_k grad f_i(x)                 (fresh batch; eta_k from the lr schedule)
+    q_i    = Q(x_half_i - xhat_i)                   (the only message, at Q's price)
+    xhat_j <- xhat_j + q_j                          (for itself and every neighbour j)
+    x      = x_half + gamma sum_j w_ij (xhat_j - xhat_i)
+
+With Q = identity and gamma = 1 this is adapt-then-combine DSGD, x <- W (x - eta grad f(x)).
+Lossy links: the network hands node i the last xhat_j it could rebuild from j (its own xhat_i before
+anything arrived, which makes that neighbour's term vanish); this assumes a delivered message
+brings the receiver's copy up to date (missed increments folded into it) at the price of one
+compressed row. The gossip term still vanishes at consensus of the copies, so the step stays
+an average.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optimizers.base import AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer, Range
+from optimizers.compressors import make_compressor
+
+
+class CHOCOSGD(DistributedOptimizer):
+    alg_name = "choco_sgd"
+    config_schema = {
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "lr": (float, REQUIRED, POSITIVE),
+        "lr_finish": (float, None, POSITIVE),
+        "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
+        "compressor": ("compressor", {"name": "identity"}),
+        "profile": (bool, False),
+    }
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.lrs = self.lr_schedule(cfg["lr"], cfg["lr_finish"], cfg["lr_decay_type"])
+        self.compressor = make_compressor(cfg["compressor"])
+        self.compression_rng = self.compressor.generator()
+        self.public = torch.zeros_like(self.problem.theta)
+
+    def round(self, k: int) -> None:
+        theta = self.problem.theta
+        _, grads = self.problem.local_grads(theta)
+        theta.sub_(grads, alpha=float(self.lrs[k - 1]))
+        self.public += self.compressor(theta - self.public, self.compression_rng)
+        mixed = self.network.mix(self.public, "public", self.message_bytes(self.compressor))
+        theta.add_(mixed - self.public, alpha=float(self.config["consensus_stepsize"]))

@@ -1,0 +1,46 @@
+"""NEXT (Di Lorenzo, Scutari 2016) with the linearized surrogate and a diminishing step.
+
+Node i tracks the average gradient with y_i (y = g = grad f(x^0) at the start) and estimates the
+gradient of the other nodes' losses by pi_i = N y_i - grad f_i(x_i). Its surrogate
+grad f_i(x_i)^T (x - x_i) + pi_i^T (x - x_i) + tau / 2 ||x - x_i||^2 has the minimizer
+x~_i = x_i - (N / tau) y_i. Per round, all nodes at once:
+
+    alpha <- alpha (1 - mu alpha)
+    z     = x + alpha (x~ - x)
+    x     <- W z
+    y     <- W y + grad f(x_new) - grad f(x_old)
+
+Two exchanges per round (z and y). Lossy links: as for DSGT, a lost row is replaced by the last one
+received (own row before any arrived); the x-step stays an average but the tracker's sum is only
+kept by column-stochastic mixing, so drops leave a bias that the diminishing step damps but does
+not remove.
+"""
+
+from __future__ import annotations
+
+from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, DistributedOptimizer, Range
+
+
+class NEXT(DistributedOptimizer):
+    alg_name = "next"
+    config_schema = {
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "alpha0": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
+        "mu": (float, 0.0, NON_NEGATIVE),
+        "tau": (float, REQUIRED, POSITIVE),
+        "profile": (bool, False),
+    }
+
+    def setup(self) -> None:
+        self.alpha = float(self.config["alpha0"])
+        _, self.grads = self.problem.local_grads(self.problem.theta)
+        self.tracker = self.grads.clone()
+
+    def round(self, k: int) -> None:
+        self.alpha *= 1.0 - float(self.config["mu"]) * self.alpha
+        theta = self.problem.theta
+        surrogate_min = theta - (self.network.num_nodes / float(self.config["tau"])) * self.tracker
+        theta.copy_(self.network.mix(theta + self.alpha * (surrogate_min - theta), "theta"))
+        _, new_grads = self.problem.local_grads(theta)
+        self.tracker = self.network.mix(self.tracker, "tracker").add_(new_grads).sub_(self.grads)
+        self.grads = new_grads

@@ -1,0 +1,51 @@
+"""Prox-PDA (Hong, Hajinezhad, Zhao 2017) for consensus: a proximal primal-dual method.
+
+Consensus is the edge constraint A x = 0 (A the signed incidence matrix); node duals
+lambda = A^T mu. The proximal term beta / 2 ||x - x^r||^2_{B^T B} (B the signless incidence) makes
+the augmented Lagrangian separable, and node i's primal problem is
+
+    min_x f_i(x) + <lambda_i, x> + beta sum_{j in N(i)} || x - (x_i^r + x_j^r) / 2 ||^2
+
+solved inexactly, as DiNNO does, by ``primal_iterations`` optimizer steps on fresh batches. Then the
+dual ascent uses the new iterate: lambda_i <- lambda_i + beta sum_{j in N(i)} (x_i^{r+1} - x_j^{r+1}).
+(DiNNO's dual step uses x^r before the primal step; here the dual step follows it.) The neighbour sum
+of x^{r+1} also serves the next round's primal problem: one exchange of a dense row per round.
+Lossy links: a lost row is replaced by the last one received (own row before any arrived); dual and
+proximal term use the same held row, so both vanish at consensus.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optimizers.base import (AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer,
+                             make_torch_optimizer)
+
+
+class ProxPDA(DistributedOptimizer):
+    alg_name = "prox_pda"
+    config_schema = {
+        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+        "beta": (float, REQUIRED, POSITIVE),
+        "primal_iterations": (int, 1, AT_LEAST_ONE),
+        "primal_optimizer": (("adam", "adamw", "sgd"), "sgd"),
+        "primal_lr": (float, REQUIRED, POSITIVE),
+        "profile": (bool, False),
+    }
+
+    def setup(self) -> None:
+        theta = self.problem.theta
+        self.duals = torch.zeros_like(theta)
+        self.neighbours = self.network.neighbor_sum(theta, "theta")
+
+    def round(self, k: int) -> None:
+        cfg = self.config
+        beta = float(cfg["beta"])
+        theta = self.problem.theta
+        degree = self.network.degrees.unsqueeze(1)
+        pull = 0.5 * (degree * theta + self.neighbours)
+        opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], float(cfg["primal_lr"]))
+        self.primal_steps(opt, float(cfg["primal_lr"]), int(cfg["primal_iterations"]),
+                          lambda x: self.duals + 2.0 * beta * (degree * x - pull))
+        self.neighbours = self.network.neighbor_sum(theta, "theta")
+        self.duals += beta * (degree * theta - self.neighbours)

@@ -1,0 +1,352 @@
+"""CHOCO-SGD, compressors, EXTRA, NEXT, Prox-PDA, byte accounting and lossy links against slow
+per-node references, on the convex least-squares problem, and in the exact equalities they promise."""
+
+import math
+
+import networkx as nx
+import pytest
+import torch
+
+from optimizers import CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DiNNO, LocalTraining, ProxPDA
+from optimizers.compressors import make_compressor
+from optimizers.network import InProcessNetwork
+from tests.test_optimizers import DT, N, Reference, graph, make_problem, run_convex
+
+ROUNDS = 5
+
+
+def run_stack(cls, cfg, rounds=ROUNDS, links=None, perturb=None):
+    problem = make_problem()
+    if perturb is not None:
+        problem.theta[perturb] += 0.3
+    net = InProcessNetwork(graph(), dtype=DT)
+    if links is not None:
+        net.set_links(*links)
+    opt = cls(problem, net, {"outer_iterations": rounds, **cfg})
+    with torch.no_grad():
+        opt.setup()
+        for k in range(1, rounds + 1):
+            opt.round(k)
+    return problem.theta.clone(), net
+
+
+def neighbours(ref, i):
+    return list(ref.graph.neighbors(i))
+
+
+# ------------------------------------------------------------------------------------ compressors
+
+def test_compressors_row_by_row():
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(0), dtype=DT)
+    top = make_compressor({"name": "top_k", "fraction": 0.05})
+    q = top(x)
+    for i in range(3):
+        keep = sorted(range(200), key=lambda j: -abs(float(x[i, j])))[:10]
+        expect = torch.zeros(200, dtype=DT)
+        expect[keep] = x[i, keep]
+        assert torch.equal(q[i], expect)
+    assert top.row_bytes(200, 4) == 10 * (4 + 4)
+
+    sign = make_compressor({"name": "sign"})
+    for i in range(3):
+        assert torch.allclose(sign(x)[i], torch.sign(x[i]) * x[i].abs().mean())
+    assert sign.row_bytes(200, 4) == 25 + 4
+
+    rk = make_compressor({"name": "random_k", "fraction": 0.05, "seed": 1})
+    a, b = rk(x, rk.generator()), rk(x, rk.generator())
+    assert torch.equal(a, b) and ((a != 0).sum(dim=1) == 10).all()
+    assert torch.equal(a[a != 0], x[a != 0])
+
+    assert make_compressor({"name": "qsgd", "levels": 4}).row_bytes(200, 4) == math.ceil(200 * (1 + 3) / 8) + 4
+    qsgd = make_compressor({"name": "qsgd", "levels": 16, "seed": 2})
+    gen = qsgd.generator()
+    mean = sum(qsgd(x, gen) for _ in range(4000)) / 4000
+    tau = 1 + min(200 / 256, math.sqrt(200) / 16)
+    assert torch.allclose(mean * tau, x, atol=0.05)  # unbiased up to the contraction factor 1 / tau
+    assert make_compressor({"name": "identity"}).row_bytes(200, 4) == 800
+
+
+# --------------------------------------------------------------------------- per-node references
+
+@pytest.mark.parametrize("compressor", [{"name": "top_k", "fraction": 0.2}, {"name": "sign"}])
+def test_choco_matches_per_node_loop(compressor):
+    theta, _ = run_stack(CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.4, "compressor": compressor})
+    ref = Reference()
+    n = ref.vec(0).numel()
+    k = math.ceil(0.2 * n)
+
+    def q_of(v):
+        if compressor["name"] == "sign":
+            return torch.sign(v) * v.abs().mean()
+        out = torch.zeros_like(v)
+        idx = v.abs().topk(k).indices
+        out[idx] = v[idx]
+        return out
+
+    public = [torch.zeros(n, dtype=DT) for _ in range(N)]
+    for _ in range(ROUNDS):
+        grads = ref.grads()
+        half = [ref.vec(i) - 0.05 * grads[i] for i in range(N)]
+        public = [public[i] + q_of(half[i] - public[i]) for i in range(N)]
+        for i in range(N):
+            gossip = sum(ref.weight(i, j) * (public[j] - public[i]) for j in neighbours(ref, i))
+            ref.set_vec(i, half[i] + 0.4 * gossip)
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+
+
+def test_choco_identity_with_unit_consensus_step_is_dsgd():
+    choco, _ = run_stack(CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 1.0})
+    dsgd, _ = run_stack(DSGD, {"alpha0": 0.05, "mu": 0.0, "adapt_then_combine": True})
+    assert torch.allclose(choco, dsgd, atol=1e-13, rtol=0)  # equal up to float64 rounding
+    assert not torch.allclose(choco, make_problem().theta, atol=1e-3)
+
+
+def test_compressed_dsgd_matches_per_node_loop():
+    theta, net = run_stack(DSGD, {"alpha0": 0.05, "compressor": {"name": "top_k", "fraction": 0.1}})
+    ref = Reference()
+    n = ref.vec(0).numel()
+    k = math.ceil(0.1 * n)
+    for _ in range(ROUNDS):
+        q = []
+        for i in range(N):
+            v, idx = ref.vec(i), ref.vec(i).abs().topk(k).indices
+            q.append(torch.zeros(n, dtype=DT).index_copy_(0, idx, v[idx]))
+        mixed = [ref.vec(i) + sum(ref.weight(i, j) * (q[j] - q[i]) for j in neighbours(ref, i)) for i in range(N)]
+        for i in range(N):
+            ref.set_vec(i, mixed[i])
+        grads = ref.grads()
+        for i in range(N):
+            ref.set_vec(i, ref.vec(i) - 0.05 * grads[i])
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+    degrees = torch.tensor([d for _, d in sorted(ref.graph.degree)], dtype=torch.float64)
+    assert torch.equal(net.bytes_sent, degrees * ROUNDS * k * (8 + 4))  # float64 values + int32 indices
+
+
+def test_extra_matches_per_node_loop():
+    theta, _ = run_stack(EXTRA, {"alpha": 0.05})
+    ref = Reference()
+    prev, prev_mixed, prev_g = None, None, None
+    for _ in range(ROUNDS):
+        x = [ref.vec(i) for i in range(N)]
+        g = ref.grads()
+        mixed = ref.mix(x)
+        if prev is None:
+            new = [mixed[i] - 0.05 * g[i] for i in range(N)]
+        else:
+            new = [x[i] + mixed[i] - 0.5 * (prev[i] + prev_mixed[i]) - 0.05 * (g[i] - prev_g[i]) for i in range(N)]
+        prev, prev_mixed, prev_g = x, mixed, g
+        for i in range(N):
+            ref.set_vec(i, new[i])
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+
+
+def test_next_matches_per_node_loop():
+    theta, _ = run_stack(NEXT, {"alpha0": 0.5, "mu": 0.1, "tau": 20.0})
+    ref = Reference()
+    g = ref.grads()
+    y = list(g)
+    alpha = 0.5
+    for _ in range(ROUNDS):
+        alpha *= 1 - 0.1 * alpha
+        z = []
+        for i in range(N):
+            pi = N * y[i] - g[i]                          # the other nodes' gradient, estimated
+            x_tilde = ref.vec(i) - (g[i] + pi) / 20.0     # minimizer of the linearized surrogate
+            z.append(ref.vec(i) + alpha * (x_tilde - ref.vec(i)))
+        new = ref.mix(z)
+        for i in range(N):
+            ref.set_vec(i, new[i])
+        g_new = ref.grads()
+        y_mixed = ref.mix(y)
+        y = [y_mixed[i] + g_new[i] - g[i] for i in range(N)]
+        g = g_new
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+
+
+def test_prox_pda_matches_per_node_loop():
+    theta, _ = run_stack(ProxPDA, {"beta": 0.7, "primal_iterations": 3, "primal_lr": 0.05})
+    ref = Reference()
+    duals = [torch.zeros_like(ref.vec(0)) for _ in range(N)]
+    for _ in range(ROUNDS):
+        snap = [ref.vec(i) for i in range(N)]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in ref.models]
+        for _ in range(3):
+            idx = ref.batch_indices()
+            for i in range(N):
+                opts[i].zero_grad()
+                th = torch.cat([p.reshape(-1) for p in ref.models[i].parameters()])
+                # per edge (i, j): 1/2 ||x_i - x_j||^2 + 1/2 ||(x_i - x_i^r) + (x_j - x_j^r)||^2 (signed
+                # incidence penalty + signless proximal term); the x_i x_j cross terms cancel, so the
+                # node's problem is the same with x_j held at x_j^r
+                aug = sum(0.5 * ((th - snap[j]) ** 2).sum() + 0.5 * ((th - snap[i]) ** 2).sum()
+                          for j in neighbours(ref, i))
+                (ref.loss(i, idx) + th @ duals[i] + 0.7 * aug).backward()
+                opts[i].step()
+        new = [ref.vec(i) for i in range(N)]
+        for i in range(N):
+            duals[i] = duals[i] + 0.7 * sum(new[i] - new[j] for j in neighbours(ref, i))
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+
+
+# ------------------------------------------------------------------- convex: least squares optimum
+
+def test_extra_reaches_centralized_least_squares_solution():
+    errors, _ = run_convex(EXTRA, {"alpha": 0.05}, 1500)
+    assert errors.max() < 1e-3
+
+
+def test_next_reaches_centralized_least_squares_solution():
+    errors, _ = run_convex(NEXT, {"alpha0": 1.0, "mu": 1e-4, "tau": 100.0}, 1500)
+    assert errors.max() < 1e-3
+
+
+def test_prox_pda_reaches_centralized_least_squares_solution():
+    errors, _ = run_convex(ProxPDA, {"beta": 1.0, "primal_iterations": 30, "primal_lr": 0.05}, 300)
+    assert errors.max() < 1e-3
+
+
+def test_choco_gets_close_to_least_squares_solution():
+    # A decaying step shrinks the (DSGD-like) bias of uncompressed CHOCO; compression may add an error
+    # of its own, but only a small one on top.
+    cfg = {"lr": 0.05, "lr_finish": 0.002, "lr_decay_type": "log", "consensus_stepsize": 0.5}
+    exact, start = run_convex(CHOCOSGD, cfg, 1500)
+    assert exact.max() < start / 30
+    for compressor in ({"name": "top_k", "fraction": 0.5}, {"name": "qsgd", "levels": 16, "seed": 0}):
+        errors, _ = run_convex(CHOCOSGD, {**cfg, "compressor": compressor}, 1500)
+        assert errors.max() < 1.5 * exact.max() + 0.01, compressor
+
+
+# ------------------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("compressor,message", [
+    ({"name": "top_q"}, "c.compressor.name: 'top_q' is not allowed (did you mean 'top_k'?); allowed: identity"),
+    ({"name": "top_k", "fraction": 0}, "c.compressor.fraction: must be in (0, 1], got 0.0"),
+    ({"name": "sign", "fraction": 0.1}, "c.compressor.fraction: unknown key; allowed: name"),
+    ({"name": "qsgd", "levels": 0}, "c.compressor.levels: must be at least 1, got 0"),
+    ("top_k", "c.compressor: expected a mapping such as {name: top_k, fraction: 0.01}, got 'top_k'"),
+])
+def test_compressor_config_errors_name_key_and_choices(compressor, message):
+    from experiments.config import ConfigError, validate_optimizer
+    with pytest.raises(ConfigError) as err:
+        validate_optimizer("c", {"alg_name": "choco_sgd", "outer_iterations": 3, "lr": 0.1,
+                                 "consensus_stepsize": 0.5, "compressor": compressor})
+    assert str(err.value).startswith(message)
+
+
+def test_compressor_defaults_are_filled_in():
+    from experiments.config import validate_optimizer
+    cfg = validate_optimizer("c", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
+                                   "compressor": {"name": "qsgd"}})
+    assert cfg["compressor"] == {"name": "qsgd", "levels": 16, "seed": 0}
+
+
+# ------------------------------------------------------------------------------ bytes on the radio
+
+def test_each_optimizer_counts_what_it_sends():
+    degrees = torch.tensor([d for _, d in sorted(graph().degree)], dtype=torch.float64)
+    n = make_problem().theta.shape[1]
+    dense = 8 * n  # float64 rows
+    cases = [(DSGD, {"alpha0": 0.05}, ROUNDS * dense),
+             (DSGT, {"alpha": 0.05}, 2 * ROUNDS * dense),
+             (DiNNO, {"rho_init": 0.5, "primal_lr_start": 0.01}, ROUNDS * dense),
+             (EXTRA, {"alpha": 0.05}, ROUNDS * dense),
+             (NEXT, {"alpha0": 0.5, "tau": 20.0}, 2 * ROUNDS * dense),
+             (ProxPDA, {"beta": 0.5, "primal_lr": 0.01}, (ROUNDS + 1) * dense),
+             (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "sign"}},
+              ROUNDS * (math.ceil(n / 8) + 8))]
+    for cls, cfg, per_neighbour in cases:
+        _, net = run_stack(cls, cfg)
+        assert torch.equal(net.bytes_sent, degrees * per_neighbour), cls.alg_name
+
+
+# ------------------------------------------------------------------------------------ lossy links
+
+ALL = [(DSGD, {"alpha0": 0.05, "mu": 0.1}), (DSGT, {"alpha": 0.05}),
+       (DiNNO, {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}),
+       (EXTRA, {"alpha": 0.05}), (NEXT, {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}),
+       (ProxPDA, {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}),
+       (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}})]
+
+
+@pytest.mark.parametrize("cls,cfg", ALL, ids=[c.alg_name for c, _ in ALL])
+def test_links_that_never_drop_change_nothing_and_links_that_always_drop_isolate(cls, cfg):
+    plain, _ = run_stack(cls, cfg)
+    lossless, _ = run_stack(cls, cfg, links=(0.0, 7))
+    assert torch.equal(plain, lossless)
+    # p = 1: nothing another node does reaches node 1..N-1
+    alone, _ = run_stack(cls, cfg, links=(1.0, 7))
+    moved, _ = run_stack(cls, cfg, links=(1.0, 7), perturb=0)
+    assert not torch.equal(alone[0], moved[0])
+    assert torch.equal(alone[1:], moved[1:])
+    # and the lossy path does connect nodes when messages do arrive
+    some, _ = run_stack(cls, cfg, links=(0.3, 7))
+    some_moved, _ = run_stack(cls, cfg, links=(0.3, 7), perturb=0)
+    assert not torch.allclose(some[1:], some_moved[1:], atol=1e-9)
+
+
+def test_dsgd_with_all_messages_dropped_is_local_sgd():
+    alone, _ = run_stack(DSGD, {"alpha0": 0.05}, links=(1.0, 0))
+    local, _ = run_stack(LocalTraining, {"optimizer": "sgd", "lr": 0.05})
+    assert torch.equal(alone, local)
+
+
+def test_lossy_mixing_matches_per_edge_reference():
+    g = nx.cycle_graph(5)
+    g.add_edge(0, 2)
+    net = InProcessNetwork(g, dtype=DT)
+    net.set_links(0.4, 3)
+    draws = torch.Generator().manual_seed(3)
+    edges = sorted(((j, i) for i in g for j in g.neighbors(i)), key=lambda e: (e[1], e[0]))  # (src, dst)
+    held = {}
+    weight = lambda i, j: 1.0 / (1 + max(g.degree[i], g.degree[j]))  # noqa: E731
+    rng = torch.Generator().manual_seed(9)
+    for step in range(6):
+        x = torch.randn(5, 3, generator=rng, dtype=DT)
+        use_sum = step % 2 == 1
+        got = net.neighbor_sum(x, "c") if use_sum else net.mix(x, "c")
+        delivered = torch.rand(len(edges), generator=draws) >= 0.4
+        for (j, i), ok in zip(edges, delivered.tolist()):
+            if ok:
+                held[(j, i)] = x[j].clone()
+        for i in range(5):
+            rows = {j: held.get((j, i), x[i]) for j in g.neighbors(i)}
+            if use_sum:
+                expect = sum(rows.values())
+            else:
+                expect = (1 - sum(weight(i, j) for j in rows)) * x[i] + sum(weight(i, j) * r for j, r in rows.items())
+            assert torch.allclose(got[i], expect, atol=1e-12), (step, i)
+
+
+def test_accuracy_table_finds_first_round_and_megabytes_at_threshold():
+    from visualization.plotting import accuracy_table
+    res = {"round": [0, 10, 20], "top1_accuracy": [torch.tensor([0.1, 0.2], dtype=DT), torch.tensor([0.95, 0.8], dtype=DT),
+                                                   torch.tensor([0.93, 0.91], dtype=DT)],
+           "bytes_sent": [torch.zeros(2), torch.tensor([1e6, 3e6]), torch.tensor([2e6, 6e6])]}
+    row, alone = accuracy_table({"a": res, "b": {**res, "bytes_sent": [torch.zeros(2)] * 3}}, 0.9)
+    assert row["rounds_to_threshold"] == 20 and row["mb_to_threshold"] == 4.0 and row["mb_total"] == 4.0
+    assert math.isclose(row["final_mean"], 0.92) and math.isclose(row["final_min"], 0.91)
+    assert alone["mb_to_threshold"] is None
+    assert accuracy_table({"a": res}, 0.99)[0]["rounds_to_threshold"] is None
+
+
+def test_graph_schedule_cycles_through_graphs_or_draws_edges_of_the_base_graph():
+    from optimizers.links import configure_network
+    base = nx.cycle_graph(5)
+    net = InProcessNetwork(base, dtype=DT)
+    exp = {"seed": 0, "graph_schedule": {"graphs": [{"num_nodes": 5, "type": "complete"},
+                                                    {"num_nodes": 5, "type": "cycle"}]}}
+    schedule = configure_network(net, exp, base)
+    sizes = []
+    for k in (1, 2, 3):
+        schedule(k)
+        sizes.append(net.graph.number_of_edges())
+    assert sizes == [10, 5, 10]
+    schedule = configure_network(net, {"graph_schedule": {"random_edges_per_round": 2, "seed": 1}}, base)
+    seen = set()
+    for k in range(1, 8):
+        schedule(k)
+        edges = {tuple(sorted(e)) for e in net.graph.edges}
+        assert len(edges) == 2 and edges <= {tuple(sorted(e)) for e in base.edges}
+        seen |= edges
+    assert len(seen) > 2  # a new draw every round
+    assert net.degrees.sum() == 4
