@@ -43,7 +43,7 @@ SCALAR_METRICS = ("forward_pass_count", "validation_loss", "top1_accuracy", "con
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="run.py", description="Run every (problem, optimizer) pair of an experiment config.")
-    parser.add_argument("config", help="experiment YAML file")
+    parser.add_argument("config", nargs="?", help="experiment YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. problem_configs.problem1.optimizer_config."
                              "outer_iterations=5 (value parsed as YAML; repeatable)")
@@ -51,7 +51,12 @@ def parse_args(argv):
                                              "<output_metadir>/<timestamp>_<name>/)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides experiment.use_cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    parser.add_argument("--resume", metavar="OUTPUT_DIR",
+                        help="continue an interrupted run in its folder (scaling sweeps: finished trials are kept)")
+    args = parser.parse_args(argv)
+    if args.config is None and args.resume is None:
+        parser.error("a config file (or --resume OUTPUT_DIR) is required")
+    return args
 
 
 def pick_device(requested: str | None, use_cuda: bool) -> torch.device:
@@ -211,6 +216,14 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+
+    from experiments import scaling  # scaling studies: their own sweep over graphs (experiments/scaling.py)
+    if scaling.handles(args):
+        return scaling.main(args)
+    if args.resume is not None:
+        print(f"error: --resume {args.resume}: not a scaling sweep folder (only sweeps can be resumed so far)",
+              file=sys.stderr)
+        return 2
 
     try:
         raw = apply_overrides(load_yaml(args.config), args.overrides)
