@@ -160,3 +160,30 @@ def test_bad_scaling_configs_are_refused_before_anything_runs(tmp_path, capsys):
 def test_resume_of_a_folder_that_is_not_a_sweep_is_refused(tmp_path, capsys):
     assert run(["--resume", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_eval_nodes_evaluates_a_fixed_sample_in_chunks_with_the_same_numbers(tmp_path):
+    from problems.mnist import MNISTProblem, mnist_cnn
+    from problems.mnist_data import images_to_tensor, load_mnist, split_indices
+
+    data = load_mnist(tmp_path, "mnist_subset")
+    x, y = images_to_tensor(data.train_images), data.train_labels
+    vx, vy = images_to_tensor(data.test_images[:64]), data.test_labels[:64]
+    split = split_indices(y, 40, "random", seed=0)
+    torch.manual_seed(0)
+
+    def problem(eval_nodes):
+        p = MNISTProblem("p", mnist_cnn(), split, x, y, vx, vy, loss="NLL", metrics=["top1_accuracy"],
+                         train_batch_size=4, val_batch_size=32, chunk_size=4, eval_nodes=eval_nodes)
+        p.theta.copy_(theta)
+        return p
+
+    theta = torch.randn(40, sum(p.numel() for p in mnist_cnn().parameters())) * 0.05
+    full = problem(None).compute_metrics(theta)["top1_accuracy"]
+    sampled_problem = problem(5)
+    sample = sampled_problem.compute_metrics(theta)["top1_accuracy"]
+    picked = ~torch.isnan(sample)
+    assert int(picked.sum()) == 5 and picked.nonzero().max() > 4  # a spread sample, not the first chunk
+    assert torch.equal(sample[picked], full[picked])
+    assert torch.equal(picked, ~torch.isnan(sampled_problem.compute_metrics(theta)["top1_accuracy"]))  # fixed
+
