@@ -187,3 +187,26 @@ def test_eval_nodes_evaluates_a_fixed_sample_in_chunks_with_the_same_numbers(tmp
     assert torch.equal(sample[picked], full[picked])
     assert torch.equal(picked, ~torch.isnan(sampled_problem.compute_metrics(theta)["top1_accuracy"]))  # fixed
 
+
+
+NOTEBOOK = REPO / "visualization" / "scaling.ipynb"
+
+
+def test_scaling_notebook_is_clean():
+    from tests.conftest import assert_notebook_is_clean
+    assert_notebook_is_clean(NOTEBOOK)
+
+
+def test_scaling_notebook_redraws_a_sweep(tmp_path, monkeypatch):
+    pytest.importorskip("nbclient")
+    from tests.conftest import execute_results_notebook
+
+    config = tmp_path / "cmp.yaml"
+    config.write_text(yaml.safe_dump(COMPARE))
+    out = tmp_path / "sweep"
+    sets = sum((["--set", s] for s in SHORT + ["experiment.data_dir=" + str(tmp_path)]), [])
+    assert run([str(config), "--output-dir", str(out), *sets]) == 0
+    printed = execute_results_notebook(NOTEBOOK, out, ("notebook_scaling_summary.png",
+                                                        "notebook_scaling_graph.png"), monkeypatch)
+    assert "const num_nodes, status completed, 2 trial(s) planned, 2 finished" in printed
+    assert printed.count("completed") >= 5 and "dsgt" in printed and "target accuracy: 0.200" in printed
