@@ -143,6 +143,10 @@ def plot_scaling(rows: list[dict], column: str, ax=None, label: str | None = Non
     for name in dict.fromkeys(r["problem_name"] for r in rows):
         mine = sorted((r for r in rows if r["problem_name"] == name), key=lambda r: r[x_key])
         line, = ax.plot([r[x_key] for r in mine], [r[column] for r in mine], "o-", label=name, lw=1.8)
+        missed = [r for r in mine if r[column] != r[column]]  # NaN: never reached within the run
+        if column == "rounds_to_target" and missed:
+            ax.plot([r[x_key] for r in missed], [r["rounds"] for r in missed], "x", color=line.get_color(),
+                    ms=9, label=f"{name}: not reached in the run (drawn at its last round)")
         if column == "final_top1_mean":
             ax.plot([r[x_key] for r in mine], [r["final_top1_min"] for r in mine], "--", color=line.get_color(),
                     lw=1)
