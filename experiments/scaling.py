@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ import yaml
 from experiments.config import ConfigError, apply_overrides, load_yaml, validate_scaling_config
 from experiments.setups import MnistSetup, load_experiment_mnist, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
+from optimizers.base import DivergedError
 from optimizers.graphs import GraphError, fiedler_value, graph_from_json, graph_to_json, make_graph
+from optimizers.network import InProcessNetwork
 from problems.mnist import mnist_cnn
 from problems.mnist_data import DataError, split_indices
 
@@ -69,6 +72,15 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def _stop(signum, frame):
+    """SIGTERM ends a sweep like Ctrl-C: finished trials are kept."""
+    raise KeyboardInterrupt
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -150,6 +162,34 @@ def trial_config(cfg: dict, plan: dict) -> dict:
     return cfg
 
 
+def train_pair(problem, optimizer_cls, opt_cfg: dict, graph, device, folder: Path, pair: dict) -> dict:
+    """Train one pair of a trial on ``graph``; fills ``pair`` (status, seconds, rounds, bytes) and writes
+    ``<name>_results.pt`` and ``<name>_final_params.pt`` into ``folder``. Returns the history."""
+    network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
+    optimizer = optimizer_cls(problem, network, {k: v for k, v in opt_cfg.items() if k != "alg_name"})
+    rounds = 0
+
+    def progress(k, metrics):
+        nonlocal rounds
+        rounds = k
+
+    start = time.perf_counter()
+    try:
+        optimizer.train(progress=progress, profile_dir=folder)
+        pair["status"] = "completed"
+    except DivergedError as exc:
+        pair.update(status="diverged", error=str(exc))
+        problem.evaluate(exc.round_index, extras=optimizer._extras())
+    except Exception as exc:  # a crash of one pair never loses the others
+        pair.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"pair {pair['problem_name']} failed: {pair['error']}", file=sys.stderr)
+    pair.update(seconds=time.perf_counter() - start, rounds_completed=rounds,
+                bytes_sent_total=float(network.bytes_sent.sum()))
+    torch.save(problem.history, folder / f"{pair['problem_name']}_results.pt")
+    torch.save(problem.theta.detach().cpu(), folder / f"{pair['problem_name']}_final_params.pt")
+    return problem.history
+
+
 def run_in_folder(final: Path, work) -> dict:
     """Run ``work(folder)`` in ``final``.partial and rename it to ``final`` once it returns: a folder
     without the suffix is always complete. Its return value is kept in done.json."""
@@ -160,56 +200,38 @@ def run_in_folder(final: Path, work) -> dict:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     result = work(partial)
-    write_atomic(partial / "done.json", json.dumps(result, indent=2, default=str))
+    write_json(partial / "done.json", result)
     os.replace(partial, final)
     return result
 
 
-def target_accuracy(out_dir: Path, cfg: dict, setup: MnistSetup, device, quiet: bool) -> float:
+def target_accuracy(out_dir: Path, cfg: dict, setup: MnistSetup, device) -> float:
     """Fixed ``scaling.target_accuracy``, else ``target_fraction`` of a centralized run's final accuracy."""
-    from experiments.runner import run_pair, write_pair_results
-
     scaling = cfg["experiment"]["scaling"]
     if scaling["target_accuracy"] is not None:
         return scaling["target_accuracy"]
 
     def centralized(folder: Path) -> dict:
         problem, opt_cfg = setup.make_baseline("centralized")
-        opt_cfg.pop("alg_name", None)
         pair = {"problem_name": "centralized", "alg_name": "local"}
-        history = run_pair("centralized", "local", problem, BASELINES["local"], opt_cfg, setup.graph, device,
-                           folder, quiet, False, pair)
-        write_pair_results(folder, "centralized", history, None)
+        history = train_pair(problem, BASELINES["local"], opt_cfg, setup.graph, device, folder, pair)
         return {"top1_accuracy": float(final_stats(history, "top1_accuracy").mean()), "pair": pair}
 
     reference = run_in_folder(out_dir / "reference", centralized)
     return scaling["target_fraction"] * reference["top1_accuracy"]
 
 
-def run_trial(out_dir: Path, cfg: dict, plan: dict, graph, data, base_model, device, quiet: bool,
-              target: float | None, setup: MnistSetup | None = None) -> list[dict]:
-    from experiments.runner import run_pair, write_pair_results
-
+def run_trial(out_dir: Path, cfg: dict, plan: dict, setup: MnistSetup, device, target: float | None) -> list[dict]:
     def work(folder: Path) -> dict:
-        trial_setup = setup or MnistSetup(trial_config(cfg, plan), device, graph=graph, data=data)
-        trial_setup.base_model = base_model
         rows = []
         for pc in cfg["problem_configs"].values():
-            name, alg = pc["problem_name"], pc["optimizer_config"]["alg_name"]
-            pair = {"problem_name": name, "alg_name": alg, "status": "running"}
-            opt_cfg = dict(pc["optimizer_config"])
-            opt_cfg.pop("alg_name")
-            problem = trial_setup.make_problem(pc)
-            try:
-                history = run_pair(f"N={plan['num_nodes']} {name}", alg, problem, OPTIMIZERS[alg], opt_cfg,
-                                   graph, device, folder, quiet, pc["verbose_evals"], pair)
-            except Exception as exc:  # a crash of one pair never loses the others
-                pair["status"], pair["error"] = "failed", f"{type(exc).__name__}: {exc}"
-                print(f"trial {plan['trial']} pair {name} failed: {pair['error']}", file=sys.stderr)
-                history = problem.history
-            if history:
-                write_pair_results(folder, name, history, problem.theta)
-            rows.append(pair_row(plan, graph, pair, history, target))
+            alg = pc["optimizer_config"]["alg_name"]
+            pair = {"problem_name": pc["problem_name"], "alg_name": alg}
+            history = train_pair(setup.make_problem(pc), OPTIMIZERS[alg], pc["optimizer_config"], setup.graph,
+                                 device, folder, pair)
+            rows.append(pair_row(plan, setup.graph, pair, history, target))
+            print(f"  {pair['problem_name']}: {pair['status']}, {pair['rounds_completed']} rounds in "
+                  f"{pair['seconds']:.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
         return {"rows": rows}
 
     return run_in_folder(out_dir / f"trial_{plan['trial']:02d}", work)["rows"]
@@ -245,8 +267,7 @@ def handles(args) -> bool:
 
 
 def main(args) -> int:
-    from experiments.runner import (DEFAULT_OUTPUT_DIR, _terminate_as_interrupt, git_commit, new_output_dir,
-                                    pick_device, write_json)
+    from experiments.runner import DEFAULT_OUTPUT_DIR, git_commit, new_output_dir, pick_device
 
     resume = args.resume is not None
     try:
@@ -275,7 +296,7 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGTERM, _stop)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_atomic(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
@@ -297,10 +318,10 @@ def main(args) -> int:
             setup = MnistSetup(trial_config(cfg, plan_item), device, graph=graph, data=data)
             setup.base_model = base_model
             if plan_item["trial"] == 0:
-                target = target_accuracy(out_dir, cfg, setup, device, args.quiet)
+                target = target_accuracy(out_dir, cfg, setup, device)
             print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
                   f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
-            rows += run_trial(out_dir, cfg, plan_item, graph, data, base_model, device, args.quiet, target, setup)
+            rows += run_trial(out_dir, cfg, plan_item, setup, device, target)
             write_csv(out_dir / "scaling.csv", rows)
         if any(r["status"] != "completed" for r in rows):
             status = "failed"
