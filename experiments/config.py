@@ -135,6 +135,7 @@ METRICS_CONFIG = {
     "evaluate_frequency": (Int, 20, AT_LEAST_ONE),
     "tloss_decay": (Float, 0.2, UNIT_INTERVAL),
     "mesh_only_at_end": (Bool, False),
+    "eval_nodes": (Int, OPTIONAL, AT_LEAST_ONE),
 }
 
 def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_batch_size: int,
@@ -309,8 +310,6 @@ def validate_config(raw: Any) -> dict:
     for key in raw:
         if key not in ("experiment", "problem_configs"):
             hint = _did_you_mean(key, ("experiment", "problem_configs"))
-            if key == "problem":
-                hint = " (single-problem scaling configs are not supported; use problem_configs)"
             raise ConfigError(f"{_key(key)}: unknown top-level key{hint}; allowed: experiment, problem_configs")
     experiment = raw.get("experiment")
     if not isinstance(experiment, dict):
@@ -388,6 +387,69 @@ def _check_mnist(cfg: dict) -> None:
 
 
 CROSS_CHECKS = {"mnist": _check_mnist}
+
+# ------------------------------------------------------------------ scaling study (experiments/scaling.py)
+SCALING_SCHEMA = {
+    "const": (Choice(("fiedler", "num_nodes")), "fiedler"),
+    "min_N": (Int, 10, Range(2.0)),
+    "max_N": (Int, 100, Range(2.0)),
+    "target_fied": (Float, 1.0, POSITIVE),
+    "min_fied": (Float, 0.1, POSITIVE),
+    "max_fied": (Float, 2.0, POSITIVE),
+    "num_nodes": (Int, 20, Range(2.0)),
+    "num_trials": (Int, 10, AT_LEAST_ONE),
+    "target_accuracy": (Float, OPTIONAL, UNIT_INTERVAL),
+    "target_fraction": (Float, 0.9, UNIT_INTERVAL),
+}
+
+
+def is_scaling_config(raw: Any) -> bool:
+    """The scaling-study form: a top-level ``problem`` or an ``experiment.scaling`` block."""
+    return isinstance(raw, dict) and ("problem" in raw or (
+        isinstance(raw.get("experiment"), dict) and "scaling" in raw["experiment"]))
+
+
+def validate_scaling_config(raw: Any) -> dict:
+    """A scaling study: ``experiment.scaling`` plus one top-level ``problem`` (the original's form) or
+    ``problem_configs``. Returns the validated config with ``experiment.scaling`` filled in and
+    ``experiment.graph`` describing the largest trial's graph (every trial builds its own)."""
+    raw = copy.deepcopy(raw)
+    experiment = raw.get("experiment")
+    if not isinstance(experiment, dict):
+        raise ConfigError("experiment: required mapping is missing")
+    if "graph" in experiment:
+        raise ConfigError("experiment.graph: a scaling study builds one Fiedler-targeted disk graph per trial; "
+                          "set experiment.scaling instead")
+    scaling = validate_mapping("experiment.scaling", SCALING_SCHEMA, experiment.pop("scaling", None))
+    if "problem" in raw:
+        if "problem_configs" in raw:
+            raise ConfigError("problem: give either one top-level problem or problem_configs, not both")
+        raw["problem_configs"] = {"problem": raw.pop("problem")}
+    experiment.setdefault("data_split_type", "sorted")  # the original study splits MNIST sorted by label
+    if scaling["const"] == "fiedler":
+        for low, high in (("min_N", "max_N"),):
+            if scaling[low] > scaling[high]:
+                raise ConfigError(f"experiment.scaling.{low}: {scaling[low]} is above {high} = {scaling[high]}")
+        distinct = scaling["max_N"] - scaling["min_N"] + 1
+        if scaling["num_trials"] > distinct:
+            raise ConfigError(f"experiment.scaling.num_trials: {scaling['num_trials']} trials but only {distinct} "
+                              f"team sizes from min_N to max_N")
+        if scaling["target_fied"] > scaling["min_N"]:
+            raise ConfigError(f"experiment.scaling.target_fied: {scaling['target_fied']:g} is above the complete "
+                              f"graph's value {scaling['min_N']} for min_N robots")
+        largest, target = scaling["max_N"], scaling["target_fied"]
+    else:
+        if scaling["min_fied"] > scaling["max_fied"]:
+            raise ConfigError(f"experiment.scaling.min_fied: {scaling['min_fied']:g} is above max_fied = "
+                              f"{scaling['max_fied']:g}")
+        if scaling["max_fied"] > scaling["num_nodes"]:
+            raise ConfigError(f"experiment.scaling.max_fied: {scaling['max_fied']:g} is above the complete "
+                              f"graph's value {scaling['num_nodes']} for num_nodes robots")
+        largest, target = scaling["num_nodes"], scaling["max_fied"]
+    experiment["graph"] = {"num_nodes": largest, "type": "fiedler", "target_fiedler": target}
+    cfg = validate_config(raw)
+    cfg["experiment"]["scaling"] = scaling
+    return cfg
 
 
 class _StrictLoader(yaml.SafeLoader):

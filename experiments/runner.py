@@ -50,8 +50,8 @@ def parse_args(argv):
         prog="run.py", description="Run every (problem, optimizer) pair of an experiment config.")
     parser.add_argument("config", nargs="?", help="experiment YAML file (not with --resume)")
     parser.add_argument("--resume", metavar="OUTPUT_DIR",
-                        help="continue a crashed or interrupted run in its output folder: finished pairs are "
-                             "kept, unfinished ones continue from their last checkpoint")
+                        help="continue a crashed or interrupted run in its output folder: finished pairs (or "
+                             "sweep trials) are kept, unfinished ones continue from their last checkpoint")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. problem_configs.problem1.optimizer_config."
                              "outer_iterations=5 (value parsed as YAML; repeatable)")
@@ -361,6 +361,10 @@ def _main(argv, interrupts: Interrupts) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+
+    from experiments import scaling  # scaling studies: their own sweep over graphs (experiments/scaling.py)
+    if scaling.handles(args):
+        return scaling.main(args)
 
     resume = args.resume is not None
     try:

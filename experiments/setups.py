@@ -62,7 +62,8 @@ class ExperimentSetup:
                     evaluate_frequency=mc["evaluate_frequency"], tloss_decay=mc["tloss_decay"],
                     device=self.device, dtype=self.dtype, seed=self.seed + 1,
                     verbose_evals=problem_cfg["verbose_evals"], execution=self.exp["execution"],
-                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache)
+                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache,
+                    eval_nodes=mc["eval_nodes"])
 
     def describe(self) -> dict:
         return {}
@@ -78,20 +79,26 @@ def build_graph(exp: dict) -> nx.Graph:
                       target_fiedler=g.get("target_fiedler"), gen_attempts=g["gen_attempts"])
 
 
+def load_experiment_mnist(exp: dict):
+    data_dir = resolve_path(exp["data_dir"], DEFAULT_DATA_DIR)
+    with warnings.catch_warnings(record=True) as caught:  # the fallback notice, as one plain line
+        warnings.simplefilter("always")
+        data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return data
+
+
 class MnistSetup(ExperimentSetup):
     kind = "mnist"
 
-    def __init__(self, cfg: dict, device: torch.device):
+    def __init__(self, cfg: dict, device: torch.device, graph: nx.Graph | None = None, data=None):
+        """``graph`` and ``data`` (an ``MnistData``) default to building them from the config."""
         super().__init__(cfg, device)
         exp = self.exp
-        self.graph = build_graph(exp)
-        self.num_nodes = exp["graph"]["num_nodes"]
-        data_dir = resolve_path(exp["data_dir"], DEFAULT_DATA_DIR)
-        with warnings.catch_warnings(record=True) as caught:  # the fallback notice, as one plain line
-            warnings.simplefilter("always")
-            self.data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
+        self.graph = build_graph(exp) if graph is None else graph
+        self.num_nodes = self.graph.number_of_nodes()
+        self.data = load_experiment_mnist(exp) if data is None else data
         self.node_indices = split_indices(self.data.train_labels, self.num_nodes, exp["data_split_type"],
                                           seed=self.seed, alpha=exp["dirichlet_alpha"],
                                           min_size=max(pc["train_batch_size"]

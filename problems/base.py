@@ -60,7 +60,8 @@ class SupervisedProblem:
                  loss: str, metrics: Sequence[str], train_batch_size: int, val_batch_size: int,
                  evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
-                 execution: str = "auto", chunk_size: int | None = None, plan_cache=None):
+                 execution: str = "auto", chunk_size: int | None = None, plan_cache=None,
+                 eval_nodes: int | None = None):
         self.name = name
         self.num_nodes = len(node_indices)
         self.device = torch.device(device)
@@ -85,6 +86,11 @@ class SupervisedProblem:
         self.train_loss_ma = torch.full((self.num_nodes,), math.nan, dtype=torch.float64)
         self.last_losses = torch.zeros(self.num_nodes, dtype=dtype, device=self.device)
         self.history: dict[str, list] = {}
+        # Validation on a fixed, seeded sample of nodes (the others read NaN): large teams stay cheap.
+        self.eval_nodes = None
+        if eval_nodes is not None and eval_nodes < self.num_nodes:
+            pick = torch.randperm(self.num_nodes, generator=torch.Generator().manual_seed(seed))[:eval_nodes]
+            self.eval_nodes = pick.sort().values.to(self.device)
 
     @classmethod
     def available_metrics(cls) -> tuple[str, ...]:
@@ -151,10 +157,19 @@ class SupervisedProblem:
         wanted = set(self.metrics)
         values: dict[str, torch.Tensor] = {}
         if wanted & {"validation_loss", "top1_accuracy", "validation_as_vector"}:
-            val = self.validation_outputs(theta)
-            values["validation_loss"] = val["losses"].mean(dim=1)
+            nodes = self.eval_nodes
+            val = self.validation_outputs(theta if nodes is None else theta[nodes])
+
+            def every_node(v: torch.Tensor) -> torch.Tensor:
+                if nodes is None:
+                    return v
+                full = torch.full((self.num_nodes, *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
+                full[nodes] = v
+                return full
+
+            values["validation_loss"] = every_node(val["losses"].mean(dim=1))
             if self.classification:
-                values["top1_accuracy"] = val["correct"].to(torch.float64).mean(dim=1)
+                values["top1_accuracy"] = every_node(val["correct"].to(torch.float64).mean(dim=1))
                 if "validation_as_vector" in wanted:
                     values["validation_as_vector"] = val["correct"]
         if "consensus_error" in wanted:

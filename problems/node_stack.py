@@ -397,7 +397,7 @@ class NodeStack:
                  fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``fn(outputs (k, B, ...))`` for every node on a shared input batch, concatenated over nodes."""
         parts = [fn(self.forward(theta[block], x, shared_input=True))
-                 for block in self.chunks(x.shape[0])]
+                 for block in self.chunks(x.shape[0]) if block.start < theta.shape[0]]  # theta: maybe a sample
         return torch.cat(parts, dim=0)
 
 

@@ -69,7 +69,10 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
                 continue
             rounds = rounds[:len(res[metric])]
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
-        mean, low, high = values.mean(1), values.min(1).values, values.max(1).values
+        missing = torch.isnan(values)  # nodes left out of an evaluation (metrics_config.eval_nodes)
+        mean = values.nanmean(1)
+        low = values.masked_fill(missing, float("inf")).min(1).values
+        high = values.masked_fill(missing, float("-inf")).max(1).values
         line, = ax.plot(rounds, mean, label=name, lw=1.8)
         if values.shape[1] > 1:
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
@@ -167,6 +170,72 @@ def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
             print(f"| {Path(folder).name} | {r['pair']} | {r['final_mean']:.3f} / {r['final_min']:.3f} | "
                   f"{fmt(r['rounds_to_threshold'], '{}')} | {fmt(r['mb_to_threshold'], '{:.2f}')} | "
                   f"{fmt(r['mb_total'], '{:.2f}')} |")
+
+
+# ------------------------------------------------------------------------------ scaling study
+SCALING_FIGURES = {
+    "scaling_accuracy.png": ("final_top1_mean", "final top-1 accuracy (node mean; dashed: worst node)"),
+    "scaling_rounds_to_target.png": ("rounds_to_target", "rounds to reach the target accuracy"),
+    "scaling_seconds_per_round.png": ("seconds_per_round", "seconds per round (incl. evaluations)"),
+}
+
+
+def load_scaling(folder: str | Path) -> list[dict]:
+    """Rows of a sweep's scaling.csv, numbers as floats (empty cells and 'nan' as NaN)."""
+    import csv
+
+    with open(Path(folder) / "scaling.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("problem_name", "alg_name", "status"):
+                row[key] = float(value) if value not in ("", None) else float("nan")
+    return rows
+
+
+def plot_scaling(rows: list[dict], column: str, ax=None, label: str | None = None):
+    """One line per pair: ``column`` against N (N sweeps) or the measured Fiedler value (Fiedler sweeps)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4.2))
+    by_n = len({r["num_nodes"] for r in rows}) > 1
+    x_key = "num_nodes" if by_n else "fiedler"
+    for name in dict.fromkeys(r["problem_name"] for r in rows):
+        mine = sorted((r for r in rows if r["problem_name"] == name), key=lambda r: r[x_key])
+        line, = ax.plot([r[x_key] for r in mine], [r[column] for r in mine], "o-", label=name, lw=1.8)
+        missed = [r for r in mine if r[column] != r[column]]  # NaN: never reached within the run
+        if column == "rounds_to_target" and missed:
+            ax.plot([r[x_key] for r in missed], [r["rounds"] for r in missed], "x", color=line.get_color(),
+                    ms=9, label=f"{name}: not reached in the run (drawn at its last round)")
+        if column == "final_top1_mean":
+            ax.plot([r[x_key] for r in mine], [r["final_top1_min"] for r in mine], "--", color=line.get_color(),
+                    lw=1)
+    ax.set_xlabel("number of robots N" if by_n else "measured Fiedler value")
+    if by_n and max(r["num_nodes"] for r in rows) / min(r["num_nodes"] for r in rows) >= 20:
+        ax.set_xscale("log")
+    ax.set_ylabel(label or column)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def save_scaling_figures(folder: str | Path) -> list[Path]:
+    """figures/scaling_*.png of a sweep folder (see SCALING_FIGURES)."""
+    folder = Path(folder)
+    if not (folder / "scaling.csv").exists():
+        return []
+    rows = load_scaling(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    written = []
+    for name, (column, label) in SCALING_FIGURES.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        plot_scaling(rows, column, ax, label)
+        ax.set_title(label)
+        fig.tight_layout()
+        save_figure(fig, out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    return written
 
 
 if __name__ == "__main__":
