@@ -144,8 +144,8 @@ class DistributedOptimizer:
             raise DivergedError(k, "parameter")
 
     # ----------------------------------------------------------------------- checkpoints
-    # Attributes that are wiring or configuration, not state that evolves during training.
-    _not_state = ("problem", "network", "config", "outer_iterations")
+    # Attributes that are wiring or derived from the configuration, not state that evolves in training.
+    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything this optimizer has learned or counted (tensors, schedules, torch optimizers)."""

@@ -38,7 +38,6 @@ class DiNNO(DistributedOptimizer):
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "profile": (bool, False),
     }
-    _not_state = DistributedOptimizer._not_state + ("lrs",)  # derived from the config (and its rounds)
 
     def setup(self) -> None:
         cfg = self.config

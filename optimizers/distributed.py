@@ -155,7 +155,7 @@ class TorchDistributedNetwork:
         self._degrees_cpu = torch.as_tensor(degrees, dtype=torch.float64)
         self.is_connected = self.num_nodes == 1 or nx.is_connected(graph)
 
-    def _halo(self, x: torch.Tensor) -> torch.Tensor:
+    def _halo(self, x: torch.Tensor, row_bytes=None) -> torch.Tensor:
         """The local rows and the neighbours' rows from other ranks, in global robot order."""
         if x.shape[0] != self.num_local:
             raise ValueError(f"expected the {self.num_local} local rows of rank {self.rank}, got {x.shape[0]}")
@@ -176,20 +176,23 @@ class TorchDistributedNetwork:
                     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
                     raise PeerLostError(f"rank {self.rank} lost rank {q} while exchanging rows "
                                         f"(exchange {self.exchanges + 1}): {first}") from None
-        row_bytes = rows.shape[1] * rows.element_size()
-        self.bytes_sent += self._degrees_cpu * row_bytes
-        self.wire_bytes_per_exchange = self._rows_sent * row_bytes
+        wire_row_bytes = rows.shape[1] * rows.element_size()
+        if row_bytes is None:  # a dense row; compressed messages say what they would cost on a radio
+            row_bytes = wire_row_bytes
+        self.bytes_sent += self._degrees_cpu * torch.as_tensor(row_bytes, dtype=torch.float64)
+        self.wire_bytes_per_exchange = self._rows_sent * wire_row_bytes
         self.wire_bytes_sent += self.wire_bytes_per_exchange
         self.exchanges += 1
         return halo
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows."""
-        return (self._mixing @ self._halo(x)).reshape(x.shape)
+    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
+        """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows.
+        (Lossy links are not implemented across processes yet: every message arrives.)"""
+        return (self._mixing @ self._halo(x, row_bytes)).reshape(x.shape)
 
-    def neighbor_sum(self, x: torch.Tensor) -> torch.Tensor:
+    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
-        return (self._adjacency @ self._halo(x)).reshape(x.shape)
+        return (self._adjacency @ self._halo(x, row_bytes)).reshape(x.shape)
 
 
 @contextmanager
