@@ -28,6 +28,7 @@ from experiments.config import ConfigError, apply_overrides, check_output_folder
 from experiments.run_record import Interrupts, RunRecord, now_iso, run_is_live
 from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
+from optimizers import state
 from optimizers.base import DivergedError
 from optimizers.graphs import GraphError, graph_to_json
 from optimizers.links import configure_network
@@ -167,7 +168,10 @@ class PairRun:
 
     def save_checkpoint(self, k: int) -> None:
         with self.interrupts.deferred():
-            results_io.torch_save(self.optimizer.checkpoint(k), self.checkpoint_path)
+            checkpoint = self.optimizer.checkpoint(k)
+            if self.graph_schedule is not None:
+                checkpoint["graph_schedule"] = state.capture(self.graph_schedule, ("generator",))
+            results_io.torch_save(checkpoint, self.checkpoint_path)
             self.record.update_pair(self.name, checkpoint_round=k)
 
     def train(self, quiet: bool, verbose: bool, resume: bool) -> None:
@@ -175,7 +179,10 @@ class PairRun:
         optimizer, problem, name = self.optimizer, self.problem, self.name
         first = 1
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            first = optimizer.resume(torch.load(self.checkpoint_path, weights_only=True)) + 1
+            checkpoint = torch.load(self.checkpoint_path, weights_only=True)
+            first = optimizer.resume(checkpoint) + 1
+            if self.graph_schedule is not None:
+                state.restore(self.graph_schedule, checkpoint["graph_schedule"])
             self.rounds_done = first - 1
         bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
                    disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)

@@ -264,3 +264,32 @@ def test_models_with_modes_or_buffers_are_refused_with_one_clear_line(layer):
         return
     with pytest.raises(ValueError, match=type(layer).__name__):
         NodeStack(model, 3)
+
+
+def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_identical(tmp_path, monkeypatch):
+    from optimizers.choco import CHOCOSGD as ChocoSGD
+
+    cfg = long_tiny(rounds=12)
+    cfg["experiment"].update(links={"drop_prob": 0.3, "seed": 5}, checkpoint_every=3, centralized=False,
+                             graph_schedule={"random_edges_per_round": 2, "seed": 6})
+    cfg["problem_configs"] = {"choco": {
+        "problem_name": "choco", "train_batch_size": 16, "val_batch_size": 500,
+        "metrics_config": {"evaluate_frequency": 4},
+        "optimizer_config": {"alg_name": "choco_sgd", "outer_iterations": 12, "lr": 0.01, "consensus_stepsize": 0.5,
+                             "compressor": {"name": "random_k", "fraction": 0.2, "seed": 3}}}}
+    cfg_path = write_config(tmp_path, cfg)
+    assert run(cfg_path, tmp_path / "reference") == 0
+    original = ChocoSGD.round
+
+    def crash_at_round_8(self, k):
+        if k == 8:
+            raise RuntimeError("simulated crash")
+        original(self, k)
+
+    monkeypatch.setattr(ChocoSGD, "round", crash_at_round_8)
+    out = tmp_path / "crashed"
+    assert run(cfg_path, out) == 1
+    assert manifest_of(out)["pairs"][0]["checkpoint_round"] == 6
+    monkeypatch.setattr(ChocoSGD, "round", original)
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    same_results(tmp_path / "reference", out, ["choco"])
