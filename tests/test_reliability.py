@@ -69,6 +69,18 @@ def wait_for(predicate, timeout=120.0):
     return False
 
 
+def crash_once(monkeypatch, optimizer_cls, round_index):
+    """Make ``optimizer_cls`` raise at ``round_index`` (a crash of the pair) until ``monkeypatch.undo()``."""
+    original = optimizer_cls.round
+
+    def crashing(self, k):
+        if k == round_index:
+            raise RuntimeError("simulated crash")
+        original(self, k)
+
+    monkeypatch.setattr(optimizer_cls, "round", crashing)
+
+
 def manifest_of(out):
     return json.loads((out / "manifest.json").read_text())
 
@@ -113,19 +125,12 @@ def test_a_crashed_online_density_pair_resumes_with_its_windows_positions_and_gr
     reference = tmp_path / "reference"
     assert main([str(cfg_path), "--output-dir", str(reference), "--quiet"]) == 0
 
-    original = DiNNO.round
-
-    def crash_at_round_11(self, k):
-        if k == 11:
-            raise RuntimeError("simulated crash")
-        original(self, k)
-
-    monkeypatch.setattr(DiNNO, "round", crash_at_round_11)
+    crash_once(monkeypatch, DiNNO, 11)
     out = tmp_path / "crashed"
     assert main([str(cfg_path), "--output-dir", str(out), "--quiet"]) == 1
     pair = next(p for p in manifest_of(out)["pairs"] if p["problem_name"] == "dinno")
     assert pair["status"] == "failed" and pair["checkpoint_round"] == 9
-    monkeypatch.setattr(DiNNO, "round", original)
+    monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
     same_results(reference, out, ["dinno", "dsgd", "dsgt", "centralized"])
 
@@ -279,17 +284,10 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
                              "compressor": {"name": "random_k", "fraction": 0.2, "seed": 3}}}}
     cfg_path = write_config(tmp_path, cfg)
     assert run(cfg_path, tmp_path / "reference") == 0
-    original = ChocoSGD.round
-
-    def crash_at_round_8(self, k):
-        if k == 8:
-            raise RuntimeError("simulated crash")
-        original(self, k)
-
-    monkeypatch.setattr(ChocoSGD, "round", crash_at_round_8)
+    crash_once(monkeypatch, ChocoSGD, 8)
     out = tmp_path / "crashed"
     assert run(cfg_path, out) == 1
     assert manifest_of(out)["pairs"][0]["checkpoint_round"] == 6
-    monkeypatch.setattr(ChocoSGD, "round", original)
+    monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
     same_results(tmp_path / "reference", out, ["choco"])
