@@ -427,9 +427,8 @@ def validate_scaling_config(raw: Any) -> dict:
         raw["problem_configs"] = {"problem": raw.pop("problem")}
     experiment.setdefault("data_split_type", "sorted")  # the original study splits MNIST sorted by label
     if scaling["const"] == "fiedler":
-        for low, high in (("min_N", "max_N"),):
-            if scaling[low] > scaling[high]:
-                raise ConfigError(f"experiment.scaling.{low}: {scaling[low]} is above {high} = {scaling[high]}")
+        if scaling["min_N"] > scaling["max_N"]:
+            raise ConfigError(f"experiment.scaling.min_N: {scaling['min_N']} is above max_N = {scaling['max_N']}")
         distinct = scaling["max_N"] - scaling["min_N"] + 1
         if scaling["num_trials"] > distinct:
             raise ConfigError(f"experiment.scaling.num_trials: {scaling['num_trials']} trials but only {distinct} "
