@@ -116,6 +116,9 @@ COMMON_EXPERIMENT = {
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
+    # under torchrun (experiments/distributed_run.py): process-group backend and peer timeout
+    "backend": (Choice(("auto", "gloo", "nccl")), "auto"),
+    "dist_timeout_s": (Float, 60.0, POSITIVE),
 }
 
 MNIST_EXPERIMENT = {

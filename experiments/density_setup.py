@@ -184,7 +184,7 @@ class DensitySetup(ExperimentSetup):
 
     def make_problem(self, problem_cfg: dict):
         rounds = problem_cfg["optimizer_config"]["outer_iterations"]
-        return self._problem(problem_cfg["problem_name"], self.node_indices,
+        return self._problem(problem_cfg["problem_name"], self.local(self.node_indices),
                              self.density_kwargs(problem_cfg, rounds))
 
     def _baseline_common(self):
@@ -200,6 +200,7 @@ class DensitySetup(ExperimentSetup):
             kwargs = self.density_kwargs(first, rounds)
             kwargs["train_batch_size"] = first["train_batch_size"] * self.num_nodes
             kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "consensus_error"]
+            kwargs["robots"] = None  # one model (on rank 0 under torch.distributed)
             opt_cfg["outer_iterations"] = rounds
             return self._problem("centralized", [torch.cat(self.node_indices)], kwargs), opt_cfg
         batch = min(ind["train_batch_size"], min(len(ix) for ix in self.node_indices))
@@ -209,7 +210,7 @@ class DensitySetup(ExperimentSetup):
         kwargs["train_batch_size"] = batch
         kwargs["val_batch_size"] = ind["val_batch_size"]
         opt_cfg["outer_iterations"] = rounds
-        return self._problem("individual", self.node_indices, kwargs), opt_cfg
+        return self._problem("individual", self.local(self.node_indices), kwargs), opt_cfg
 
     # --------------------------------------------------------------- figures
     def robot_paths(self) -> list[np.ndarray]:

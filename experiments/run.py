@@ -1,4 +1,5 @@
-"""Run an experiment: ``python experiments/run.py experiments/configs/mnist_demo.yaml``."""
+"""Run an experiment: ``python experiments/run.py experiments/configs/mnist_demo.yaml``, or as K
+processes: ``torchrun --nproc-per-node K experiments/run.py CONFIG.yaml``."""
 
 import signal
 import sys
@@ -17,9 +18,11 @@ signal.signal(signal.SIGTERM, _interrupted_while_starting)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.runner import main  # noqa: E402
+from optimizers.dist_launch import exit_on_peer_loss  # noqa: E402
 
 if __name__ == "__main__":
-    status = main(restore_signals=False)
+    # a lost peer rank ends this one with one line and status 1 (one process: never happens)
+    status = exit_on_peer_loss(lambda: main(restore_signals=False))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: nothing left to interrupt
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(status)

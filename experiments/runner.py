@@ -30,6 +30,7 @@ from experiments.setups import REPO_ROOT, SETUPS, resolve_path
 from optimizers import BASELINES, OPTIMIZERS
 from optimizers import state
 from optimizers.base import DivergedError
+from optimizers.distributed import PeerLostError
 from optimizers.graphs import GraphError, graph_to_json
 from optimizers.links import configure_network
 from optimizers.network import InProcessNetwork
@@ -156,14 +157,21 @@ class PairRun:
 
     def __init__(self, name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device,
                  out_dir: Path | None, record: RunRecord, interrupts: Interrupts, checkpoint_every: int | None,
-                 exp: dict | None = None):
+                 exp: dict | None = None, world=None):
+        """``world`` (``experiments.distributed_run.World``): the problem is this rank's block of robots
+        and the network exchanges rows with the other ranks."""
         self.name, self.alg_name, self.problem = name, alg_name, problem
-        self.network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
+        if world is not None and problem.robots is not None:
+            self.network = world.network(graph, problem.dtype)
+            world.attach(problem, self.network)
+        else:
+            self.network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
         self.graph_schedule = configure_network(self.network, exp or {}, graph)  # links / graph_schedule
         self.optimizer = optimizer_cls(problem, self.network, opt_cfg)
         self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
         self.checkpoint_every = checkpoint_every
-        self.checkpoint_path = out_dir / f"{name}_checkpoint.pt" if out_dir is not None else None
+        self.checkpoint_path = (out_dir / f"{name}_checkpoint.pt"
+                                if out_dir is not None and world is None else None)
         self.rounds_done = 0
 
     def save_checkpoint(self, k: int) -> None:
@@ -222,10 +230,17 @@ class PairRun:
         previous = self.record.pair(self.name).get("seconds", 0.0) if self.rounds_done else 0.0
         return {"seconds": previous + seconds, "rounds_completed": self.rounds_done,
                 "outer_iterations": self.optimizer.outer_iterations,
-                "bytes_sent_total": float(self.network.bytes_sent.sum()),
+                "bytes_sent_total": self.bytes_sent_total(),
                 "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,
                                                           "decided_by": stack.plan_sources.get(shape, "config")}
                                for shape, (form, size) in stack.plans.items()}}
+
+    def bytes_sent_total(self) -> float:
+        """Bytes every robot sent so far (across processes: from the last gathered evaluation)."""
+        sent = self.problem.history.get("bytes_sent")
+        if isinstance(self.network, InProcessNetwork) or not sent:
+            return float(self.network.bytes_sent.sum())
+        return float(sent[-1].sum())
 
     def write_results(self) -> None:
         if self.out_dir is None or not self.problem.history:
@@ -369,11 +384,22 @@ def _main(argv, interrupts: Interrupts) -> int:
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
 
-    from experiments import scaling  # scaling studies: their own sweep over graphs (experiments/scaling.py)
-    if scaling.handles(args):
+    from experiments import distributed_run, scaling
+    try:
+        ranks = distributed_run.torchrun_env()  # None: the one-process run
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if scaling.handles(args):  # scaling studies: their own sweep over graphs (experiments/scaling.py)
+        if ranks is not None:
+            if ranks.rank == 0:
+                print("error: scaling sweeps run in one process, not under torchrun", file=sys.stderr)
+            return 2
         return scaling.main(args)
 
     resume = args.resume is not None
+    world = None
+    out_dir = None
     try:
         if resume == (args.config is not None):
             raise ConfigError("give either a CONFIG file or --resume OUTPUT_DIR (not both, not neither)")
@@ -385,14 +411,34 @@ def _main(argv, interrupts: Interrupts) -> int:
             cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
         exp = cfg["experiment"]
         device = pick_device(args.device, exp["use_cuda"])
-        if not resume:
+        if ranks is not None:
+            distributed_run.check_distributable(cfg, resume)
+            world = distributed_run.join(exp, device)
+            device = world.device
+    except (ConfigError, GraphError, DataError) as exc:
+        if ranks is None or ranks.rank == 0:  # every rank read the same config: one line is enough
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    error = None
+    try:
+        if not resume and (world is None or world.writer):
             out_dir = prepare_output_dir(args, exp)
         setup = SETUPS[exp["problem"]](cfg, device)
+        if world is not None:
+            world.host(setup)
     except (ConfigError, GraphError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error = str(exc)
+    if world is not None:
+        if world.agree_on_error(error) is not None:
+            return 2
+        args.quiet = args.quiet or not world.writer  # rank 0 alone prints and writes
+    elif error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
     jobs = experiment_jobs(cfg)
+    if world is not None and not world.writer:
+        jobs = [job for job in jobs if job[0] != "centralized"]  # rank 0 runs it, after the pairs
     if resume:
         manifest = old_manifest
         manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
@@ -403,6 +449,8 @@ def _main(argv, interrupts: Interrupts) -> int:
                               for n, a, _ in jobs if n not in known]
     else:
         manifest = new_manifest(args, exp, device, setup, jobs)
+        if world is not None:
+            manifest["distributed"] = world.describe()
     with interrupts.deferred():
         if out_dir is not None and not resume:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,20 +458,25 @@ def _main(argv, interrupts: Interrupts) -> int:
             results_io.write_json(out_dir / "graph.json", graph_to_json(setup.graph))
         record = RunRecord(out_dir / "manifest.json" if out_dir is not None else None, manifest)
         record.save()
-    record.start_heartbeat()
+    if out_dir is not None:
+        record.start_heartbeat()
     try:
-        return run_jobs(args, cfg, setup, device, jobs, out_dir, record, interrupts, resume)
+        return run_jobs(args, cfg, setup, device, jobs, out_dir, record, interrupts, resume, world)
     finally:
         record.stop_heartbeat()
 
 
 def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interrupts: Interrupts,
-             resume: bool) -> int:
+             resume: bool, world=None) -> int:
     exp = cfg["experiment"]
     summary_rows = []
     interrupted = False
+    lost_peer = None
+    if world is not None and not world.writer:
+        return run_rank_jobs(args, exp, setup, device, jobs, record, interrupts, world)
+    where = "" if world is None else f", {world.world_size} processes ({world.backend})"
     print(f"experiment {exp['name']}: {len(jobs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
-          f"device {device}, data: {record.manifest['data'].get('source', '')}")
+          f"device {device}{where}, data: {record.manifest['data'].get('source', '')}")
     try:
         for name, alg_name, pc in jobs:
             pair = record.pair(name)
@@ -431,9 +484,13 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
                 summary_rows.append(summarize(pair, load_history(out_dir, name)))
                 continue
             summary_rows.append(run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record,
-                                        interrupts, resume))
+                                        interrupts, resume, world))
     except KeyboardInterrupt:
         interrupted = True
+    except PeerLostError as exc:  # the other pairs cannot run: write what exists, then end with one line
+        lost_peer = exc
+        summary_rows += [summarize(record.pair(name), {}) for name, _, _ in jobs
+                         if name not in {row["problem_name"] for row in summary_rows}]
     interrupts.stop()  # from here on, signals only wait: everything that exists gets written
 
     statuses = [p["status"] for p in record.manifest["pairs"]]
@@ -458,6 +515,8 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
         print(f"\nresults: {out_dir}")
         print(f"figures: {out_dir / 'figures'}")
     record.update(status=status, finished=now_iso())
+    if lost_peer is not None:
+        raise lost_peer
     if interrupted:
         print("interrupted: results so far are written; continue with --resume "
               f"{out_dir if out_dir is not None else 'OUTPUT_DIR'}", file=sys.stderr)
@@ -465,8 +524,21 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
     return 0 if status == "completed" else 1
 
 
+def run_rank_jobs(args, exp, setup, device, jobs, record: RunRecord, interrupts: Interrupts, world) -> int:
+    """A rank other than 0: its share of every pair, nothing written or printed (rank 0 reports)."""
+    try:
+        for name, alg_name, pc in jobs:
+            run_one(args, exp, setup, device, name, alg_name, pc, None, record, interrupts, False, world)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        interrupts.stop()
+    return 0 if all(p["status"] == "completed" for p in record.manifest["pairs"]
+                    if p["problem_name"] != "centralized") else 1
+
+
 def run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record: RunRecord, interrupts: Interrupts,
-            resume: bool) -> dict:
+            resume: bool, world=None) -> dict:
     """Build and train one pair; write its results whatever happens. Returns its summary row."""
     with record.lock:
         for stale in ("error", "traceback", "diverged_round", "last_finite_round"):
@@ -485,13 +557,16 @@ def run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record: RunRe
             verbose = exp["individual_training"]["verbose"]
         opt_cfg.pop("alg_name", None)
         run = PairRun(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir, record, interrupts,
-                      exp["checkpoint_every"], exp=exp if pc is not None else None)
+                      exp["checkpoint_every"], exp=exp if pc is not None else None, world=world)
         run.train(args.quiet, verbose, resume)
     except KeyboardInterrupt:
         interrupts.stop()
         record.update_pair(name, status="interrupted")
         if run is not None:
             run.write_results()
+        raise
+    except PeerLostError as exc:
+        record.update_pair(name, status="failed", error=str(exc))
         raise
     except Exception as exc:  # a crash of one pair never loses the others
         record.update_pair(name, status="failed", error=f"{type(exc).__name__}: {exc}",

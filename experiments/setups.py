@@ -17,6 +17,7 @@ import networkx as nx
 import torch
 
 from optimizers.graphs import make_graph
+from problems.base import RobotBlock
 from problems.mnist import MNISTProblem, mnist_cnn
 from problems.node_stack import default_plan_cache
 from problems.mnist_data import images_to_tensor, load_mnist, split_indices
@@ -46,6 +47,11 @@ class ExperimentSetup:
         self.dtype = DTYPES[self.exp["dtype"]]
         self.seed = self.exp["seed"]
         self.plan_cache = default_plan_cache()
+        self.block: RobotBlock | None = None  # under torch.distributed: the robots this process hosts
+
+    def local(self, per_robot: list) -> list:
+        """This process's entries of a per-robot list (all of them in one process)."""
+        return per_robot if self.block is None else per_robot[self.block.start:self.block.stop]
 
     # graph: nx.Graph, base_model: nn.Module, data_description: dict are set by subclasses
     def make_problem(self, problem_cfg: dict):
@@ -63,7 +69,7 @@ class ExperimentSetup:
                     device=self.device, dtype=self.dtype, seed=self.seed + 1,
                     verbose_evals=problem_cfg["verbose_evals"], execution=self.exp["execution"],
                     chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache,
-                    eval_nodes=mc["eval_nodes"])
+                    eval_nodes=mc["eval_nodes"], robots=self.block)
 
     def describe(self) -> dict:
         return {}
@@ -136,7 +142,8 @@ class MnistSetup(ExperimentSetup):
                             self.val_y, loss=self.exp["loss"], **kwargs)
 
     def make_problem(self, problem_cfg: dict):
-        return self._problem(problem_cfg["problem_name"], self.node_indices, self.problem_kwargs(problem_cfg))
+        return self._problem(problem_cfg["problem_name"], self.local(self.node_indices),
+                             self.problem_kwargs(problem_cfg))
 
     def make_baseline(self, kind: str):
         first = next(iter(self.cfg["problem_configs"].values()))
@@ -147,6 +154,7 @@ class MnistSetup(ExperimentSetup):
             pooled = [torch.cat(self.node_indices)]
             kwargs["train_batch_size"] = first["train_batch_size"] * self.num_nodes
             kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "consensus_error"]
+            kwargs["robots"] = None  # one model (on rank 0 under torch.distributed)
             opt_cfg["outer_iterations"] = first["optimizer_config"]["outer_iterations"]
             return self._problem("centralized", pooled, kwargs), opt_cfg
         batch = min(ind["train_batch_size"], min(len(ix) for ix in self.node_indices))
@@ -154,7 +162,7 @@ class MnistSetup(ExperimentSetup):
         kwargs["val_batch_size"] = ind["val_batch_size"]
         mean_size = sum(len(ix) for ix in self.node_indices) / self.num_nodes
         opt_cfg["outer_iterations"] = max(1, math.ceil(ind["epochs"] * mean_size / batch))
-        return self._problem("individual", self.node_indices, kwargs), opt_cfg
+        return self._problem("individual", self.local(self.node_indices), kwargs), opt_cfg
 
 
 SETUPS: dict[str, type[ExperimentSetup]] = {"mnist": MnistSetup}

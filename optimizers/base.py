@@ -138,9 +138,10 @@ class DistributedOptimizer:
     def _check_finite(self, k: int, parameters_too: bool) -> None:
         """Losses every round; the (large) parameter stack only when asked (a non-finite parameter
         shows up in the next round's loss anyway)."""
-        if not bool(torch.isfinite(self.problem.last_losses).all()):
+        anywhere = self.network.anywhere  # every process stops together
+        if anywhere(not bool(torch.isfinite(self.problem.last_losses).all())):
             raise DivergedError(k, "training loss")
-        if parameters_too and not bool(torch.isfinite(self.problem.theta).all()):
+        if parameters_too and anywhere(not bool(torch.isfinite(self.problem.theta).all())):
             raise DivergedError(k, "parameter")
 
     # ----------------------------------------------------------------------- checkpoints

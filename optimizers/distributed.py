@@ -185,9 +185,13 @@ class TorchDistributedNetwork:
         self.exchanges += 1
         return halo
 
+    def anywhere(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one (all ranks must call it)."""
+        return any_rank(flag, self.group)
+
     def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows.
-        (Lossy links are not implemented across processes yet: every message arrives.)"""
+        (Lossy links are not implemented across processes: every message arrives.)"""
         return (self._mixing @ self._halo(x, row_bytes)).reshape(x.shape)
 
     def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
@@ -217,6 +221,52 @@ def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0)
     if parts is None:
         return None
     return torch.cat([p[:b.stop - b.start] for p, b in zip(parts, network.blocks)]).to(x.device)
+
+
+def gather_variable_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0) -> torch.Tensor | None:
+    """Like :func:`gather_rows` for blocks of any number of rows (e.g. only the evaluated robots)."""
+    device = _comm_device()
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in network.blocks]
+    with _collective("gather_rows", network.group):
+        dist.all_gather(counts, torch.tensor([x.shape[0]], dtype=torch.int64, device=device), group=network.group)
+    sizes = [int(c.item()) for c in counts]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]), device=device)
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes] if network.rank == dst else None
+    with _collective("gather_rows", network.group):
+        dist.gather(padded, parts, dst=dst, group=network.group)
+    if parts is None:
+        return None
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)]).to(x.device)
+
+
+class RankMetrics:
+    """A problem's metrics across the ranks (``problem.ranks``): consensus error from reduced sums,
+    and every per-robot metric gathered on rank 0 in robot order (the others keep no history)."""
+
+    # metrics whose rows are not one per local robot (only the evaluated ones)
+    variable_rows = ("validation_as_vector",)
+
+    def __init__(self, network: TorchDistributedNetwork):
+        self.network = network
+
+    def consensus_error(self, theta: torch.Tensor) -> torch.Tensor:
+        return consensus_error(theta, self.network.num_nodes, self.network.group)
+
+    def combine(self, values: dict[str, torch.Tensor], per_robot) -> dict[str, torch.Tensor] | None:
+        """Every rank must call it with the same keys; rank 0 gets the team's values, the others None."""
+        combined = {}
+        for key in sorted(values):  # the same order of collectives on every rank
+            value = values[key]
+            if key not in per_robot:
+                combined[key] = value  # the same on every rank (round, graph, ...): rank 0's
+                continue
+            wire = value.to(torch.uint8) if value.dtype == torch.bool else value
+            gather = gather_variable_rows if key in self.variable_rows else gather_rows
+            rows = gather(wire, self.network)
+            if rows is not None:
+                combined[key] = rows.to(value.dtype).cpu()
+        return combined if self.network.rank == 0 else None
 
 
 def consensus_error(theta: torch.Tensor, num_nodes: int, group=None) -> torch.Tensor:

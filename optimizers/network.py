@@ -123,6 +123,10 @@ class InProcessNetwork:
         self.bytes_sent += self._degrees_cpu * torch.as_tensor(row_bytes, dtype=torch.float64)
         self.exchanges += 1
 
+    def anywhere(self, flag: bool) -> bool:
+        """True when ``flag`` is true in any process hosting robots (here: this one)."""
+        return bool(flag)
+
     def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)

@@ -8,6 +8,7 @@ fresh batch of its own data) and ``evaluate(...)`` at evaluation rounds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -44,11 +45,37 @@ def consensus_distances(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return to_mean, torch.cdist(unit, unit)
 
 
+@dataclass(frozen=True)
+class RobotBlock:
+    """The robots one process hosts: global ids ``start`` .. ``stop - 1`` of ``total`` robots."""
+
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def ids(self) -> range:
+        return range(self.start, self.stop)
+
+
+# Metrics with one row per robot: under torch.distributed each rank computes its block's rows and
+# rank 0 gathers them (the others, e.g. the graph, are the same on every rank).
+PER_ROBOT_METRICS = ("validation_loss", "top1_accuracy", "validation_as_vector", "consensus_error",
+                     "forward_pass_count", "current_epoch", "train_loss_moving_average", "bytes_sent",
+                     "mesh_grid_density", "map_balanced_accuracy", "map_wall_iou", "current_position")
+
+
 class SupervisedProblem:
     """Nodes that each fit (input -> target) pairs of their own, evaluated on one shared validation set.
 
     ``node_indices[i]`` are the rows of ``train_x``/``train_y`` node ``i`` owns. The data tensors
     move to the device once; batches are gathered by index every round.
+
+    ``robots`` (a :class:`RobotBlock`) makes the problem one process's block of a larger team: its
+    nodes are robots ``robots.ids``, it keeps only their training data, draws their batch streams and
+    picks the evaluated robots by global id (so the numbers do not depend on how the team is split),
+    and ``ranks`` (set by the runner, e.g. ``optimizers.distributed.RankMetrics``) combines the
+    blocks' metrics on rank 0.
     """
 
     classification = False
@@ -61,9 +88,18 @@ class SupervisedProblem:
                  evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
                  execution: str = "auto", chunk_size: int | None = None, plan_cache=None,
-                 eval_nodes: int | None = None):
+                 eval_nodes: int | None = None, robots: RobotBlock | None = None):
         self.name = name
         self.num_nodes = len(node_indices)
+        if robots is not None and robots.stop - robots.start != self.num_nodes:
+            raise ValueError(f"robot block {robots} does not match the {self.num_nodes} node data sets")
+        self.robots = robots
+        self.ranks = None  # combines metrics across processes (None: every robot is here)
+        if robots is not None:  # keep only this block's training samples
+            used = torch.cat([torch.as_tensor(ix, dtype=torch.long) for ix in node_indices])
+            train_x, train_y = train_x[used], train_y[used]
+            ends = torch.cumsum(torch.tensor([len(ix) for ix in node_indices]), 0).tolist()
+            node_indices = [torch.arange(end - len(ix), end) for ix, end in zip(node_indices, ends)]
         self.device = torch.device(device)
         self.dtype = dtype
         self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache)
@@ -82,15 +118,19 @@ class SupervisedProblem:
         self.train_y = train_y.to(self.device)
         self.val_x = self._to_device(val_x)
         self.val_y = val_y.to(self.device)
-        self.sampler = NodeBatchSampler(node_indices, self.device, seed=seed)
+        self.sampler = NodeBatchSampler(node_indices, self.device, seed=seed,
+                                        robot_ids=None if robots is None else robots.ids)
         self.train_loss_ma = torch.full((self.num_nodes,), math.nan, dtype=torch.float64)
         self.last_losses = torch.zeros(self.num_nodes, dtype=dtype, device=self.device)
         self.history: dict[str, list] = {}
         # Validation on a fixed, seeded sample of nodes (the others read NaN): large teams stay cheap.
         self.eval_nodes = None
-        if eval_nodes is not None and eval_nodes < self.num_nodes:
-            pick = torch.randperm(self.num_nodes, generator=torch.Generator().manual_seed(seed))[:eval_nodes]
-            self.eval_nodes = pick.sort().values.to(self.device)
+        team = self.num_nodes if robots is None else robots.total
+        if eval_nodes is not None and eval_nodes < team:
+            pick = torch.randperm(team, generator=torch.Generator().manual_seed(seed))[:eval_nodes].sort().values
+            if robots is not None:
+                pick = pick[(pick >= robots.start) & (pick < robots.stop)] - robots.start
+            self.eval_nodes = pick.to(self.device)
 
     @classmethod
     def available_metrics(cls) -> tuple[str, ...]:
@@ -132,6 +172,9 @@ class SupervisedProblem:
     @torch.no_grad()
     def validation_outputs(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-node, per-validation-sample losses (N, M) and, for classifiers, correctness (N, M)."""
+        if theta.shape[0] == 0:  # a process none of whose robots is evaluated
+            empty = theta.new_zeros((0, self.val_x.shape[0]))
+            return {"losses": empty, "correct": empty > 0} if self.classification else {"losses": empty}
         losses, correct = [], []
         for start in range(0, self.val_x.shape[0], self.val_batch_size):
             xb = self.val_x[start:start + self.val_batch_size]
@@ -173,7 +216,10 @@ class SupervisedProblem:
                 if "validation_as_vector" in wanted:
                     values["validation_as_vector"] = val["correct"]
         if "consensus_error" in wanted:
-            values["consensus_error"], values["consensus_pairwise"] = consensus_distances(theta.detach())
+            if self.ranks is not None:  # the mean over every robot, from sums reduced across processes
+                values["consensus_error"] = self.ranks.consensus_error(theta.detach())
+            else:
+                values["consensus_error"], values["consensus_pairwise"] = consensus_distances(theta.detach())
         values["forward_pass_count"] = self.sampler.samples_seen.clone()
         values["current_epoch"] = self.sampler.epochs.clone()
         values["train_loss_moving_average"] = self.train_loss_ma.clone()
@@ -187,6 +233,10 @@ class SupervisedProblem:
         values = self.compute_metrics(theta)
         for key, value in (extras or {}).items():
             values[key] = torch.as_tensor(value).detach().cpu().clone()
+        if self.ranks is not None:  # every robot's rows on rank 0, which alone keeps the history
+            values = self.ranks.combine(values, PER_ROBOT_METRICS)
+            if values is None:
+                return None
         self.history.setdefault("round", []).append(round_index)
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)

@@ -1,0 +1,109 @@
+"""``run.py`` as one rank of a ``torchrun`` job: this process's share of every pair.
+
+Every rank reads the same config and builds the same setup from the seed (graph, base model, splits:
+checked identical by checksum), then keeps only its block of robots (``robot_blocks``): their data,
+their rows of the node stack and their optimizer state. Pairs run one after the other on all ranks
+at once over a ``TorchDistributedNetwork``; metrics are computed per block and gathered on rank 0
+(``RankMetrics``), divergence is agreed by all ranks before any stops. Rank 0 alone writes the output
+folder, prints the progress and the table. Baselines: ``individual`` runs sharded like a pair (each
+rank trains its own robots alone); ``centralized`` (one model on the pooled data) runs on rank 0
+after every pair, while the other ranks are done.
+
+What is not available across processes (refused with one line): lossy links, the online density
+problem, scaling sweeps and ``--resume`` (checkpoints are per process state).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+import torch.distributed as dist
+from torch.nn.utils import parameters_to_vector
+
+from experiments.config import ConfigError
+from optimizers.dist_launch import RankEnv, init_distributed, rank_env
+from optimizers.distributed import RankMetrics, TorchDistributedNetwork, check_identical, robot_blocks
+from problems.base import RobotBlock
+
+
+def torchrun_env() -> RankEnv | None:
+    """This process's ranks when it is one of several torchrun processes (None: one process)."""
+    try:
+        env = rank_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return env if env is not None and env.world_size > 1 else None
+
+
+def check_distributable(cfg: dict, resume: bool) -> None:
+    """Refuse, with one line, what the distributed mode does not run."""
+    exp = cfg["experiment"]
+    if resume:
+        raise ConfigError("--resume: not available under torchrun (checkpoints hold one process's state); "
+                          "resume the run in one process or start it again")
+    if exp["problem"] == "online_density":
+        raise ConfigError("experiment.problem: online_density does not run under torchrun yet; "
+                          "run it in one process (python experiments/run.py ...)")
+    if exp["links"]["drop_prob"] > 0:
+        raise ConfigError("experiment.links.drop_prob: lossy links do not run under torchrun; "
+                          "every message between processes arrives (use 0, or run in one process)")
+
+
+@dataclass
+class World:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+    blocks: list[slice] | None = None
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def agree_on_error(self, message: str | None) -> str | None:
+        """The error that stops every rank, or None when no rank had one. Rank 0 reports it; another
+        rank reports only an error of its own that rank 0 did not have."""
+        messages = [None] * self.world_size
+        dist.all_gather_object(messages, message)
+        first = next((m for m in messages if m is not None), None)
+        if first is not None and message is not None and (self.writer or message != messages[0]):
+            prefix = "" if self.writer else f"rank {self.rank}: "
+            print(f"error: {prefix}{message}", file=sys.stderr)
+        return first
+
+    def host(self, setup) -> None:
+        """Give the setup this rank's block of robots, after checking every rank built the same one."""
+        n = setup.graph.number_of_nodes()
+        try:
+            self.blocks = robot_blocks(n, self.world_size)
+        except ValueError as exc:
+            raise ConfigError(f"torchrun --nproc-per-node: {exc}") from None
+        block = self.blocks[self.rank]
+        setup.block = RobotBlock(block.start, block.stop, n)
+        check_identical(parameters_to_vector(setup.base_model.parameters()), "the base model")
+        check_identical(torch.as_tensor(nx.to_numpy_array(setup.graph, nodelist=range(n))), "the graph")
+
+    def network(self, graph: nx.Graph, dtype: torch.dtype) -> TorchDistributedNetwork:
+        return TorchDistributedNetwork(graph, device=self.device, dtype=dtype)
+
+    def attach(self, problem, network) -> None:
+        problem.ranks = RankMetrics(network)
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "world_size": self.world_size,
+                "robots_per_rank": [[b.start, b.stop] for b in self.blocks]}
+
+
+def join(exp: dict, device: torch.device) -> World:
+    """Start this rank's process group (backend and timeout from the config)."""
+    try:
+        env, device = init_distributed(exp["backend"], exp["dist_timeout_s"], device)
+    except ValueError as exc:
+        raise ConfigError(f"experiment.backend: {exc}") from None
+    return World(env.rank, env.world_size, device, dist.get_backend())
