@@ -304,7 +304,11 @@ class OnlineDensitySetup(DensitySetup):
 
     def _online(self, name, problem_cfg, kwargs, **extra):
         data = self.data_cfg
-        return OnlineDensityProblem(name, self.base_model, self.scans, self.poses, self.num_poses, self.val_x,
+        if extra.get("pooled"):
+            scans, poses, num_poses = self.scans, self.poses, self.num_poses
+        else:  # this process's robots (all of them in one process)
+            scans, poses, num_poses = self.local(self.scans), self.local(self.poses), self.local(self.num_poses)
+        return OnlineDensityProblem(name, self.base_model, scans, poses, num_poses, self.val_x,
                                     self.val_y, loss=self.exp["loss"], num_scans_in_window=data["num_scans_in_window"],
                                     window_step=data["window_step"], comm_radius=problem_cfg["comm_radius"],
                                     **extra, **kwargs)
@@ -322,6 +326,7 @@ class OnlineDensitySetup(DensitySetup):
         kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "current_graph"]
         if kind == "centralized":
             kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "consensus_error"]
+            kwargs["robots"] = None  # one model (on rank 0 under torch.distributed)
             return self._online("centralized", first, kwargs, dynamic_graph=False, pooled=True), opt_cfg
         # like the original, every robot trains alone for `epochs` passes over its whole trajectory
         # (the longest one: every robot makes at least that many passes)

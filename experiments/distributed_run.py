@@ -9,12 +9,14 @@ folder, prints the progress and the table. Baselines: ``individual`` runs sharde
 rank trains its own robots alone); ``centralized`` (one model on the pooled data) runs on rank 0
 after every pair, while the other ranks are done.
 
-What is not available across processes (refused with one line): lossy links, the online density
-problem, scaling sweeps and ``--resume`` (checkpoints are per process state).
+The online density problem gathers every robot's position each round (one small all_gather) so that
+every rank builds the same dynamic graph. What is not available across processes (refused with one
+line): lossy links, scaling sweeps and ``--resume`` (checkpoints are per process state).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -25,7 +27,8 @@ from torch.nn.utils import parameters_to_vector
 
 from experiments.config import ConfigError
 from optimizers.dist_launch import RankEnv, init_distributed, rank_env
-from optimizers.distributed import RankMetrics, TorchDistributedNetwork, check_identical, robot_blocks
+from optimizers.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
+                                   ranks_text, robot_blocks, silent_ranks)
 from problems.base import RobotBlock
 
 
@@ -44,9 +47,6 @@ def check_distributable(cfg: dict, resume: bool) -> None:
     if resume:
         raise ConfigError("--resume: not available under torchrun (checkpoints hold one process's state); "
                           "resume the run in one process or start it again")
-    if exp["problem"] == "online_density":
-        raise ConfigError("experiment.problem: online_density does not run under torchrun yet; "
-                          "run it in one process (python experiments/run.py ...)")
     if exp["links"]["drop_prob"] > 0:
         raise ConfigError("experiment.links.drop_prob: lossy links do not run under torchrun; "
                           "every message between processes arrives (use 0, or run in one process)")
@@ -94,6 +94,19 @@ class World:
 
     def attach(self, problem, network) -> None:
         problem.ranks = RankMetrics(network)
+        if not self.writer and hasattr(problem, "log"):
+            problem.log = lambda message: None  # rank 0 reports
+
+    def lost_peer(self, interrupts) -> PeerLostError | None:
+        """After an interruption: the lost peer, when torchrun stopped this rank (SIGTERM) because
+        another rank died or hung (torchrun stops the others when one fails). None: a real interruption."""
+        if interrupts.last_signal != signal.SIGTERM:
+            return None
+        silent = silent_ranks()
+        if not silent:
+            return None
+        return PeerLostError(f"rank {self.rank} lost {ranks_text(silent)}: it stopped answering, and the "
+                             f"launcher ended the job")
 
     def describe(self) -> dict:
         return {"backend": self.backend, "world_size": self.world_size,

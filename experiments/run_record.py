@@ -121,12 +121,14 @@ class Interrupts:
         self.depth = 0
         self.pending = False
         self.stopping = False
+        self.last_signal: int | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        self.last_signal = signum
         if self.depth or self.stopping:
             self.pending = True
             return

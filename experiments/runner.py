@@ -132,6 +132,7 @@ def summarize(pair: dict, history: dict) -> dict:
     for m in SUMMARY_METRICS:
         if history.get(m):
             final = torch.as_tensor(history[m][-1], dtype=torch.float64).reshape(-1)
+            final = final[~final.isnan()] if not final.isnan().all() else final  # unevaluated robots: NaN
             row[f"{m}_mean"] = float(final.mean())
             row[f"{m}_min"] = float(final.min())
             row[f"{m}_max"] = float(final.max())
@@ -487,10 +488,17 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
                                         interrupts, resume, world))
     except KeyboardInterrupt:
         interrupted = True
+        lost_peer = world.lost_peer(interrupts) if world is not None else None
+        if lost_peer is not None:  # torchrun stopped this rank because another one was lost
+            interrupted = False
+            for pair in record.manifest["pairs"]:
+                if pair["status"] == "interrupted":
+                    record.update_pair(pair["problem_name"], status="failed", error=str(lost_peer))
     except PeerLostError as exc:  # the other pairs cannot run: write what exists, then end with one line
         lost_peer = exc
-        summary_rows += [summarize(record.pair(name), {}) for name, _, _ in jobs
-                         if name not in {row["problem_name"] for row in summary_rows}]
+    if lost_peer is not None:
+        done = {row["problem_name"] for row in summary_rows}
+        summary_rows += [summarize(record.pair(name), {}) for name, _, _ in jobs if name not in done]
     interrupts.stop()  # from here on, signals only wait: everything that exists gets written
 
     statuses = [p["status"] for p in record.manifest["pairs"]]
@@ -530,6 +538,9 @@ def run_rank_jobs(args, exp, setup, device, jobs, record: RunRecord, interrupts:
         for name, alg_name, pc in jobs:
             run_one(args, exp, setup, device, name, alg_name, pc, None, record, interrupts, False, world)
     except KeyboardInterrupt:
+        lost_peer = world.lost_peer(interrupts)
+        if lost_peer is not None:
+            raise lost_peer from None
         return 130
     finally:
         interrupts.stop()

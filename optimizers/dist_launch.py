@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from optimizers.distributed import PeerLostError
+from optimizers.distributed import PeerLostError, start_heartbeat
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 60.0
@@ -81,6 +81,7 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
                             timeout=timedelta(seconds=timeout_s),
                             device_id=device if backend == "nccl" else None)
+    start_heartbeat()  # lets the others name this rank if it dies or hangs
     return env, device
 
 

@@ -10,9 +10,9 @@ receive: a robot's row travels once to each rank that hosts at least one of its 
 the others, and ranks with no edge between their blocks do not talk at all. The received rows land
 in a "halo" tensor whose rows are the local block plus the received robots in global order, and
 ``mix`` / ``neighbor_sum`` are the local rows of W / A restricted to those columns times the halo
-(the same dense or sparse-CSR choice as ``InProcessNetwork``), so each local row sums the same
-terms in the same order as the one-process product: float64 results are identical to it in the
-tests.
+(the same operator as ``InProcessNetwork``: term-by-term row sums for small graphs, sparse CSR for
+large sparse ones, a dense product otherwise), so each local row sums the same terms in the same
+order as the one-process product: in the tests, results are bit-identical to it.
 
 Point-to-point rather than a collective: an ``all_gather`` of the blocks moves every row to every
 rank (K - 1 times the stack per exchange) whatever the graph, whereas a sparse graph (cycle, disk)
@@ -24,10 +24,11 @@ network, one row per neighbour per exchange, the figure a robot radio would send
 counts the bytes this process actually handed to ``torch.distributed`` (rows sent once per peer
 rank; zero for edges inside the block); ``wire_bytes_per_exchange`` is that per exchange.
 
-A peer that dies or stops answering makes the waiting rank raise ``PeerLostError`` naming the peer
-it was waiting on, within the process group's timeout (gloo: immediately when the peer's socket
-closes, after the timeout when it hangs). A rank that never exchanges with the lost one learns of
-it when its own peers stop in turn; that error names the peer it lost.
+A peer that dies or stops answering makes the waiting rank raise ``PeerLostError`` within the
+process group's timeout (gloo: immediately when the peer's socket closes, after the timeout when it
+hangs). The error names the rank(s) whose heartbeat in the job's store stopped (``start_heartbeat``;
+a dead or hung process stops beating), else the peer it was waiting on (or "a peer" in a
+collective): a rank that never exchanges with the lost one still names it.
 
 Helpers for metrics across ranks: ``gather_rows`` (local rows to rank 0), ``consensus_error`` (each
 robot's distance to the mean unit-normalized row, the mean from one all_reduce of block sums),
@@ -39,7 +40,8 @@ rank, compared by checksum). Starting the process group from torchrun's environm
 from __future__ import annotations
 
 import hashlib
-import warnings
+import threading
+import time
 from contextlib import contextmanager
 
 import networkx as nx
@@ -48,11 +50,81 @@ import torch
 import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
-from optimizers.network import _SPARSE_MAX_DENSITY, _SPARSE_MIN_NODES
+from optimizers.network import make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
     """Another rank died or stopped answering during an exchange."""
+
+
+HEARTBEAT_S = 1.0  # every rank bumps a counter in the job's store this often (``start_heartbeat``)
+
+
+def _heartbeat_key(rank: int) -> str:
+    return f"nndt/heartbeat/{rank}"
+
+
+def start_heartbeat(stop: threading.Event | None = None) -> threading.Event:
+    """Bump this rank's counter in the process group's store every ``HEARTBEAT_S`` seconds (a daemon
+    thread; set the returned event to stop), so that after a failure the others can tell who went silent."""
+    stop = stop or threading.Event()
+    store, key = dist.distributed_c10d._get_default_store(), _heartbeat_key(dist.get_rank())
+
+    def beat():
+        while True:
+            try:
+                store.add(key, 1)
+            except Exception:  # the store is gone: nothing left to tell
+                return
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    threading.Thread(target=beat, name="rank-heartbeat", daemon=True).start()
+    return stop
+
+
+_LOST_KEY = "nndt/lost"
+
+
+def silent_ranks(exclude: set[int] = frozenset()) -> list[int] | None:
+    """Ranks whose heartbeat did not move for 2.5 beats (dead or hung), None when it cannot be told
+    (no heartbeats, or the store itself is gone). Takes about 2.5 seconds; the first rank to find
+    them records them in the store, and the others (whose peers may be exiting by then) read that."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        if store.check([_LOST_KEY]):
+            return [int(r) for r in store.get(_LOST_KEY).decode().split(",")]
+        others = [r for r in range(dist.get_world_size()) if r != dist.get_rank() and r not in exclude]
+        if not all(store.check([_heartbeat_key(r)]) for r in others):
+            return None
+        before = [store.add(_heartbeat_key(r), 0) for r in others]
+        deadline = time.monotonic() + 2.5 * HEARTBEAT_S
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:  # e.g. torchrun stopping the survivors: finish telling who is lost
+                pass
+        after = [store.add(_heartbeat_key(r), 0) for r in others]
+        silent = [r for r, b, a in zip(others, before, after) if a == b]
+        if silent:
+            recorded = store.compare_set(_LOST_KEY, "", ",".join(map(str, silent))).decode()
+            silent = [int(r) for r in recorded.split(",")]
+    except Exception:
+        return None
+    return silent
+
+
+def ranks_text(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
+def _lost_message(rank: int, fallback: str, during: str, error: BaseException) -> str:
+    """One line naming the silent rank(s) when the heartbeats tell, else ``fallback``."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first.split(". This is typically caused")[0]  # gloo's advice to read the other logs
+    silent = silent_ranks()
+    who = ranks_text(silent) if silent else fallback
+    return f"rank {rank} lost {who} {during}: {first}"
 
 
 def robot_blocks(num_robots: int, world_size: int) -> list[slice]:
@@ -67,16 +139,10 @@ def robot_blocks(num_robots: int, world_size: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
 
 
-def _operator(full: np.ndarray, rows: slice, columns: list, device, dtype) -> torch.Tensor:
-    """``full[rows][:, columns]``, dense or sparse CSR under the same rule as ``InProcessNetwork``
-    (decided on the whole matrix, so every rank and the one-process network choose alike)."""
-    n = full.shape[0]
-    dense = torch.as_tensor(full[rows][:, columns], device=device, dtype=dtype)
-    if n >= _SPARSE_MIN_NODES and np.count_nonzero(full) / (n * n) <= _SPARSE_MAX_DENSITY:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-            return dense.to_sparse_csr()
-    return dense
+def _operator(full: np.ndarray, rows: slice, columns: list, device, dtype):
+    """``full[rows][:, columns]`` as the operator the one-process network uses for ``full`` (the
+    choice is made on the whole matrix, so every rank and the one-process network choose alike)."""
+    return make_operator(operator_kind(full), full[rows][:, columns], device, dtype)
 
 
 def _comm_device() -> torch.device:
@@ -173,9 +239,8 @@ class TorchDistributedNetwork:
                 try:
                     work.wait()
                 except RuntimeError as error:  # gloo/nccl raise DistBackendError, a RuntimeError
-                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                    raise PeerLostError(f"rank {self.rank} lost rank {q} while exchanging rows "
-                                        f"(exchange {self.exchanges + 1}): {first}") from None
+                    raise PeerLostError(_lost_message(self.rank, f"rank {q}", f"while exchanging rows "
+                                                      f"(exchange {self.exchanges + 1})", error)) from None
         wire_row_bytes = rows.shape[1] * rows.element_size()
         if row_bytes is None:  # a dense row; compressed messages say what they would cost on a radio
             row_bytes = wire_row_bytes
@@ -205,8 +270,7 @@ def _collective(what: str, group=None):
     try:
         yield
     except RuntimeError as error:  # DistBackendError included
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise PeerLostError(f"rank {dist.get_rank(group)} lost a peer during {what}: {first}") from None
+        raise PeerLostError(_lost_message(dist.get_rank(group), "a peer", f"during {what}", error)) from None
 
 
 def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0) -> torch.Tensor | None:
@@ -242,7 +306,8 @@ def gather_variable_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst:
 
 class RankMetrics:
     """A problem's metrics across the ranks (``problem.ranks``): consensus error from reduced sums,
-    and every per-robot metric gathered on rank 0 in robot order (the others keep no history)."""
+    every per-robot metric gathered on rank 0 in robot order (the others keep no history), plus
+    ``wire_bytes_sent``: the bytes each rank has handed to torch.distributed so far."""
 
     # metrics whose rows are not one per local robot (only the evaluated ones)
     variable_rows = ("validation_as_vector",)
@@ -252,6 +317,17 @@ class RankMetrics:
 
     def consensus_error(self, theta: torch.Tensor) -> torch.Tensor:
         return consensus_error(theta, self.network.num_nodes, self.network.group)
+
+    def all_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, ...) stack of every rank's local rows, on every rank (e.g. robot positions)."""
+        network = self.network
+        longest = max(b.stop - b.start for b in network.blocks)
+        padded = x.new_zeros((longest, *x.shape[1:]), device=_comm_device())
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in network.blocks]
+        with _collective("all_rows", network.group):
+            dist.all_gather(parts, padded, group=network.group)
+        return torch.cat([p[:b.stop - b.start] for p, b in zip(parts, network.blocks)]).to(x.device)
 
     def combine(self, values: dict[str, torch.Tensor], per_robot) -> dict[str, torch.Tensor] | None:
         """Every rank must call it with the same keys; rank 0 gets the team's values, the others None."""
@@ -266,6 +342,13 @@ class RankMetrics:
             rows = gather(wire, self.network)
             if rows is not None:
                 combined[key] = rows.to(value.dtype).cpu()
+        # bytes this pair handed to torch.distributed so far, one entry per rank
+        sent = torch.tensor([float(self.network.wire_bytes_sent)], dtype=torch.float64, device=_comm_device())
+        parts = [torch.empty_like(sent) for _ in self.network.blocks] if self.network.rank == 0 else None
+        with _collective("gather of byte counts", self.network.group):
+            dist.gather(sent, parts, dst=0, group=self.network.group)
+        if parts is not None:
+            combined["wire_bytes_sent"] = torch.cat(parts).cpu()
         return combined if self.network.rank == 0 else None
 
 

@@ -43,15 +43,66 @@ _SPARSE_MIN_NODES = 32
 _SPARSE_MAX_DENSITY = 0.25
 
 
-def _as_operator(matrix: np.ndarray, device, dtype) -> torch.Tensor:
-    dense = torch.as_tensor(matrix, device=device, dtype=dtype)
+# Up to this many terms per row (a node and its neighbours), small graphs sum rows term by term.
+_ORDERED_MAX_TERMS = 16
+
+
+class OrderedRowSums:
+    """``M @ x`` for a matrix with few nonzeros per row: each row of the result is summed one term at
+    a time in increasing column order, every multiply and add a separate, exactly rounded operation.
+    A row's bits therefore depend only on its own terms, never on the other rows in the call (a GEMM's
+    rounding changes with the shapes), so a process that holds a block of the rows computes exactly
+    what one process holding all of them does, in float32 too."""
+
+    def __init__(self, matrix: np.ndarray, device, dtype):
+        self.matrix = np.asarray(matrix, dtype=np.float64)
+        terms = [np.flatnonzero(row) for row in self.matrix]
+        width = max([1] + [len(t) for t in terms])
+        index = np.zeros((len(terms), width), dtype=np.int64)
+        weight = np.zeros((len(terms), width))
+        for i, t in enumerate(terms):  # padding: weight 0 on column 0, which adds (+-)0
+            index[i, :len(t)], weight[i, :len(t)] = t, self.matrix[i, t]
+        self.index = torch.as_tensor(index, device=device)
+        self.weight = torch.as_tensor(weight, device=device, dtype=dtype).unsqueeze(-1)
+        self.layout = "ordered"
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        out = flat.index_select(0, self.index[:, 0]).mul_(self.weight[:, 0])
+        term = torch.empty_like(out)
+        for d in range(1, self.index.shape[1]):
+            torch.index_select(flat, 0, self.index[:, d], out=term)
+            out.add_(term.mul_(self.weight[:, d]))
+        return out.reshape(self.index.shape[0], *x.shape[1:])
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.as_tensor(self.matrix, device=self.index.device, dtype=self.weight.dtype)
+
+
+def operator_kind(matrix: np.ndarray) -> str:
+    """How ``M @ x`` is computed for a square matrix M: "sparse" (CSR) for large sparse graphs,
+    "ordered" (:class:`OrderedRowSums`) when every row has few terms, else "dense"."""
     n = matrix.shape[0]
-    density = np.count_nonzero(matrix) / max(1, n * n)
-    if n >= _SPARSE_MIN_NODES and density <= _SPARSE_MAX_DENSITY:
+    nonzero = matrix != 0
+    if n >= _SPARSE_MIN_NODES and np.count_nonzero(nonzero) / max(1, n * n) <= _SPARSE_MAX_DENSITY:
+        return "sparse"
+    return "ordered" if nonzero.sum(axis=1).max(initial=0) <= _ORDERED_MAX_TERMS else "dense"
+
+
+def make_operator(kind: str, matrix: np.ndarray, device, dtype):
+    """``matrix`` (or some of its rows and columns) as the operator of ``kind``."""
+    if kind == "ordered":
+        return OrderedRowSums(matrix, device, dtype)
+    dense = torch.as_tensor(matrix, device=device, dtype=dtype)
+    if kind == "sparse":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
             return dense.to_sparse_csr()
     return dense
+
+
+def _as_operator(matrix: np.ndarray, device, dtype):
+    return make_operator(operator_kind(matrix), matrix, device, dtype)
 
 
 class InProcessNetwork:
@@ -166,4 +217,4 @@ class InProcessNetwork:
 
     def mixing_matrix(self) -> torch.Tensor:
         m = self._mixing
-        return m.to_dense() if m.layout != torch.strided else m
+        return m if isinstance(m, torch.Tensor) and m.layout == torch.strided else m.to_dense()

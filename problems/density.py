@@ -24,6 +24,7 @@ from torch import nn
 from optimizers import state
 from optimizers.graphs import disk_graph
 from problems.base import SupervisedProblem
+from problems.sampling import shuffle_keys
 
 MESH_STRIDE = 8
 
@@ -174,11 +175,13 @@ class WindowSampler:
       on by ``s`` poses.
 
     A batch that outlasts a window continues in the next one. Batches are gathers for all robots;
-    the only loop is over the window changes inside one batch.
+    the only loop is over the window changes inside one batch. The order inside a window is a
+    counter-based shuffle of (seed, robot id, window count), so a robot's batches do not depend on the
+    other robots (``robot_ids``: the global ids of the rows, when they are one process's block).
     """
 
     def __init__(self, scans: torch.Tensor, num_poses: Sequence[int], window: int, step: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, robot_ids: Sequence[int] | None = None):
         self.scans = scans
         self.device = scans.device
         self.num_nodes, self.max_poses, self.points_per_pose, _ = scans.shape
@@ -187,13 +190,15 @@ class WindowSampler:
         self.window = int(window)
         self.step = None if step is None else int(step)
         self.max_window_size = self.window * self.points_per_pose
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.seed = int(seed)
         n = self.num_nodes
+        ids = range(n) if robot_ids is None else robot_ids
+        self.robot_ids = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)
         self.start = torch.zeros(n, dtype=torch.long, device=self.device)
         self.position = torch.zeros(n, dtype=torch.long, device=self.device)
         self.epochs = torch.zeros(n, dtype=torch.long, device=self.device)
         self.samples_seen = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.current = self._permutations(self.window_size())
+        self.current = self._permutations(torch.arange(n, device=self.device))
 
     # --------------------------------------------------------------- windows
     def window_length(self, start: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,11 +221,13 @@ class WindowSampler:
         """(N,) index of each robot's current pose: the last pose of its window."""
         return (self.start + self.window_length() - 1) % self.num_poses
 
-    def _permutations(self, sizes: torch.Tensor) -> torch.Tensor:
-        """One random order of ``range(size)`` per row, in the first ``size`` entries."""
-        keys = torch.rand(len(sizes), self.max_window_size, generator=self.generator).to(self.device)
-        keys[torch.arange(self.max_window_size, device=self.device) >= sizes.unsqueeze(1)] = 2.0
-        return torch.argsort(keys, dim=1)
+    def _permutations(self, robots: torch.Tensor) -> torch.Tensor:
+        """For each of ``robots`` (rows), a random order of its current window's points, in the first
+        window-size entries."""
+        keys = shuffle_keys(self.seed, self.robot_ids[robots], self.epochs[robots], self.max_window_size)
+        beyond = torch.arange(self.max_window_size, device=self.device) >= self.window_size()[robots].unsqueeze(1)
+        keys = torch.where(beyond, torch.full_like(keys, 1 << 40), keys)
+        return torch.argsort(keys, dim=1, stable=True)
 
     def _rows(self, local: torch.Tensor, robots: slice = slice(None)) -> torch.Tensor:
         """Rows of ``flat`` of window-local point indices ``local`` (one row per robot of ``robots``)."""
@@ -232,7 +239,7 @@ class WindowSampler:
         self.start[robots] = self.next_start()[robots]
         self.position[robots] = 0
         self.epochs[robots] += 1
-        self.current[robots] = self._permutations(self.window_size()[robots])
+        self.current[robots] = self._permutations(robots)
 
     # -------------------------------------------------------------- batches
     def next_points(self, batch_size: int) -> torch.Tensor:
@@ -256,7 +263,7 @@ class WindowSampler:
         return torch.gather(self.flat, 1, rows.unsqueeze(2).expand(-1, -1, 3))
 
     def state_dict(self) -> dict:
-        return state.capture(self, ("generator", "start", "position", "epochs", "samples_seen", "current"))
+        return state.capture(self, ("start", "position", "epochs", "samples_seen", "current"))
 
     def load_state_dict(self, saved: dict) -> None:
         state.restore(self, saved)
@@ -281,7 +288,9 @@ class OnlineDensityProblem(DensityProblem):
                  num_poses: Sequence[int], val_x: torch.Tensor, val_y: torch.Tensor, *, loss: str,
                  num_scans_in_window: int, window_step: int | None = None, comm_radius: float | None = None,
                  dynamic_graph: bool = True, pooled: bool = False, log=None, **kwargs):
-        self.num_robots = scans.shape[0]
+        self.num_robots = scans.shape[0]  # here (a block of the team under torch.distributed)
+        robots = kwargs.get("robots")
+        self.team_size = self.num_robots if robots is None else robots.total
         self.pooled = bool(pooled)
         nodes = 1 if pooled else self.num_robots
         dummy = [torch.zeros(1, dtype=torch.long)] * nodes
@@ -289,7 +298,8 @@ class OnlineDensityProblem(DensityProblem):
         super().__init__(name, model, dummy, torch.zeros(1, 2, dtype=dtype), torch.zeros(1, 1, dtype=dtype),
                          val_x, val_y, loss=loss, **kwargs)
         self.window_sampler = WindowSampler(scans.to(self.device, self.dtype), num_poses, num_scans_in_window,
-                                            window_step, seed=kwargs.get("seed", 0))
+                                            window_step, seed=kwargs.get("seed", 0),
+                                            robot_ids=None if robots is None else robots.ids)
         if not pooled:
             self.sampler = self.window_sampler
         self.poses = np.asarray(poses, dtype=np.float64)
@@ -303,11 +313,19 @@ class OnlineDensityProblem(DensityProblem):
 
     # ------------------------------------------------------------------ robots
     def current_positions(self) -> np.ndarray:
+        """(robots here, 2) positions: each robot stands at its window's last pose."""
         idx = self.window_sampler.current_pose_index().cpu().numpy()
         return self.poses[np.arange(self.num_robots), idx]
 
+    def team_positions(self) -> np.ndarray:
+        """(team, 2) positions of every robot (gathered from every process under torch.distributed)."""
+        here = self.current_positions()
+        if self.ranks is None:
+            return here
+        return self.ranks.all_rows(torch.as_tensor(here, dtype=torch.float64)).numpy()
+
     def comm_graph(self) -> nx.Graph:
-        return disk_graph(self.current_positions(), self.comm_radius)
+        return disk_graph(self.team_positions(), self.comm_radius)
 
     def before_round(self, k: int, network) -> None:
         """Rebuild the communication graph from the robots' current positions (when dynamic)."""
@@ -343,7 +361,7 @@ class OnlineDensityProblem(DensityProblem):
         self.window_sampler.load_state_dict(saved["window_sampler"])
         state.restore(self, {k: saved[k] for k in ("graph_changes", "data_seconds")})
         if saved["graph_edges"] is not None:
-            graph = disk_graph(self.current_positions(), self.comm_radius)
+            graph = disk_graph(self.team_positions(), self.comm_radius)
             graph.remove_edges_from(list(graph.edges()))
             graph.add_edges_from(saved["graph_edges"].tolist())
             self.graph = graph
@@ -368,7 +386,7 @@ class OnlineDensityProblem(DensityProblem):
         if "current_graph" in self.metrics:
             graph = self.graph if self.graph is not None else (
                 self.comm_graph() if self.comm_radius is not None else None)
-            adj = torch.zeros(self.num_robots, self.num_robots, dtype=torch.bool)
+            adj = torch.zeros(self.team_size, self.team_size, dtype=torch.bool)
             if graph is not None:
                 for i, j in graph.edges():
                     adj[i, j] = adj[j, i] = True

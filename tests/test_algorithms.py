@@ -350,3 +350,25 @@ def test_graph_schedule_cycles_through_graphs_or_draws_edges_of_the_base_graph()
         seen |= edges
     assert len(seen) > 2  # a new draw every round
     assert net.degrees.sum() == 4
+
+
+def test_last_quarter_accuracy_averages_the_late_evaluations(tmp_path, capsys):
+    from visualization.plotting import last_quarter_accuracy, print_seed_table
+
+    rounds = [0, 20, 40, 60, 80, 100]
+    top1 = [torch.tensor([0.1 * e, 0.1 * e + 0.2]) for e in range(6)]  # node 0 is always the worst
+    res = {"round": rounds, "top1_accuracy": top1}
+    late = [e for e, r in enumerate(rounds) if r > 75]  # rounds 80 and 100
+    mean = sum(float(top1[e].mean()) for e in late) / len(late)
+    worst = sum(float(top1[e].min()) for e in late) / len(late)
+    assert last_quarter_accuracy(res) == pytest.approx((mean, worst))
+    assert last_quarter_accuracy({"round": rounds}) is None
+    for seed, shift in enumerate((0.0, 0.1)):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        torch.save({"round": rounds, "top1_accuracy": [t + shift for t in top1]}, folder / "dsgd_results.pt")
+        (folder / "manifest.json").write_text('{"pairs": [{"problem_name": "dsgd"}]}')
+    print_seed_table([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row == (f"| dsgd | 2 | {mean + 0.05:.3f} ({mean:.3f}-{mean + 0.1:.3f}) | "
+                   f"{worst + 0.05:.3f} ({worst:.3f}-{worst + 0.1:.3f}) |")

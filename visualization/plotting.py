@@ -172,6 +172,35 @@ def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
                   f"{fmt(r['mb_total'], '{:.2f}')} |")
 
 
+def last_quarter_accuracy(res: dict) -> tuple[float, float] | None:
+    """Top-1 averaged over the evaluations in the last quarter of the rounds: (node mean, worst node)."""
+    if not res.get("top1_accuracy"):
+        return None
+    rounds = torch.as_tensor(res["round"], dtype=torch.float64)
+    top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["top1_accuracy"]])
+    late = top1[rounds > 0.75 * float(rounds[-1])]
+    return float(late.mean(1).mean()), float(late.min(1).values.mean())
+
+
+def print_seed_table(folders: list[str]) -> None:
+    """Markdown rows: per pair, the last-quarter top-1 (node mean / worst node) as the mean over the
+    folders (one per seed) with its range."""
+    per_pair: dict[str, list[tuple[float, float]]] = {}
+    for folder in folders:
+        for name, res in load_results(folder).items():
+            figures = last_quarter_accuracy(res)
+            if figures is not None:
+                per_pair.setdefault(name, []).append(figures)
+    print("| pair | runs | node mean: mean (min-max) | worst node: mean (min-max) |")
+    print("|---|---|---|---|")
+    for name, runs in per_pair.items():
+        cells = []
+        for column in zip(*runs):
+            values = torch.tensor(column, dtype=torch.float64)
+            cells.append(f"{float(values.mean()):.3f} ({float(values.min()):.3f}-{float(values.max()):.3f})")
+        print(f"| {name} | {len(runs)} | {cells[0]} | {cells[1]} |")
+
+
 # ------------------------------------------------------------------------------ scaling study
 SCALING_FIGURES = {
     "scaling_accuracy.png": ("final_top1_mean", "final top-1 accuracy (node mean; dashed: worst node)"),
@@ -240,8 +269,14 @@ def save_scaling_figures(folder: str | Path) -> list[Path]:
 
 if __name__ == "__main__":
     import argparse
-    parser = argparse.ArgumentParser(description="Markdown table: final top-1, rounds and MB to a threshold")
+    parser = argparse.ArgumentParser(description="Markdown tables of output folders: final top-1, rounds and MB "
+                                                 "to a threshold, or (--seeds) the spread over seeds")
     parser.add_argument("folders", nargs="+", help="output folders of experiments/run.py")
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--seeds", action="store_true",
+                        help="instead: last-quarter top-1 per pair, mean and range over the folders (seeds)")
     args = parser.parse_args()
-    print_accuracy_table(args.folders, args.threshold)
+    if args.seeds:
+        print_seed_table(args.folders)
+    else:
+        print_accuracy_table(args.folders, args.threshold)

@@ -1,0 +1,262 @@
+"""``experiments/run.py`` under ``torchrun``: K real gloo processes give the numbers of one process.
+
+Each test launches ``python -m torch.distributed.run --standalone --nproc-per-node K experiments/run.py``
+(what the ``torchrun`` command runs) on a small config, and compares the per-robot metrics CSVs with
+the one-process run of the same config: float64 within 1e-9, float32 within 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from experiments.runner import main
+from tests.test_density import make_plan, tiny_online_config
+
+REPO = Path(__file__).resolve().parent.parent
+PAIRS = ("dinno", "dsgd", "dsgt")
+
+
+def tiny_mnist_config(dtype: str = "float64", rounds: int = 20) -> dict:
+    def pair(name, opt, **metrics_config):
+        return {"problem_name": name, "train_batch_size": 16, "val_batch_size": 200,
+                "metrics": ["forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
+                            "current_epoch", "train_loss_moving_average"],
+                "metrics_config": {"evaluate_frequency": 5, **metrics_config},
+                "optimizer_config": {"outer_iterations": rounds, **opt}}
+
+    return {
+        "experiment": {"name": "tiny", "dataset": "mnist_subset", "seed": 3, "dtype": dtype,
+                       "data_split_type": "hetero", "validation_size": 200, "centralized": True,
+                       "execution": "grouped",
+                       "graph": {"num_nodes": 5, "type": "cycle"},
+                       "individual_training": {"train_solo": True, "epochs": 1, "train_batch_size": 16}},
+        "problem_configs": {
+            "p1": pair("dinno", {"alg_name": "dinno", "rho_init": 0.5, "primal_iterations": 2,
+                                 "primal_lr_start": 0.005}),
+            "p2": pair("dsgd", {"alg_name": "dsgd", "alpha0": 0.01}),
+            "p3": pair("dsgt", {"alg_name": "dsgt", "alpha": 0.01}, eval_nodes=3),
+        },
+    }
+
+
+def write_config(cfg: dict, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def torchrun(k: int, config: Path, out: Path | None, *extra: str, timeout: float = 300,
+             wait: bool = True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}",
+           str(REPO / "experiments" / "run.py"), str(config), "--quiet", *extra]
+    if out is not None:
+        cmd += ["--output-dir", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_process(config: Path, out: Path) -> None:
+    """The reference run in this process, on one thread like each torchrun worker (a different thread
+    count splits reductions differently, which changes float32 results in the last bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([str(config), "--output-dir", str(out), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same_metrics(one: Path, many: Path, names, tolerance: float) -> None:
+    for name in names:
+        a = pd.read_csv(one / f"{name}_metrics.csv")
+        b = pd.read_csv(many / f"{name}_metrics.csv")
+        assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, name
+        assert a["node"].tolist() == b["node"].tolist() and a["round"].tolist() == b["round"].tolist()
+        for column in a.columns:
+            x, y = a[column].to_numpy(), b[column].to_numpy()
+            assert (pd.isna(x) == pd.isna(y)).all(), (name, column)
+            diff = abs(x - y)[~pd.isna(x)]
+            assert diff.size == 0 or diff.max() <= tolerance * max(1.0, abs(x[~pd.isna(x)]).max()), \
+                (name, column, float(diff.max()))
+
+
+@pytest.fixture(scope="module")
+def mnist_one_process(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist")
+    config = write_config(tiny_mnist_config(), folder)
+    one_process(config, folder / "k1")
+    return config, folder / "k1"
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_mnist_under_torchrun_matches_one_process_float64(mnist_one_process, tmp_path, k):
+    config, one = mnist_one_process
+    done = torchrun(k, config, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    many = tmp_path / "out"
+    assert_same_metrics(one, many, PAIRS + ("individual", "centralized"), 1e-9)
+    manifest = json.loads((many / "manifest.json").read_text())
+    blocks = {2: [[0, 3], [3, 5]], 3: [[0, 2], [2, 4], [4, 5]]}[k]
+    assert manifest["distributed"] == {"backend": "gloo", "world_size": k, "robots_per_rank": blocks}
+    assert manifest["status"] == "completed"
+    assert all(p["status"] == "completed" for p in manifest["pairs"])
+    one_manifest = json.loads((one / "manifest.json").read_text())
+    assert [p["bytes_sent_total"] for p in manifest["pairs"]] == [p["bytes_sent_total"] for p in one_manifest["pairs"]]
+    # rank 0 alone prints: one table
+    assert done.stdout.count("results: ") == 1 and f"{k} processes (gloo)" in done.stdout
+
+
+def test_mnist_float32_under_torchrun_within_1e_4(tmp_path):
+    # Per-robot models ("loop"): a robot's arithmetic then does not depend on which robots share its
+    # stacked call; grouped kernels round differently with the block's size, and DiNNO's fresh Adam steps
+    # (about lr * sign(gradient)) amplify last-bit differences about tenfold per round in float32.
+    cfg = tiny_mnist_config("float32")
+    cfg["experiment"]["execution"] = "loop"
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    done = torchrun(3, config, tmp_path / "k3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_metrics(tmp_path / "k1", tmp_path / "k3", PAIRS + ("individual", "centralized"), 1e-4)
+
+
+def static_density_config(plan: Path) -> dict:
+    cfg = tiny_online_config(plan, rounds=20)
+    exp = cfg["experiment"]
+    exp.update(problem="density", dtype="float64", execution="grouped")
+    exp["individual_training"]["train_solo"] = False
+    for key in ("num_scans_in_window", "window_step"):
+        exp["data"].pop(key)
+    exp["data"].update(split_type="random", num_scans=10)
+    exp["graph"] = {"num_nodes": 3, "type": "complete"}
+    for pc in cfg["problem_configs"].values():
+        pc.pop("comm_radius")
+        pc["dynamic_graph"] = False
+        pc["metrics"] = [m for m in pc["metrics"] if m not in ("current_position", "current_graph")]
+        pc["metrics_config"].update(evaluate_frequency=5, mesh_only_at_end=True)
+    return cfg
+
+
+def online_density_config(plan: Path) -> dict:
+    cfg = tiny_online_config(plan, rounds=20)
+    cfg["experiment"].update(dtype="float64", execution="grouped")
+    for pc in cfg["problem_configs"].values():
+        pc["metrics_config"].update(evaluate_frequency=5)
+    return cfg
+
+
+@pytest.mark.parametrize("kind", ["static", "online"])
+def test_density_under_torchrun_matches_one_process(tmp_path, kind):
+    plan = make_plan(tmp_path / "plan")
+    cfg = (static_density_config if kind == "static" else online_density_config)(plan)
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    names = PAIRS + (("individual", "centralized") if kind == "online" else ())
+    for k in (2, 3):
+        done = torchrun(k, config, tmp_path / f"k{k}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_same_metrics(tmp_path / "k1", tmp_path / f"k{k}", names, 1e-9)
+        one = torch.load(tmp_path / "k1" / "dinno_results.pt", weights_only=True)
+        many = torch.load(tmp_path / f"k{k}" / "dinno_results.pt", weights_only=True)
+        assert torch.allclose(one["mesh_grid_density"][-1], many["mesh_grid_density"][-1], atol=1e-6)
+        assert one["map_balanced_accuracy"][-1].tolist() == many["map_balanced_accuracy"][-1].tolist()
+        if kind == "online":  # the robots moved, the graph changed, identically
+            assert torch.equal(one["current_position"][-1], many["current_position"][-1])
+            assert [g.tolist() for g in one["current_graph"]] == [g.tolist() for g in many["current_graph"]]
+            assert any(not torch.equal(one["current_graph"][0], g) for g in one["current_graph"])
+
+
+def test_more_processes_than_robots_is_refused_with_one_line(tmp_path):
+    cfg = tiny_mnist_config()
+    cfg["experiment"]["graph"]["num_nodes"] = 2
+    cfg["experiment"]["data_split_type"] = "random"
+    config = write_config(cfg, tmp_path)
+    done = torchrun(3, config, tmp_path / "out", timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: torchrun --nproc-per-node: world size 3 exceeds the 2 robots: every rank must host "
+                     "at least one robot (use at most 2 processes)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_lossy_links_are_refused_under_torchrun(tmp_path):
+    config = write_config(tiny_mnist_config(), tmp_path)
+    done = torchrun(2, config, tmp_path / "out", "--set", "experiment.links.drop_prob=0.2", timeout=120)
+    assert done.returncode != 0  # torchrun reports a failed worker as 1, whatever its status
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: experiment.links.drop_prob: lossy links do not run under torchrun; every message between "
+        "processes arrives (use 0, or run in one process)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_rank_ends_the_others_with_one_line_and_keeps_finished_pairs(tmp_path):
+    cfg = tiny_mnist_config(rounds=4000)
+    cfg["problem_configs"]["p1"]["optimizer_config"]["outer_iterations"] = 5  # finishes first
+    cfg["experiment"]["dist_timeout_s"] = 30
+    cfg["experiment"]["centralized"] = False
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    config = write_config(cfg, tmp_path)
+    out = tmp_path / "out"
+    launcher = torchrun(3, config, out, wait=False)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # wait until the second pair runs
+            manifest = out / "manifest.json"
+            if manifest.is_file():
+                pairs = json.loads(manifest.read_text())["pairs"]
+                if pairs[0]["status"] == "completed" and pairs[1]["status"] == "running":
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the second pair never started")
+        time.sleep(2)
+        victim = rank_pid(launcher.pid, rank=2)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = launcher.communicate(timeout=cfg["experiment"]["dist_timeout_s"] + 60)
+        assert time.monotonic() - killed_at < cfg["experiment"]["dist_timeout_s"] + 30
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    lost = [line for line in stderr.splitlines() if line.startswith("error: rank")]
+    assert lost and all("lost" in line for line in lost), stderr[-3000:]
+    assert any("rank 2" in line for line in lost)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    statuses = {p["problem_name"]: p["status"] for p in manifest["pairs"]}
+    assert statuses["dinno"] == "completed" and statuses["dsgd"] == "failed"
+    assert (out / "dinno_metrics.csv").is_file() and (out / "summary.csv").is_file()
+    assert len(pd.read_csv(out / "dinno_metrics.csv")) == 2 * 5  # rounds 0 and 5, 5 robots
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of the worker process with RANK=rank among the launcher's children."""
+    for _ in range(100):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no worker with RANK={rank} under pid {launcher_pid}")
