@@ -204,10 +204,27 @@ def test_window_sampler_continues_exactly_from_its_state_dict():
     a = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=2)
     for _ in range(5):
         a.next_points(7)
-    b = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=9)
+    b = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=2)
+    fresh = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=2)
     b.load_state_dict(a.state_dict())
+    assert not torch.equal(fresh.next_points(7), b.next_points(7))  # the state is what continues
+    fresh.next_points(7)
+    a.next_points(7)
     for _ in range(6):
         assert torch.equal(a.next_points(7), b.next_points(7))
+
+
+def test_window_sampler_batches_of_a_robot_do_not_depend_on_the_others():
+    num_poses = [7, 5, 3, 6]
+    team = WindowSampler(encoded_scans(num_poses, 4), num_poses, 3, seed=5)
+    block = WindowSampler(encoded_scans(num_poses, 4)[2:], num_poses[2:], 3, seed=5, robot_ids=[2, 3])
+    other_seed = WindowSampler(encoded_scans(num_poses, 4)[2:], num_poses[2:], 3, seed=6, robot_ids=[2, 3])
+    differs = False
+    for _ in range(8):
+        expected = team.next_points(5)[2:]
+        assert torch.equal(expected, block.next_points(5))
+        differs |= not torch.equal(expected, other_seed.next_points(5))
+    assert differs
 
 
 def test_original_window_rule_covers_the_paper_loop_with_a_short_tail():

@@ -260,3 +260,35 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
                 return int(entry.name)
         time.sleep(0.1)
     raise AssertionError(f"no worker with RANK={rank} under pid {launcher_pid}")
+
+
+def test_ctrl_c_on_the_launcher_ends_every_rank_and_keeps_the_results(tmp_path):
+    cfg = tiny_mnist_config(rounds=4000)
+    cfg["experiment"]["centralized"] = False
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    config = write_config(cfg, tmp_path)
+    out = tmp_path / "out"
+    launcher = torchrun(2, config, out, wait=False)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            manifest = out / "manifest.json"
+            if manifest.is_file() and json.loads(manifest.read_text())["pairs"][0]["status"] == "running":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the first pair never started")
+        time.sleep(3)
+        os.killpg(launcher.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the whole job
+        stdout, stderr = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    assert "KeyboardInterrupt" not in stderr
+    assert not [line for line in stderr.splitlines() if line.startswith("error: rank")], stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert [p["status"] for p in manifest["pairs"]] == ["interrupted", "not started", "not started"]
+    rows = pd.read_csv(out / "dinno_metrics.csv")
+    assert len(rows) >= 5 and (out / "summary.csv").is_file()
