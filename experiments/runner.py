@@ -64,14 +64,15 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def pick_device(requested: str | None, use_cuda: bool) -> torch.device:
+def pick_device(requested: str | None, use_cuda: bool, say: bool = True) -> torch.device:
     if requested == "cuda" or (requested is None and use_cuda):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if requested == "cuda":
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-        print("note: experiment.use_cuda is true but no CUDA device is available; running on CPU",
-              file=sys.stderr)
+        if say:
+            print("note: experiment.use_cuda is true but no CUDA device is available; running on CPU",
+                  file=sys.stderr)
     return torch.device("cpu")
 
 
@@ -411,7 +412,7 @@ def _main(argv, interrupts: Interrupts) -> int:
         else:
             cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
         exp = cfg["experiment"]
-        device = pick_device(args.device, exp["use_cuda"])
+        device = pick_device(args.device, exp["use_cuda"], say=ranks is None or ranks.rank == 0)
         if ranks is not None:
             distributed_run.check_distributable(cfg, resume)
             world = distributed_run.join(exp, device)
