@@ -372,3 +372,27 @@ def test_last_quarter_accuracy_averages_the_late_evaluations(tmp_path, capsys):
     row = capsys.readouterr().out.splitlines()[-1]
     assert row == (f"| dsgd | 2 | {mean + 0.05:.3f} ({mean:.3f}-{mean + 0.1:.3f}) | "
                    f"{worst + 0.05:.3f} ({worst:.3f}-{worst + 0.1:.3f}) |")
+
+
+def test_dinno_duals_sum_to_zero_unless_messages_are_lost():
+    """Why DiNNO stalls under lossy links: sum_i y_i = 0 holds exactly while every row arrives; a stale
+    row makes the two ends of an edge add different dual increments, the sum drifts during the
+    transient, and the consensus fixed point moves off the optimum by as much (documented)."""
+    from tests.test_optimizers import least_squares_problem
+
+    cfg = {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd",
+           "primal_lr_start": 0.05, "lr_decay_type": "constant", "outer_iterations": 150}
+    figures = {}
+    for drop in (0.0, 0.3):
+        problem, optimum, g = least_squares_problem()
+        net = InProcessNetwork(g, dtype=DT)
+        net.set_links(drop, 0)
+        opt = DiNNO(problem, net, cfg)
+        with torch.no_grad():
+            opt.setup()
+            for k in range(1, 151):
+                opt.round(k)
+        error = float(((problem.theta - optimum).norm(dim=1) / optimum.norm()).max())
+        figures[drop] = (float(opt.duals.sum(0).norm()), error)
+    assert figures[0.0][0] < 1e-10 and figures[0.0][1] < 1e-6
+    assert figures[0.3][0] > 0.1 and figures[0.3][1] > 0.05
