@@ -8,6 +8,7 @@ profiles the first rounds on request and reports progress.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -86,6 +87,20 @@ def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown primal optimizer {name!r}; allowed: adam, adamw, sgd")
 
 
+def reset_torch_optimizer(opt: torch.optim.Optimizer) -> None:
+    """Put ``opt`` back in the state of a newly built one. Adam(W) moments and step counts are zeroed in
+    place, which is exactly what a new Adam starts from, and saves allocating (and page-faulting) two
+    stack-sized moment buffers each time; any other state is dropped (the next step rebuilds it)."""
+    exact = isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
+    for param, param_state in list(opt.state.items()):
+        if exact and set(param_state) <= {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"} and all(
+                isinstance(v, torch.Tensor) for v in param_state.values()):
+            for value in param_state.values():
+                value.zero_()
+        else:
+            del opt.state[param]
+
+
 class DistributedOptimizer:
     """Base class. ``config_schema`` maps each config key to (type, default) or
     (type, default, Range); default ``REQUIRED`` marks keys a config must give, a Range the
@@ -105,6 +120,33 @@ class DistributedOptimizer:
     def setup(self) -> None:
         pass
 
+    def workspace(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A scratch buffer shaped like ``like`` that lives across rounds (contents undefined): reusing
+        it instead of allocating a stack-sized temporary each round saves its page faults."""
+        buffers = self.__dict__.setdefault("_workspace", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = buffers[name] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def recycle(self, name: str, tensor: torch.Tensor) -> None:
+        """Hand a tensor that is no longer needed back as the workspace buffer ``name``."""
+        self.__dict__.setdefault("_workspace", {})[name] = tensor
+
+    def local_grads(self, theta: torch.Tensor, buffer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``problem.local_grads(theta)``, written into the workspace buffer ``buffer`` when given and the
+        problem takes an ``out`` buffer (use the returned tensor: a problem may ignore the buffer)."""
+        takes_out = self.__dict__.get("_grads_take_out")
+        if takes_out is None:
+            try:
+                takes_out = "out" in inspect.signature(self.problem.local_grads).parameters
+            except (TypeError, ValueError):
+                takes_out = False
+            self._grads_take_out = takes_out
+        if buffer is None or not takes_out:
+            return self.problem.local_grads(theta)
+        return self.problem.local_grads(theta, out=self.workspace(buffer, theta))
+
     def round(self, k: int) -> None:
         raise NotImplementedError
 
@@ -120,7 +162,7 @@ class DistributedOptimizer:
         for group in opt.param_groups:
             group["lr"] = lr
         for _ in range(steps):
-            _, grads = self.problem.local_grads(theta)
+            _, grads = self.local_grads(theta, "grads")
             grads += penalty_grad(theta)
             theta.grad = grads
             opt.step()
@@ -145,7 +187,8 @@ class DistributedOptimizer:
 
     # ----------------------------------------------------------------------- checkpoints
     # Attributes that are wiring or derived from the configuration, not state that evolves in training.
-    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs")
+    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace",
+                  "_grads_take_out", "_round_opt")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything this optimizer has learned or counted (tensors, schedules, torch optimizers)."""
