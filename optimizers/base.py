@@ -101,6 +101,60 @@ def reset_torch_optimizer(opt: torch.optim.Optimizer) -> None:
             del opt.state[param]
 
 
+def _plain_adam(opt: torch.optim.Optimizer) -> bool:
+    """True for a torch Adam / AdamW on CPU tensors that takes the plain single-tensor path of
+    ``torch.optim.adam`` (no amsgrad, fused, foreach, capturable, differentiable or maximize) with its
+    state already built: the path :func:`adam_step_into` reproduces operation for operation."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    for group in opt.param_groups:
+        if group.get("amsgrad") or group.get("maximize") or group.get("capturable") or group.get("differentiable") \
+                or group.get("fused") or group.get("foreach") or isinstance(group["lr"], torch.Tensor) \
+                or not all(isinstance(b, float) for b in group["betas"]):
+            return False
+        if group["weight_decay"] != 0 and "decoupled_weight_decay" not in group:
+            return False
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if p.device.type != "cpu" or p.is_complex() or not state or set(state) != {"step", "exp_avg", "exp_avg_sq"}:
+                return False
+    return True
+
+
+def adam_step_into(opt: torch.optim.Optimizer, scratch: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``opt.step()`` for a plain Adam / AdamW (see :func:`_plain_adam`, else it calls ``opt.step()``),
+    with its one stack-sized temporary, the denominator, in ``scratch(param)`` instead of two fresh
+    tensors. The same operations in the same order as ``torch.optim.adam._single_tensor_adam``: bit-identical
+    (tests/test_optimizers.py checks it against torch's step)."""
+    if not _plain_adam(opt):
+        opt.step()
+        return
+    for group in opt.param_groups:
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        for param in group["params"]:
+            grad = param.grad
+            if grad is None:
+                continue
+            state = opt.state[param]
+            exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+            step_t += 1
+            if weight_decay != 0:
+                if group["decoupled_weight_decay"]:
+                    param.mul_(1 - lr * weight_decay)
+                else:
+                    grad = grad.add(param, alpha=weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2 ** 0.5
+            denom = torch.sqrt(exp_avg_sq, out=scratch(param)).div_(bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 class DistributedOptimizer:
     """Base class. ``config_schema`` maps each config key to (type, default) or
     (type, default, Range); default ``REQUIRED`` marks keys a config must give, a Range the
@@ -165,7 +219,7 @@ class DistributedOptimizer:
             _, grads = self.local_grads(theta, "grads")
             grads += penalty_grad(theta)
             theta.grad = grads
-            opt.step()
+            adam_step_into(opt, lambda p: self.workspace("adam_denom", p))
         theta.grad = None
 
     def message_bytes(self, compressor) -> int:

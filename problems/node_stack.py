@@ -301,7 +301,7 @@ class NodeStack:
             sizes = [self.chunk_size]
         else:  # also a few cache-sized chunks: many nodes of tiny batches run faster in blocks than in one call
             auto = auto_chunk(n, batch_size)
-            sizes = sorted({auto, n, 1} | {s for s in INTERMEDIATE_CHUNKS if s < auto})
+            sizes = sorted({auto, n, 1} | {s for s in INTERMEDIATE_CHUNKS if s < auto}, reverse=True)
         forms = (["grouped"] if self._grouped is not None else []) + ["vmap"]
         found = [(form, size) for form in forms for size in sizes]
         return found + [("loop", n)]

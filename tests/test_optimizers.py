@@ -348,3 +348,31 @@ def test_buffered_rounds_are_bit_identical_to_allocating_rounds(cls, old_cls, cf
         assert (old is None) == (new is None)
         if old is not None:
             assert torch.equal(old, new)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(torch.optim.Adam, {}), (torch.optim.Adam, {"weight_decay": 0.01}),
+                                         (torch.optim.AdamW, {}), (torch.optim.AdamW, {"weight_decay": 0.1}),
+                                         (torch.optim.Adam, {"amsgrad": True})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_step_into_a_buffer_is_torchs_step_bit_for_bit(cls, kwargs, dtype):
+    from optimizers.base import adam_step_into, reset_torch_optimizer
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(7, 50, generator=g, dtype=dtype)
+    grads = [torch.randn(7, 50, generator=g, dtype=dtype) for _ in range(6)]
+    thetas = [start.clone(), start.clone()]
+    opts = [cls([t], lr=0.01, **kwargs) for t in thetas]
+    scratch = torch.full_like(start, float("nan"))
+    for i, grad in enumerate(grads):
+        if i == 3:  # as DiNNO's non-persistent primal optimizer: start over from a fresh state
+            opts[0] = cls([thetas[0]], lr=0.01, **kwargs)
+            reset_torch_optimizer(opts[1])
+        for group in opts[1].param_groups:
+            group["lr"] = 0.01 / (i + 1)
+        for group in opts[0].param_groups:
+            group["lr"] = 0.01 / (i + 1)
+        for t in thetas:
+            t.grad = grad.clone()
+        opts[0].step()
+        adam_step_into(opts[1], lambda p: scratch)
+        assert torch.equal(thetas[0], thetas[1]), i
+    assert not torch.isnan(scratch).all() or kwargs.get("amsgrad")
