@@ -8,6 +8,7 @@ profiles the first rounds on request and reports progress.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -86,6 +87,74 @@ def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown primal optimizer {name!r}; allowed: adam, adamw, sgd")
 
 
+def reset_torch_optimizer(opt: torch.optim.Optimizer) -> None:
+    """Put ``opt`` back in the state of a newly built one. Adam(W) moments and step counts are zeroed in
+    place, which is exactly what a new Adam starts from, and saves allocating (and page-faulting) two
+    stack-sized moment buffers each time; any other state is dropped (the next step rebuilds it)."""
+    exact = isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
+    for param, param_state in list(opt.state.items()):
+        if exact and set(param_state) <= {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"} and all(
+                isinstance(v, torch.Tensor) for v in param_state.values()):
+            for value in param_state.values():
+                value.zero_()
+        else:
+            del opt.state[param]
+
+
+def _plain_adam(opt: torch.optim.Optimizer) -> bool:
+    """True for a torch Adam / AdamW on CPU tensors that takes the plain single-tensor path of
+    ``torch.optim.adam`` (no amsgrad, fused, foreach, capturable, differentiable or maximize) with its
+    state already built: the path :func:`adam_step_into` reproduces operation for operation."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    for group in opt.param_groups:
+        if group.get("amsgrad") or group.get("maximize") or group.get("capturable") or group.get("differentiable") \
+                or group.get("fused") or group.get("foreach") or isinstance(group["lr"], torch.Tensor) \
+                or not all(isinstance(b, float) for b in group["betas"]):
+            return False
+        if group["weight_decay"] != 0 and "decoupled_weight_decay" not in group:
+            return False
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if p.device.type != "cpu" or p.is_complex() or not state or set(state) != {"step", "exp_avg", "exp_avg_sq"}:
+                return False
+    return True
+
+
+def adam_step_into(opt: torch.optim.Optimizer, scratch: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``opt.step()`` for a plain Adam / AdamW (see :func:`_plain_adam`, else it calls ``opt.step()``),
+    with its one stack-sized temporary, the denominator, in ``scratch(param)`` instead of two fresh
+    tensors. The same operations in the same order as ``torch.optim.adam._single_tensor_adam``: bit-identical
+    (tests/test_optimizers.py checks it against torch's step)."""
+    if not _plain_adam(opt):
+        opt.step()
+        return
+    for group in opt.param_groups:
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        for param in group["params"]:
+            grad = param.grad
+            if grad is None:
+                continue
+            state = opt.state[param]
+            exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+            step_t += 1
+            if weight_decay != 0:
+                if group["decoupled_weight_decay"]:
+                    param.mul_(1 - lr * weight_decay)
+                else:
+                    grad = grad.add(param, alpha=weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2 ** 0.5
+            denom = torch.sqrt(exp_avg_sq, out=scratch(param)).div_(bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 class DistributedOptimizer:
     """Base class. ``config_schema`` maps each config key to (type, default) or
     (type, default, Range); default ``REQUIRED`` marks keys a config must give, a Range the
@@ -105,6 +174,33 @@ class DistributedOptimizer:
     def setup(self) -> None:
         pass
 
+    def workspace(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A scratch buffer shaped like ``like`` that lives across rounds (contents undefined): reusing
+        it instead of allocating a stack-sized temporary each round saves its page faults."""
+        buffers = self.__dict__.setdefault("_workspace", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = buffers[name] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def recycle(self, name: str, tensor: torch.Tensor) -> None:
+        """Hand a tensor that is no longer needed back as the workspace buffer ``name``."""
+        self.__dict__.setdefault("_workspace", {})[name] = tensor
+
+    def local_grads(self, theta: torch.Tensor, buffer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``problem.local_grads(theta)``, written into the workspace buffer ``buffer`` when given and the
+        problem takes an ``out`` buffer (use the returned tensor: a problem may ignore the buffer)."""
+        takes_out = self.__dict__.get("_grads_take_out")
+        if takes_out is None:
+            try:
+                takes_out = "out" in inspect.signature(self.problem.local_grads).parameters
+            except (TypeError, ValueError):
+                takes_out = False
+            self._grads_take_out = takes_out
+        if buffer is None or not takes_out:
+            return self.problem.local_grads(theta)
+        return self.problem.local_grads(theta, out=self.workspace(buffer, theta))
+
     def round(self, k: int) -> None:
         raise NotImplementedError
 
@@ -120,10 +216,10 @@ class DistributedOptimizer:
         for group in opt.param_groups:
             group["lr"] = lr
         for _ in range(steps):
-            _, grads = self.problem.local_grads(theta)
+            _, grads = self.local_grads(theta, "grads")
             grads += penalty_grad(theta)
             theta.grad = grads
-            opt.step()
+            adam_step_into(opt, lambda p: self.workspace("adam_denom", p))
         theta.grad = None
 
     def message_bytes(self, compressor) -> int:
@@ -146,7 +242,8 @@ class DistributedOptimizer:
 
     # ----------------------------------------------------------------------- checkpoints
     # Attributes that are wiring or derived from the configuration, not state that evolves in training.
-    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs")
+    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace",
+                  "_grads_take_out", "_round_opt")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything this optimizer has learned or counted (tensors, schedules, torch optimizers)."""

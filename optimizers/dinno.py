@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, DistributedOptimizer,
-                             make_torch_optimizer)
+                             make_torch_optimizer, reset_torch_optimizer)
 from optimizers.schedules import learning_rates
 
 
@@ -59,14 +59,27 @@ class DiNNO(DistributedOptimizer):
         net = self.network
         self.rho *= float(cfg["rho_scaling"])
         rho = self.rho
-        anchor = theta.clone()
-        neighbours = net.neighbor_sum(anchor, "theta")
+        # The same operations in the same order as the textbook lines in the comments, in place on
+        # buffers that live across rounds (a stack-sized temporary costs more in page faults than in
+        # arithmetic).
+        anchor = self.workspace("anchor", theta).copy_(theta)                    # theta^k
+        neighbours = net.neighbor_sum(anchor, "theta", out=self.workspace("neighbours", theta))
         degree = net.degrees.unsqueeze(1)
-        self.duals += rho * (degree * anchor - neighbours)
-        pull = 0.5 * (degree * anchor + neighbours)
+        scaled = torch.mul(degree, anchor, out=self.workspace("scaled", theta))  # d_i theta_i^k
+        step = torch.sub(scaled, neighbours, out=self.workspace("dual_step", theta)).mul_(rho)
+        self.duals += step                                   # duals += rho * (d theta^k - A theta^k)
+        pull = torch.add(scaled, neighbours, out=self.workspace("pull", theta)).mul_(0.5)
+
+        def penalty_grad(x: torch.Tensor) -> torch.Tensor:  # duals + 2 rho (d x - pull)
+            grad = torch.mul(degree, x, out=self.workspace("penalty", theta))
+            return grad.sub_(pull).mul_(2.0 * rho).add_(self.duals)
 
         opt = self.primal_opt
-        if opt is None:
-            opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], float(self.lrs[k - 1]))
-        self.primal_steps(opt, float(self.lrs[k - 1]), int(cfg["primal_iterations"]),
-                          lambda x: self.duals + 2.0 * rho * (degree * x - pull))
+        if opt is None:  # a new optimizer every round; the same one reset in place is identical and cheaper
+            opt = self.__dict__.get("_round_opt")
+            if opt is None:
+                opt = self._round_opt = make_torch_optimizer(cfg["primal_optimizer"], [theta],
+                                                             float(self.lrs[k - 1]))
+            else:
+                reset_torch_optimizer(opt)
+        self.primal_steps(opt, float(self.lrs[k - 1]), int(cfg["primal_iterations"]), penalty_grad)

@@ -254,14 +254,18 @@ class TorchDistributedNetwork:
         """True on every rank when ``flag`` is true on at least one (all ranks must call it)."""
         return any_rank(flag, self.group)
 
-    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
         """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows.
         (Lossy links are not implemented across processes: every message arrives.)"""
-        return (self._mixing @ self._halo(x, row_bytes)).reshape(x.shape)
+        result = (self._mixing @ self._halo(x, row_bytes)).reshape(x.shape)
+        return result if out is None else out.copy_(result)
 
-    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
+    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
-        return (self._adjacency @ self._halo(x, row_bytes)).reshape(x.shape)
+        result = (self._adjacency @ self._halo(x, row_bytes)).reshape(x.shape)
+        return result if out is None else out.copy_(result)
 
 
 @contextmanager

@@ -34,7 +34,7 @@ class DSGD(DistributedOptimizer):
 
     def combine(self, theta) -> None:
         if self.compressor.name == "identity":
-            theta.copy_(self.network.mix(theta, "theta"))
+            theta.copy_(self.network.mix(theta, "theta", out=self.workspace("mixed", theta)))
             return
         q = self.compressor(theta, self.compression_rng)
         theta.add_(self.network.mix(q, "theta", self.message_bytes(self.compressor)) - q)
@@ -44,7 +44,7 @@ class DSGD(DistributedOptimizer):
         theta = self.problem.theta
         if not self.config["adapt_then_combine"]:
             self.combine(theta)
-        _, grads = self.problem.local_grads(theta)
+        _, grads = self.local_grads(theta, "grads")
         theta.sub_(grads, alpha=self.alpha)
         if self.config["adapt_then_combine"]:
             self.combine(theta)

@@ -38,7 +38,13 @@ class DSGT(DistributedOptimizer):
     def round(self, k: int) -> None:
         alpha = float(self.config["alpha"])
         theta = self.problem.theta
-        theta.copy_(self.network.mix(torch.add(theta, self.tracker, alpha=-alpha), "theta"))
-        _, new_grads = self.problem.local_grads(theta)
-        self.tracker = self.network.mix(self.tracker, "tracker").add_(new_grads).sub_(self.grads)
-        self.grads = new_grads
+        # stack-sized temporaries live in workspace buffers; the old tracker and gradients become the
+        # buffers the next round writes into
+        step = torch.add(theta, self.tracker, alpha=-alpha, out=self.workspace("step", theta))
+        theta.copy_(self.network.mix(step, "theta", out=self.workspace("mixed", theta)))
+        _, new_grads = self.local_grads(theta, "grads")
+        tracker = self.network.mix(self.tracker, "tracker", out=self.workspace("tracker", theta))
+        tracker.add_(new_grads).sub_(self.grads)
+        self.recycle("tracker", self.tracker)
+        self.recycle("grads", self.grads)
+        self.tracker, self.grads = tracker, new_grads

@@ -4,8 +4,11 @@ An optimizer only ever holds the rows of the node stack that live in its process
 network for graph-shaped products of them. Every call is one *exchange*: each node sends one
 message (its row of ``x``) to every neighbour, and gets back a combination of what it received:
 
-- ``mix(x, channel, row_bytes)``: ``W x`` with Metropolis weights W,
-- ``neighbor_sum(x, channel, row_bytes)``: ``A x`` with the adjacency matrix A.
+- ``mix(x, channel, row_bytes, out=None)``: ``W x`` with Metropolis weights W,
+- ``neighbor_sum(x, channel, row_bytes, out=None)``: ``A x`` with the adjacency matrix A.
+
+``out`` (optional, shaped like ``x`` and not overlapping it) receives the result: an optimizer that
+keeps its own buffers saves allocating (and page-faulting) a new stack-sized tensor every exchange.
 
 ``row_bytes`` is what one message really costs on the radio (a number, or one number per node):
 a dense float row by default (n * element size); a compressed message says its own size (see
@@ -41,6 +44,33 @@ from optimizers.graphs import metropolis_weights
 # Above this many nodes a sparse product beats a dense one for sparse graphs.
 _SPARSE_MIN_NODES = 32
 _SPARSE_MAX_DENSITY = 0.25
+# A sparse product over a stack larger than this goes in column blocks of about this size: each block of
+# x stays in cache while every output row gathers its neighbours' rows from it (a whole 1,000 x 30k stack
+# does not, and one product over it streams neighbour rows from memory). Same sums in the same order.
+_BLOCK_BYTES = 4 << 20
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return result if out is None else out.copy_(result)
+
+
+def graph_product(operator: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``operator @ x`` into ``out`` (allocated when None), for a dense or sparse CSR ``operator``.
+
+    Bit-identical to ``operator @ x``: a column block of a product is the product of the column block.
+    """
+    if operator.layout != torch.sparse_csr or x.dim() != 2 or x.device.type != "cpu":
+        return _into(operator @ x, out)
+    if out is None:
+        out = torch.empty_like(x)
+    rows, cols = x.shape
+    block = max(64, _BLOCK_BYTES // max(1, rows * x.element_size()))
+    if cols <= block:
+        return torch.mm(operator, x, out=out)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        torch.mm(operator, x[:, start:stop], out=out[:, start:stop])
+    return out
 
 
 # Up to this many terms per row (a node and its neighbours), small graphs sum rows term by term.
@@ -178,19 +208,21 @@ class InProcessNetwork:
         """True when ``flag`` is true in any process hosting robots (here: this one)."""
         return bool(flag)
 
-    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return self._lossy_combine(x, channel, self._edge_weight, relative=True)
-        return self._mixing @ x
+            return _into(self._lossy_combine(x, channel, self._edge_weight, relative=True), out)
+        return graph_product(self._mixing, x, out)
 
-    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None) -> torch.Tensor:
+    def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """``A x``: sum of the neighbours' rows for each node."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return self._lossy_combine(x, channel, torch.ones_like(self._edge_weight), relative=False)
-        return self._adjacency @ x
+            return _into(self._lossy_combine(x, channel, torch.ones_like(self._edge_weight), relative=False), out)
+        return graph_product(self._adjacency, x, out)
 
     def _lossy_combine(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
         """sum_j weight_ij h_ij over the rows h_ij node i holds from j, or, ``relative``,

@@ -150,11 +150,13 @@ class SupervisedProblem:
         idx = self.sampler.next_indices(batch_size or self.train_batch_size)
         return self.train_x[idx], self.train_y[idx]
 
-    def local_grads(self, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every node's loss and gradient at ``theta`` (default: the current stack) on a fresh batch."""
+    def local_grads(self, theta: torch.Tensor | None = None, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's loss and gradient at ``theta`` (default: the current stack) on a fresh batch;
+        the gradients go into ``out`` when given (a buffer shaped like ``theta``)."""
         theta = self.theta if theta is None else theta
         x, y = self.next_batch()
-        losses, grads = self.stack.loss_and_grad(theta, x, y, self.batch_loss)
+        losses, grads = self.stack.loss_and_grad(theta, x, y, self.batch_loss, out=out)
         self.last_losses = losses
         self._update_train_loss(losses)
         return losses, grads

@@ -41,6 +41,8 @@ EXECUTIONS = ("auto", "grouped", "vmap", "loop")
 
 # Per-node samples per chunk that the automatic chunking aims for.
 DEFAULT_SAMPLES_PER_CHUNK = 4096
+# Smaller chunk sizes (nodes) that the automatic choice also measures.
+INTERMEDIATE_CHUNKS = (16, 64, 256)
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,11 @@ class NodeStack:
     def candidates(self, batch_size: int) -> list[tuple[str, int]]:
         """(execution, nodes per chunk) pairs that the automatic choice measures."""
         n = self.num_nodes
-        sizes = [self.chunk_size] if self.chunk_size else sorted({auto_chunk(n, batch_size), n, 1})
+        if self.chunk_size:
+            sizes = [self.chunk_size]
+        else:  # also a few cache-sized chunks: many nodes of tiny batches run faster in blocks than in one call
+            auto = auto_chunk(n, batch_size)
+            sizes = sorted({auto, n, 1} | {s for s in INTERMEDIATE_CHUNKS if s < auto}, reverse=True)
         forms = (["grouped"] if self._grouped is not None else []) + ["vmap"]
         found = [(form, size) for form in forms for size in sizes]
         return found + [("loop", n)]
@@ -367,19 +373,20 @@ class NodeStack:
         return torch.vmap(single, in_dims=in_dims)(params, x)
 
     def loss_and_grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each node's mean loss on its own batch and its gradient, for all nodes.
 
         ``loss_fn(out (k, B, ...), y (k, B, ...)) -> (k,)`` per-node losses.
-        Returns ``(losses (N,), grads (N, n))``, both detached.
+        Returns ``(losses (N,), grads (N, n))``, both detached; ``grads`` is ``out`` when given
+        (a buffer shaped like ``theta``, not overlapping it).
         """
-        return self._loss_and_grad(self.plan(theta, x, y, loss_fn), theta, x, y, loss_fn)
+        return self._loss_and_grad(self.plan(theta, x, y, loss_fn), theta, x, y, loss_fn, out)
 
-    def _loss_and_grad(self, plan, theta, x, y, loss_fn):
+    def _loss_and_grad(self, plan, theta, x, y, loss_fn, out=None):
         execution, size = plan
         losses = torch.empty(theta.shape[0], device=theta.device, dtype=theta.dtype)
-        grads = torch.empty_like(theta)
+        grads = torch.empty_like(theta) if out is None else out
         for block in self.chunks(x.shape[1], size):
             # one leaf per layer parameter: gradients land in place, no full-row scatter
             leaves = {name: v.detach().requires_grad_(True) for name, v in self.param_dict(theta[block]).items()}

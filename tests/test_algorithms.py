@@ -317,6 +317,30 @@ def test_lossy_mixing_matches_per_edge_reference():
             assert torch.allclose(got[i], expect, atol=1e-12), (step, i)
 
 
+@pytest.mark.parametrize("n, cols, radius", [(6, 7, 0.8), (40, 300, 0.3), (90, 20_001, 0.2), (200, 3, 0.15)])
+def test_mixing_matches_dense_products_on_random_graphs(n, cols, radius):
+    """W x and A x (sparse CSR above 32 nodes, column-blocked on wide stacks, into ``out`` or not) equal the
+    dense products, and the blocked product equals the one-call sparse product bit for bit."""
+    from optimizers.graphs import make_graph, metropolis_weights
+    from optimizers.network import graph_product
+    g = make_graph("disk", n, seed=n, radius=radius, gen_attempts=1000)
+    net = InProcessNetwork(g, dtype=DT)
+    x = torch.randn(n, cols, generator=torch.Generator().manual_seed(n), dtype=DT)
+    w = torch.as_tensor(metropolis_weights(g), dtype=DT)
+    a = torch.as_tensor(nx.to_numpy_array(g, nodelist=range(n)), dtype=DT)
+    out = torch.full_like(x, math.nan)
+    assert torch.allclose(net.mix(x, "t"), w @ x, rtol=1e-12, atol=1e-12)
+    assert net.mix(x, "t", out=out) is out and torch.allclose(out, w @ x, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(net.neighbor_sum(x, "t"), a @ x, rtol=1e-12, atol=1e-12)
+    assert net.neighbor_sum(x, "t", out=out) is out and torch.allclose(out, a @ x, rtol=1e-12, atol=1e-12)
+    assert torch.equal(net.mix(x[:, 0], "v"), net._mixing @ x[:, 0])
+    for operator in (net._mixing, net._adjacency):
+        assert torch.equal(graph_product(operator, x), operator @ x)
+        x32 = x.float()
+        assert torch.equal(graph_product(operator.to(torch.float32), x32), operator.to(torch.float32) @ x32)
+    assert net.exchanges == 5
+
+
 def test_accuracy_table_finds_first_round_and_megabytes_at_threshold():
     from visualization.plotting import accuracy_table
     res = {"round": [0, 10, 20], "top1_accuracy": [torch.tensor([0.1, 0.2], dtype=DT), torch.tensor([0.95, 0.8], dtype=DT),

@@ -248,3 +248,131 @@ def test_learning_rate_schedules():
     assert np.allclose(learning_rates("log", 1e-2, 1e-4, 3), [1e-2, 1e-3, 1e-4])
     assert np.allclose(learning_rates("linear", 1.0, 0.0, 5), [1, 0.75, 0.5, 0.25, 0])
     assert np.allclose(learning_rates("constant", 0.3, 0.1, 2), [0.3, 0.3])
+
+
+# ------------------------------------------------- buffered rounds against the allocating originals
+
+class AllocatingDSGD(DSGD):
+    """DSGD's round as it was before workspace buffers."""
+
+    def round(self, k):
+        self.alpha *= 1.0 - float(self.config["mu"]) * self.alpha
+        theta = self.problem.theta
+        theta.copy_(self.network.mix(theta, "theta"))
+        _, grads = self.problem.local_grads(theta)
+        theta.sub_(grads, alpha=self.alpha)
+
+
+class AllocatingDSGT(DSGT):
+    def round(self, k):
+        alpha = float(self.config["alpha"])
+        theta = self.problem.theta
+        theta.copy_(self.network.mix(torch.add(theta, self.tracker, alpha=-alpha), "theta"))
+        _, new_grads = self.problem.local_grads(theta)
+        self.tracker = self.network.mix(self.tracker, "tracker").add_(new_grads).sub_(self.grads)
+        self.grads = new_grads
+
+
+class AllocatingDiNNO(DiNNO):
+    """DiNNO's round as it was: temporaries everywhere and, unless persistent, a new torch optimizer."""
+
+    def round(self, k):
+        from optimizers.base import make_torch_optimizer
+        cfg = self.config
+        theta = self.problem.theta
+        self.rho *= float(cfg["rho_scaling"])
+        rho = self.rho
+        anchor = theta.clone()
+        neighbours = self.network.neighbor_sum(anchor, "theta")
+        degree = self.network.degrees.unsqueeze(1)
+        self.duals += rho * (degree * anchor - neighbours)
+        pull = 0.5 * (degree * anchor + neighbours)
+        opt = self.primal_opt
+        if opt is None:
+            opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], float(self.lrs[k - 1]))
+        for group in opt.param_groups:
+            group["lr"] = float(self.lrs[k - 1])
+        for _ in range(int(cfg["primal_iterations"])):
+            _, grads = self.problem.local_grads(theta)
+            grads += self.duals + 2.0 * rho * (degree * theta - pull)
+            theta.grad = grads
+            opt.step()
+        theta.grad = None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls, old_cls, cfg", [
+    (DSGD, AllocatingDSGD, {"alpha0": 0.05, "mu": 0.01}),
+    (DSGT, AllocatingDSGT, {"alpha": 0.05}),
+    (DiNNO, AllocatingDiNNO, {"rho_init": 0.3, "rho_scaling": 1.01, "primal_iterations": 2,
+                              "primal_lr_start": 0.01, "primal_lr_finish": 0.001, "lr_decay_type": "log"}),
+    (DiNNO, AllocatingDiNNO, {"rho_init": 0.3, "primal_iterations": 1, "primal_optimizer": "adamw",
+                              "primal_lr_start": 0.01}),
+    (DiNNO, AllocatingDiNNO, {"rho_init": 0.3, "primal_iterations": 2, "primal_optimizer": "sgd",
+                              "primal_lr_start": 0.01}),
+    (DiNNO, AllocatingDiNNO, {"rho_init": 0.3, "primal_iterations": 2, "persistant_primal_opt": True,
+                              "primal_lr_start": 0.01}),
+])
+def test_buffered_rounds_are_bit_identical_to_allocating_rounds(cls, old_cls, cfg, dtype, monkeypatch):
+    """Workspace buffers, the in-place DiNNO penalty, the reset (not rebuilt) Adam and column-blocked
+    sparse mixing change no bit against the allocating rounds with one-call products, on 40 robots."""
+    from optimizers.graphs import make_graph
+    from optimizers import network as network_module
+    nodes, per_node = 40, 6
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(nodes * per_node, 8, generator=g, dtype=dtype)
+    y = torch.randn(nodes * per_node, 3, generator=g, dtype=dtype)
+    split = [torch.arange(i * per_node, (i + 1) * per_node) for i in range(nodes)]
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(8, 40), nn.Tanh(), nn.Linear(40, 3))
+    graph = make_graph("disk", nodes, seed=2, radius=0.3)
+    results = []
+    for opt_cls in (old_cls, cls):
+        if opt_cls is old_cls:  # the plain one-call product of before
+            monkeypatch.setattr(network_module, "graph_product", lambda op, v, out=None: op @ v)
+        else:  # blocks of 64 columns
+            monkeypatch.undo()
+            monkeypatch.setattr(network_module, "_BLOCK_BYTES", 64 * nodes * x.element_size())
+        problem = SupervisedProblem("p", model, split, x, y, x[:6], y[:6], loss="MSE", metrics=["validation_loss"],
+                                    train_batch_size=3, val_batch_size=6, dtype=dtype, seed=11, execution="grouped")
+        problem.theta.add_(0.1 * torch.randn(problem.theta.shape, generator=torch.Generator().manual_seed(6),
+                                             dtype=dtype))
+        opt = opt_cls(problem, InProcessNetwork(graph, dtype=dtype), {"outer_iterations": 6, **cfg})
+        with torch.no_grad():
+            opt.setup()
+            for k in range(1, 7):
+                opt.round(k)
+        results.append((problem.theta.clone(), getattr(opt, "duals", None), getattr(opt, "tracker", None)))
+    assert problem.theta.shape[1] > 64 and opt.network._mixing.layout == torch.sparse_csr
+    for old, new in zip(*results):
+        assert (old is None) == (new is None)
+        if old is not None:
+            assert torch.equal(old, new)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(torch.optim.Adam, {}), (torch.optim.Adam, {"weight_decay": 0.01}),
+                                         (torch.optim.AdamW, {}), (torch.optim.AdamW, {"weight_decay": 0.1}),
+                                         (torch.optim.Adam, {"amsgrad": True})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_step_into_a_buffer_is_torchs_step_bit_for_bit(cls, kwargs, dtype):
+    from optimizers.base import adam_step_into, reset_torch_optimizer
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(7, 50, generator=g, dtype=dtype)
+    grads = [torch.randn(7, 50, generator=g, dtype=dtype) for _ in range(6)]
+    thetas = [start.clone(), start.clone()]
+    opts = [cls([t], lr=0.01, **kwargs) for t in thetas]
+    scratch = torch.full_like(start, float("nan"))
+    for i, grad in enumerate(grads):
+        if i == 3:  # as DiNNO's non-persistent primal optimizer: start over from a fresh state
+            opts[0] = cls([thetas[0]], lr=0.01, **kwargs)
+            reset_torch_optimizer(opts[1])
+        for group in opts[1].param_groups:
+            group["lr"] = 0.01 / (i + 1)
+        for group in opts[0].param_groups:
+            group["lr"] = 0.01 / (i + 1)
+        for t in thetas:
+            t.grad = grad.clone()
+        opts[0].step()
+        adam_step_into(opts[1], lambda p: scratch)
+        assert torch.equal(thetas[0], thetas[1]), i
+    assert not torch.isnan(scratch).all() or kwargs.get("amsgrad")
