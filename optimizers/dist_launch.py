@@ -87,12 +87,17 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
 
 def exit_on_peer_loss(main: Callable[[], int | None]) -> int | None:
     """Run ``main``; when a peer is lost print one line and exit 1 at once (a clean shutdown of the
-    process group would wait on the lost peer)."""
+    process group would wait on the lost peer). A rank of a job that ends normally also leaves at once
+    with ``main``'s status once its output is flushed: the ranks finish at different times (rank 0 runs
+    the centralized baseline last), and tearing down a process group whose peers are exiting at the
+    same moment can abort the process in the backend's destructors."""
     try:
         result = main()
     except PeerLostError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         os._exit(1)
     if dist.is_initialized():
-        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if result is None else int(result))
     return result
