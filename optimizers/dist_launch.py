@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from optimizers.distributed import PeerLostError, start_heartbeat
+from optimizers.distributed import HEARTBEAT_S, PeerLostError, start_heartbeat
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 60.0
@@ -81,8 +82,12 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
                             timeout=timedelta(seconds=timeout_s),
                             device_id=device if backend == "nccl" else None)
-    start_heartbeat()  # lets the others name this rank if it dies or hangs
+    global _heartbeat
+    _heartbeat = start_heartbeat()  # lets the others name this rank if it dies or hangs
     return env, device
+
+
+_heartbeat = None  # set to stop this rank's heartbeat
 
 
 def exit_on_peer_loss(main: Callable[[], int | None]) -> int | None:
@@ -94,7 +99,11 @@ def exit_on_peer_loss(main: Callable[[], int | None]) -> int | None:
     try:
         result = main()
     except PeerLostError as error:
+        if _heartbeat is not None:
+            _heartbeat.set()
         print(f"error: {error}", file=sys.stderr, flush=True)
+        if dist.is_initialized() and dist.get_rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            time.sleep(3 * HEARTBEAT_S)  # this process hosts the job's store: let the others finish asking it
         os._exit(1)
     if dist.is_initialized():
         sys.stdout.flush()
