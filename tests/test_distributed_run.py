@@ -203,6 +203,17 @@ def test_lossy_links_are_refused_under_torchrun(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def wait_for_pairs(out: Path, ready, failure: str, limit_s: float = 240) -> None:
+    """Poll the run's manifest until ``ready(pairs)``."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        manifest = out / "manifest.json"
+        if manifest.is_file() and ready(json.loads(manifest.read_text())["pairs"]):
+            return
+        time.sleep(0.5)
+    pytest.fail(failure)
+
+
 def test_a_killed_rank_ends_the_others_with_one_line_and_keeps_finished_pairs(tmp_path):
     cfg = tiny_mnist_config(rounds=4000)
     cfg["problem_configs"]["p1"]["optimizer_config"]["outer_iterations"] = 5  # finishes first
@@ -213,16 +224,8 @@ def test_a_killed_rank_ends_the_others_with_one_line_and_keeps_finished_pairs(tm
     out = tmp_path / "out"
     launcher = torchrun(3, config, out, wait=False)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # wait until the second pair runs
-            manifest = out / "manifest.json"
-            if manifest.is_file():
-                pairs = json.loads(manifest.read_text())["pairs"]
-                if pairs[0]["status"] == "completed" and pairs[1]["status"] == "running":
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the second pair never started")
+        wait_for_pairs(out, lambda pairs: pairs[0]["status"] == "completed" and pairs[1]["status"] == "running",
+                       "the second pair never started")
         time.sleep(2)
         victim = rank_pid(launcher.pid, rank=2)
         killed_at = time.monotonic()
@@ -270,14 +273,7 @@ def test_ctrl_c_on_the_launcher_ends_every_rank_and_keeps_the_results(tmp_path):
     out = tmp_path / "out"
     launcher = torchrun(2, config, out, wait=False)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            manifest = out / "manifest.json"
-            if manifest.is_file() and json.loads(manifest.read_text())["pairs"][0]["status"] == "running":
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the first pair never started")
+        wait_for_pairs(out, lambda pairs: pairs[0]["status"] == "running", "the first pair never started")
         time.sleep(3)
         os.killpg(launcher.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the whole job
         stdout, stderr = launcher.communicate(timeout=90)
