@@ -142,7 +142,7 @@ METRICS_CONFIG = {
 }
 
 def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_batch_size: int,
-                   val_batch_size: int, **extra) -> dict:
+                   val_batch_size: int, metrics_config: dict = METRICS_CONFIG, **extra) -> dict:
     """Schema of one entry of ``problem_configs``; ``extra`` adds domain keys before optimizer_config."""
     return {
         "problem_name": (Name, REQUIRED),
@@ -150,7 +150,7 @@ def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_b
         "val_batch_size": (Int, val_batch_size, AT_LEAST_ONE),
         "verbose_evals": (Bool, False),
         "metrics": (ListOf(Choice(metrics)), default_metrics),
-        "metrics_config": (METRICS_CONFIG, {}),
+        "metrics_config": (metrics_config, {}),
         "save_models": (Bool, False),
         **extra,
         "optimizer_config": ("optimizer", REQUIRED),

@@ -7,7 +7,7 @@ Keys follow the original research code's density configs; registered into
 from __future__ import annotations
 
 from experiments.config import (
-    COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
+    COMMON_EXPERIMENT, DENSITY_METRICS, GRAPH_SCHEMA, METRICS_CONFIG, OPTIONAL, REQUIRED, Bool, Choice, ConfigError, Float,
     Int, ListOf, Str, check_graph_parameters, excerpt, problem_schema,
 )
 from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, schema_entry
@@ -62,9 +62,15 @@ DENSITY_EXPERIMENT = {
     "graph": (_all_optional(GRAPH_SCHEMA), {}),
 }
 
+DENSITY_METRICS_CONFIG = {
+    **METRICS_CONFIG,
+    "mesh_every": (Int, OPTIONAL, AT_LEAST_ONE),  # keep the mesh every this many rounds (and at the end)
+}
+
 DENSITY_PROBLEM = problem_schema(DENSITY_METRICS, ["forward_pass_count", "train_loss_moving_average",
                                                   "validation_loss", "consensus_error", "current_epoch"],
-                                 10000, 10000, comm_radius=(Float, OPTIONAL, POSITIVE), dynamic_graph=(Bool, False))
+                                 10000, 10000, metrics_config=DENSITY_METRICS_CONFIG,
+                                 comm_radius=(Float, OPTIONAL, POSITIVE), dynamic_graph=(Bool, False))
 
 
 def _check_common(cfg: dict) -> None:

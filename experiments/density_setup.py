@@ -175,7 +175,8 @@ class DensitySetup(ExperimentSetup):
     def density_kwargs(self, problem_cfg: dict, rounds: int | None) -> dict:
         kwargs = self.problem_kwargs(problem_cfg)
         kwargs.update(image_shape=self.image_shape, total_rounds=rounds, map_truth=self.map_truth,
-                      mesh_only_at_end=problem_cfg["metrics_config"]["mesh_only_at_end"])
+                      mesh_only_at_end=problem_cfg["metrics_config"]["mesh_only_at_end"],
+                      mesh_every=problem_cfg["metrics_config"]["mesh_every"])
         return kwargs
 
     def _problem(self, name, node_indices, kwargs):

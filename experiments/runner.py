@@ -37,11 +37,13 @@ from optimizers.network import InProcessNetwork
 from problems.mnist_data import DataError
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "experiments" / "outputs"
-SUMMARY_METRICS = ("validation_loss", "top1_accuracy", "consensus_error", "train_loss_moving_average",
-                   "current_epoch", "forward_pass_count", "bytes_sent", "map_balanced_accuracy", "map_wall_iou")
+SUMMARY_METRICS = ("validation_loss", "validation_loss_wall", "validation_loss_free", "top1_accuracy",
+                   "consensus_error", "train_loss_moving_average", "current_epoch", "forward_pass_count",
+                   "bytes_sent", "map_balanced_accuracy", "map_wall_iou")
 # Per-evaluation values with one number per node go into the tidy CSV.
-SCALAR_METRICS = ("forward_pass_count", "validation_loss", "top1_accuracy", "consensus_error",
-                  "current_epoch", "train_loss_moving_average", "bytes_sent")
+SCALAR_METRICS = ("forward_pass_count", "validation_loss", "validation_loss_wall", "validation_loss_free",
+                  "top1_accuracy", "consensus_error", "current_epoch", "train_loss_moving_average", "bytes_sent",
+                  "map_balanced_accuracy", "map_wall_iou")
 # Timing is kept in <pair>_results.pt and the manifest only, so that identical runs give identical CSVs.
 PAIR_STATUSES = ("not started", "running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")

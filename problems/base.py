@@ -60,8 +60,8 @@ class RobotBlock:
 
 # Metrics with one row per robot: under torch.distributed each rank computes its block's rows and
 # rank 0 gathers them (the others, e.g. the graph, are the same on every rank).
-PER_ROBOT_METRICS = ("validation_loss", "top1_accuracy", "validation_as_vector", "consensus_error",
-                     "forward_pass_count", "current_epoch", "train_loss_moving_average", "bytes_sent",
+PER_ROBOT_METRICS = ("validation_loss", "validation_loss_wall", "validation_loss_free", "top1_accuracy",
+                     "validation_as_vector", "consensus_error", "forward_pass_count", "current_epoch", "train_loss_moving_average", "bytes_sent",
                      "mesh_grid_density", "map_balanced_accuracy", "map_wall_iou", "current_position")
 
 
@@ -198,6 +198,11 @@ class SupervisedProblem:
             result["correct"] = torch.cat(correct, dim=1) > 0.5
         return result
 
+    def validation_breakdown(self, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Further per-node metrics recorded with ``validation_loss``, from the per-sample validation
+        losses (N, M); none by default."""
+        return {}
+
     def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.metrics)
         values: dict[str, torch.Tensor] = {}
@@ -213,6 +218,10 @@ class SupervisedProblem:
                 return full
 
             values["validation_loss"] = every_node(val["losses"].mean(dim=1))
+            if "validation_loss" in wanted:
+                extra = self.validation_breakdown(val["losses"])
+                values.update({key: every_node(value) for key, value in extra.items()})
+                wanted |= set(extra)
             if self.classification:
                 values["top1_accuracy"] = every_node(val["correct"].to(torch.float64).mean(dim=1))
                 if "validation_as_vector" in wanted:

@@ -110,26 +110,33 @@ def map_quality(maps: torch.Tensor, wall: torch.Tensor, observable: torch.Tensor
 class DensityProblem(SupervisedProblem):
     """Nodes fit (x, y) -> density on their own scan points; validation on scans from random poses.
 
+    With ``validation_loss`` come ``validation_loss_wall`` and ``validation_loss_free``: the mean loss on
+    the validation points that are walls (density >= 0.5) and on those that are free. Free space makes
+    up most of a scan, so the plain validation loss barely sees the walls.
+
     Extra metric ``mesh_grid_density``: every node's density on the image grid (every 8th pixel),
-    (N, H/8, W/8), recorded with ``mesh_round`` (at the last round only when ``mesh_only_at_end``).
-    Given ``map_truth = (wall, observable)`` (:func:`observable_walls`), every mesh also records the
-    map quality of each node: ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`).
+    (N, H/8, W/8), recorded with ``mesh_round`` at every evaluation, or only at the last round
+    (``mesh_only_at_end``), or at the evaluations after every ``mesh_every`` rounds and the last one.
+    Given ``map_truth = (wall, observable)`` (:func:`observable_walls`), the map quality of each node,
+    ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`), is recorded at every evaluation.
     """
 
     base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
                     "train_loss_moving_average", "mesh_grid_density")
 
     def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
-                 total_rounds: int | None = None, map_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 **kwargs):
+                 mesh_every: int | None = None, total_rounds: int | None = None,
+                 map_truth: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.map_truth = map_truth
         self.image_shape = tuple(int(s) for s in image_shape)
         self.mesh_only_at_end = bool(mesh_only_at_end)
+        self.mesh_every = None if mesh_every is None else int(mesh_every)
         self.total_rounds = total_rounds
         self._round: int | None = None
         grid, self.mesh_shape = mesh_grid(self.image_shape)
         self.mesh_points = self._to_device(grid)
+        self._val_wall = self.val_y.reshape(-1) >= 0.5
 
     @torch.no_grad()
     def mesh_density(self, theta: torch.Tensor) -> torch.Tensor:
@@ -139,25 +146,41 @@ class DensityProblem(SupervisedProblem):
             parts.append(self.stack.evaluate(theta, xb, lambda out: out.reshape(out.shape[0], -1)))
         return torch.cat(parts, dim=1).reshape(theta.shape[0], *self.mesh_shape)
 
-    def _mesh_due(self, round_index: int) -> bool:
-        if not self.mesh_only_at_end:
-            return True
-        return round_index is not None and self.total_rounds is not None and round_index >= self.total_rounds
+    def _mesh_due(self, round_index: int | None) -> bool:
+        """Whether the mesh itself is kept at this evaluation (map quality is recorded at every one)."""
+        last = round_index is not None and self.total_rounds is not None and round_index >= self.total_rounds
+        if self.mesh_only_at_end:
+            return last
+        if self.mesh_every is not None:
+            return last or round_index is None or round_index % self.mesh_every == 0
+        return True
 
     def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
                  extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         self._round = round_index
         return super().evaluate(round_index, theta, extras)
 
+    def validation_breakdown(self, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+        wall = self._val_wall
+        nan = losses.new_full((losses.shape[0],), math.nan)
+        return {"validation_loss_wall": losses[:, wall].mean(dim=1) if bool(wall.any()) else nan,
+                "validation_loss_free": losses[:, ~wall].mean(dim=1) if bool((~wall).any()) else nan}
+
     def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         values = super().compute_metrics(theta)
-        if "mesh_grid_density" in self.metrics and self._mesh_due(self._round):
-            values["mesh_grid_density"] = self.mesh_density(theta).to("cpu", torch.float32)
+        if "mesh_grid_density" not in self.metrics:
+            return values
+        keep_mesh = self._mesh_due(self._round)
+        if not keep_mesh and self.map_truth is None:
+            return values
+        mesh = self.mesh_density(theta).to("cpu", torch.float32)
+        if keep_mesh:
+            values["mesh_grid_density"] = mesh
             values["mesh_round"] = torch.tensor(-1 if self._round is None else self._round)
-            if self.map_truth is not None:
-                quality = map_quality(values["mesh_grid_density"], *self.map_truth)
-                values["map_balanced_accuracy"] = quality["balanced_accuracy"]
-                values["map_wall_iou"] = quality["wall_iou"]
+        if self.map_truth is not None:
+            quality = map_quality(mesh, *self.map_truth)
+            values["map_balanced_accuracy"] = quality["balanced_accuracy"]
+            values["map_wall_iou"] = quality["wall_iou"]
         return values
 
 

@@ -340,6 +340,59 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     assert central["current_position"][-1].shape == (3, 2)
 
 
+def test_map_quality_every_evaluation_mesh_every_and_wall_free_losses(tmp_path):
+    plan = make_plan(tmp_path / "plan")
+    cfg = tiny_online_config(plan, rounds=10)
+    exp = cfg["experiment"]
+    exp["individual_training"]["train_solo"] = False
+    cfg["problem_configs"] = {"problem1": cfg["problem_configs"]["problem1"]}
+    cfg["problem_configs"]["problem1"]["metrics_config"]["mesh_every"] = 4
+    rc, out = run_config(cfg, tmp_path)
+    assert rc == 0
+    hist = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert hist["round"] == [0, 2, 4, 6, 8, 10]
+    assert hist["mesh_round"] == [0, 4, 8, 10]  # every 4 rounds and the last one
+    assert len(hist["map_balanced_accuracy"]) == len(hist["map_wall_iou"]) == 6  # at every evaluation
+    from experiments.config import load_yaml, validate_config
+    from experiments.density_setup import OnlineDensitySetup
+    setup = OnlineDensitySetup(validate_config(load_yaml(out / "config.yaml")), torch.device("cpu"))
+    for mesh, r in zip(hist["mesh_grid_density"], hist["mesh_round"]):
+        e = hist["round"].index(r)
+        q = map_quality(mesh, *setup.map_truth)
+        for key, metric in (("balanced_accuracy", "map_balanced_accuracy"), ("wall_iou", "map_wall_iou")):
+            torch.testing.assert_close(q[key], hist[metric][e], rtol=0, atol=0, equal_nan=True)
+    # the wall and free losses split the validation loss by the validation points' class
+    wall = setup.val_y.reshape(-1) >= 0.5
+    share = float(wall.double().mean())
+    assert 0 < share < 1
+    for e in range(6):
+        mixed = share * hist["validation_loss_wall"][e].double() + (1 - share) * hist["validation_loss_free"][e].double()
+        torch.testing.assert_close(mixed, hist["validation_loss"][e].double(), rtol=1e-5, atol=1e-6)
+    assert hist["validation_loss_wall"][-1].shape == (3,)
+    with open(out / "dinno_metrics.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert {"validation_loss_wall", "validation_loss_free", "map_balanced_accuracy", "map_wall_iou"} <= set(row)
+    assert (out / "figures" / "map_quality.png").stat().st_size > 1000
+
+
+def test_a_baseline_does_not_depend_on_the_other_pairs(tmp_path):
+    """The centralized and individual baselines give the same numbers whatever else the run holds."""
+    plan = make_plan(tmp_path / "plan")
+    full = tiny_online_config(plan, rounds=6)
+    full["experiment"]["execution"] = "grouped"
+    alone = json.loads(json.dumps(full))
+    alone["problem_configs"] = {"only": {**full["problem_configs"]["problem1"], "problem_name": "dinno"}}
+    _, out_full = run_config(full, tmp_path / "full")
+    _, out_alone = run_config(alone, tmp_path / "alone")
+    for name in ("centralized", "individual"):
+        a = torch.load(out_full / f"{name}_results.pt", weights_only=True)
+        b = torch.load(out_alone / f"{name}_results.pt", weights_only=True)
+        for key in ("validation_loss", "mesh_grid_density", "map_balanced_accuracy"):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), (name, key)
+        assert torch.equal(torch.load(out_full / f"{name}_final_params.pt", weights_only=True),
+                           torch.load(out_alone / f"{name}_final_params.pt", weights_only=True))
+
+
 def test_disconnected_graph_is_logged_once_per_change(tmp_path, capsys):
     plan = make_plan(tmp_path / "plan")
     cfg = tiny_online_config(plan, rounds=12)

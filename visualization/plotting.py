@@ -24,6 +24,10 @@ METRIC_LABELS = {
     "top1_accuracy": "top-1 accuracy",
     "consensus_error": "consensus error (unit-normalized parameters)",
     "train_loss_moving_average": "training loss (moving average)",
+    "validation_loss_wall": "validation loss on wall points",
+    "validation_loss_free": "validation loss on free points",
+    "map_balanced_accuracy": "map balanced accuracy",
+    "map_wall_iou": "map wall IoU",
 }
 
 
@@ -130,6 +134,8 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    if any(res.get("map_balanced_accuracy") for res in results.values()):
+        written.append(save_map_quality_figure(results, out / "map_quality.png"))
     if (folder / "graph.json").exists():
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         plot_graph(load_graph(folder), ax)
@@ -139,6 +145,19 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         plt.close(fig)
         written.append(path)
     return written
+
+
+def save_map_quality_figure(results: dict[str, dict], path: Path) -> Path:
+    """Map balanced accuracy and wall IoU against round for every pair (node mean, min-max band)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    for ax, metric in zip(axes, ("map_balanced_accuracy", "map_wall_iou")):
+        plot_metric(results, metric, ax)
+        ax.set_title(METRIC_LABELS[metric] + " vs round")
+    axes[0].axhline(0.5, color="0.4", lw=0.8, ls=":")  # what a map without walls scores
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dict]:
