@@ -172,23 +172,25 @@ def bench_data(args):
     import torch
 
     from experiments.config import apply_overrides, load_yaml, validate_config
-    from experiments.setups import SETUPS
+    from experiments.kinds import KINDS
+    from optimizers.links import FollowPositions
     from optimizers.network import InProcessNetwork
 
     raw = apply_overrides(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_paper.yaml"),
                           ["experiment.data.num_validation_scans=10"])
     cfg = validate_config(raw)
     t0 = time.perf_counter()
-    setup = SETUPS["online_density"](cfg, torch.device("cpu"))
+    setup = KINDS["online_density"].setup(cfg, torch.device("cpu"))
     build = time.perf_counter() - t0
     problem = setup.make_problem(cfg["problem_configs"]["problem1"])
     net = InProcessNetwork(setup.graph)
+    follow = FollowPositions(net, problem.team_positions, cfg["problem_configs"]["problem1"]["comm_radius"])
     # a short window so that windows move (and graphs change) often during the measurement
     rounds = max(args.rounds, 20)
     t_batch = t_graph = 0.0
     for k in range(1, rounds + 1):
         t0 = time.perf_counter()
-        problem.before_round(k, net)
+        follow(k)
         t_graph += time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(PRIMAL):

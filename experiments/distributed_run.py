@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.utils import parameters_to_vector
 
-from experiments.config import ConfigError
+from optimizers.schema import ConfigError
 from optimizers.dist_launch import RankEnv, init_distributed, rank_env
 from optimizers.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
                                    ranks_text, robot_blocks, silent_ranks)
@@ -92,10 +92,9 @@ class World:
     def network(self, graph: nx.Graph, dtype: torch.dtype) -> TorchDistributedNetwork:
         return TorchDistributedNetwork(graph, device=self.device, dtype=dtype)
 
-    def attach(self, problem, network) -> None:
-        problem.ranks = RankMetrics(network)
-        if not self.writer and hasattr(problem, "log"):
-            problem.log = lambda message: None  # rank 0 reports
+    def rank_metrics(self, network: TorchDistributedNetwork) -> RankMetrics:
+        """What combines a problem's per-block metrics on rank 0 over ``network``'s processes."""
+        return RankMetrics(network)
 
     def lost_peer(self, interrupts) -> PeerLostError | None:
         """After an interruption: the lost peer, when torchrun stopped this rank (SIGTERM) because

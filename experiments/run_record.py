@@ -23,14 +23,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.results_io import write_json
+import subprocess
+import sys
+
+import torch
+
+from experiments.kinds.base import REPO_ROOT
+from optimizers.results_io import write_json
+from optimizers.schema import ConfigError
 
 HEARTBEAT_INTERVAL_S = 15.0
 STALE_AFTER_INTERVALS = 4
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "experiments" / "outputs"
 
 
 def now_iso() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def new_output_dir(base: Path, name: str) -> Path:
+    """``base/<YYYY-MM-DD_HH-MM-SS>_<name>``, with a suffix when that folder exists already."""
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    candidate = base / f"{stamp}_{name}"
+    suffix = 1
+    while candidate.exists():
+        candidate = base / f"{stamp}_{name}_{suffix}"
+        suffix += 1
+    return candidate
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def pick_device(requested: str | None, use_cuda: bool, say: bool = True) -> torch.device:
+    """``--device`` (cpu | cuda) over ``experiment.use_cuda``; CUDA asked for by the config but absent
+    falls back to the CPU with a note."""
+    if requested == "cuda" or (requested is None and use_cuda):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if requested == "cuda":
+            raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+        if say:
+            print("note: experiment.use_cuda is true but no CUDA device is available; running on CPU",
+                  file=sys.stderr)
+    return torch.device("cpu")
 
 
 class RunRecord:

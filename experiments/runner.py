@@ -7,46 +7,31 @@ command line (nothing written), 130 when interrupted (what exists is written fir
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
 import signal
-import subprocess
 import sys
-import time
 import traceback
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
-from experiments import results_io
-from experiments.config import ConfigError, apply_overrides, check_output_folder, load_yaml, validate_config
-from experiments.run_record import Interrupts, RunRecord, now_iso, run_is_live
-from experiments.setups import REPO_ROOT, SETUPS, resolve_path
-from optimizers import BASELINES, OPTIMIZERS
-from optimizers import state
-from optimizers.base import DivergedError
+from experiments import distributed_run, scaling
+from experiments.config import apply_overrides, check_output_folder, load_yaml, validate_config
+from experiments.kinds import KINDS
+from experiments.kinds.base import resolve_path
+from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs, summarize
+from experiments.run_record import (DEFAULT_OUTPUT_DIR, Interrupts, RunRecord, git_commit, new_output_dir, now_iso,
+                                    pick_device, run_is_live)
+from optimizers import results_io
 from optimizers.distributed import PeerLostError
 from optimizers.graphs import GraphError, graph_to_json
-from optimizers.links import configure_network
-from optimizers.network import InProcessNetwork
+from optimizers.schema import ConfigError
 from problems.mnist_data import DataError
 
-DEFAULT_OUTPUT_DIR = REPO_ROOT / "experiments" / "outputs"
-SUMMARY_METRICS = ("validation_loss", "validation_loss_wall", "validation_loss_free", "top1_accuracy",
-                   "consensus_error", "train_loss_moving_average", "current_epoch", "forward_pass_count",
-                   "bytes_sent", "map_balanced_accuracy", "map_wall_iou")
-# Per-evaluation values with one number per node go into the tidy CSV.
-SCALAR_METRICS = ("forward_pass_count", "validation_loss", "validation_loss_wall", "validation_loss_free",
-                  "top1_accuracy", "consensus_error", "current_epoch", "train_loss_moving_average", "bytes_sent",
-                  "map_balanced_accuracy", "map_wall_iou")
-# Timing is kept in <pair>_results.pt and the manifest only, so that identical runs give identical CSVs.
 PAIR_STATUSES = ("not started", "running", "completed", "diverged", "failed", "interrupted")
-FINISHED = ("completed", "diverged")
 
 
 def parse_args(argv):
@@ -64,203 +49,6 @@ def parse_args(argv):
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides experiment.use_cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
-
-
-def pick_device(requested: str | None, use_cuda: bool, say: bool = True) -> torch.device:
-    if requested == "cuda" or (requested is None and use_cuda):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if requested == "cuda":
-            raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-        if say:
-            print("note: experiment.use_cuda is true but no CUDA device is available; running on CPU",
-                  file=sys.stderr)
-    return torch.device("cpu")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def new_output_dir(base: Path, name: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    candidate = base / f"{stamp}_{name}"
-    suffix = 1
-    while candidate.exists():
-        candidate = base / f"{stamp}_{name}_{suffix}"
-        suffix += 1
-    return candidate
-
-
-def history_rows(history: dict) -> list[dict]:
-    """Tidy rows: one per (round, node) with one column per scalar metric."""
-    rows = []
-    metrics = [m for m in SCALAR_METRICS if m in history]
-    for e, round_index in enumerate(history.get("round", [])):
-        columns = {}
-        for m in metrics:
-            if e < len(history[m]):
-                columns[m] = torch.as_tensor(history[m][e]).reshape(-1)
-        num_nodes = max((len(v) for v in columns.values()), default=0)
-        for node in range(num_nodes):
-            row = {"round": round_index, "node": node}
-            for m, v in columns.items():
-                row[m] = float(v[node] if len(v) > 1 else v[0])
-            rows.append(row)
-    return rows
-
-
-def write_pair_results(out_dir: Path, name: str, history: dict, theta: torch.Tensor | None,
-                       last_finite: tuple[int, torch.Tensor] | None = None) -> None:
-    """The pair's results, each file written atomically."""
-    results_io.torch_save(history, out_dir / f"{name}_results.pt")
-    rows = history_rows(history)
-    if rows:
-        results_io.write_csv(out_dir / f"{name}_metrics.csv", rows)
-    if theta is not None:
-        results_io.torch_save(theta.detach().cpu(), out_dir / f"{name}_final_params.pt")
-    if last_finite is not None:
-        results_io.torch_save({"round": last_finite[0], "theta": last_finite[1].detach().cpu()},
-                              out_dir / f"{name}_last_finite_params.pt")
-
-
-def summarize(pair: dict, history: dict) -> dict:
-    row = {"problem_name": pair["problem_name"], "alg_name": pair["alg_name"], "status": pair["status"],
-           "rounds": pair.get("rounds_completed", 0), "seconds": round(pair.get("seconds", 0.0), 3)}
-    for m in SUMMARY_METRICS:
-        if history.get(m):
-            final = torch.as_tensor(history[m][-1], dtype=torch.float64).reshape(-1)
-            final = final[~final.isnan()] if not final.isnan().all() else final  # unevaluated robots: NaN
-            row[f"{m}_mean"] = float(final.mean())
-            row[f"{m}_min"] = float(final.min())
-            row[f"{m}_max"] = float(final.max())
-    return row
-
-
-def format_ranges(metrics: dict) -> str:
-    parts = []
-    for m in ("validation_loss", "top1_accuracy", "consensus_error", "train_loss_moving_average"):
-        if m in metrics:
-            v = metrics[m].to(torch.float64)
-            parts.append(f"{m} {float(v.min()):.4g}..{float(v.max()):.4g}")
-    return ", ".join(parts)
-
-
-def load_history(out_dir: Path, name: str) -> dict:
-    path = out_dir / f"{name}_results.pt"
-    return torch.load(path, weights_only=True) if path.is_file() else {}
-
-
-class PairRun:
-    """Train one (problem, optimizer) pair, checkpointing as it goes; resumes from a checkpoint."""
-
-    def __init__(self, name: str, alg_name: str, problem, optimizer_cls, opt_cfg: dict, graph, device,
-                 out_dir: Path | None, record: RunRecord, interrupts: Interrupts, checkpoint_every: int | None,
-                 exp: dict | None = None, world=None):
-        """``world`` (``experiments.distributed_run.World``): the problem is this rank's block of robots
-        and the network exchanges rows with the other ranks."""
-        self.name, self.alg_name, self.problem = name, alg_name, problem
-        if world is not None and problem.robots is not None:
-            self.network = world.network(graph, problem.dtype)
-            world.attach(problem, self.network)
-        else:
-            self.network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
-        self.graph_schedule = configure_network(self.network, exp or {}, graph)  # links / graph_schedule
-        self.optimizer = optimizer_cls(problem, self.network, opt_cfg)
-        self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
-        self.checkpoint_every = checkpoint_every
-        self.checkpoint_path = (out_dir / f"{name}_checkpoint.pt"
-                                if out_dir is not None and world is None else None)
-        self.rounds_done = 0
-
-    def save_checkpoint(self, k: int) -> None:
-        with self.interrupts.deferred():
-            checkpoint = self.optimizer.checkpoint(k)
-            if self.graph_schedule is not None:
-                checkpoint["graph_schedule"] = state.capture(self.graph_schedule, ("generator",))
-            results_io.torch_save(checkpoint, self.checkpoint_path)
-            self.record.update_pair(self.name, checkpoint_round=k)
-
-    def train(self, quiet: bool, verbose: bool, resume: bool) -> None:
-        """Train to the end; sets the pair's status in the record (diverged is not an exception)."""
-        optimizer, problem, name = self.optimizer, self.problem, self.name
-        first = 1
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            checkpoint = torch.load(self.checkpoint_path, weights_only=True)
-            first = optimizer.resume(checkpoint) + 1
-            if self.graph_schedule is not None:
-                state.restore(self.graph_schedule, checkpoint["graph_schedule"])
-            self.rounds_done = first - 1
-        bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
-                   disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
-
-        def progress(k, metrics):
-            self.rounds_done = k
-            bar.update(1)
-            if metrics is not None:
-                if "validation_loss" in metrics:
-                    bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
-                if verbose:
-                    bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
-
-        before_round = None  # problems whose data or graph change every round define it
-        if hasattr(problem, "before_round"):
-            before_round = partial(problem.before_round, network=self.network)
-        if self.graph_schedule is not None:
-            before_round = self.graph_schedule if before_round is None else _chain(self.graph_schedule, before_round)
-        start = time.perf_counter()
-        try:
-            if first == 1:
-                optimizer.begin()
-            optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=before_round,
-                                 on_checkpoint=self.save_checkpoint if self.checkpoint_path else None,
-                                 checkpoint_every=self.checkpoint_every)
-            self.record.update_pair(name, status="completed")
-        except DivergedError as exc:
-            bar.write(f"  [{name}] diverged: {exc}")
-            problem.evaluate(exc.round_index, extras=optimizer._extras())
-            self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
-        finally:
-            bar.close()
-            self.record.update_pair(name, **self.facts(time.perf_counter() - start))
-
-    def facts(self, seconds: float) -> dict:
-        stack = self.problem.stack
-        previous = self.record.pair(self.name).get("seconds", 0.0) if self.rounds_done else 0.0
-        return {"seconds": previous + seconds, "rounds_completed": self.rounds_done,
-                "outer_iterations": self.optimizer.outer_iterations,
-                "bytes_sent_total": self.bytes_sent_total(),
-                "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,
-                                                          "decided_by": stack.plan_sources.get(shape, "config")}
-                               for shape, (form, size) in stack.plans.items()}}
-
-    def bytes_sent_total(self) -> float:
-        """Bytes every robot sent so far (across processes: from the last gathered evaluation)."""
-        sent = self.problem.history.get("bytes_sent")
-        if isinstance(self.network, InProcessNetwork) or not sent:
-            return float(self.network.bytes_sent.sum())
-        return float(sent[-1].sum())
-
-    def write_results(self) -> None:
-        if self.out_dir is None or not self.problem.history:
-            return
-        with self.interrupts.deferred():
-            status = self.record.pair(self.name)["status"]
-            last_finite = getattr(self.optimizer, "last_finite", None) if status == "diverged" else None
-            write_pair_results(self.out_dir, self.name, self.problem.history, self.problem.theta, last_finite)
-            if last_finite is not None:
-                self.record.update_pair(self.name, last_finite_round=last_finite[0])
-            if status in FINISHED and self.checkpoint_path is not None:
-                self.checkpoint_path.unlink(missing_ok=True)
-
-
-def _chain(first, second):
-    return lambda k: (first(k), second(k))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -332,7 +120,7 @@ def prepare_output_dir(args, exp: dict) -> Path | None:
     return new_output_dir(base, exp["name"])
 
 
-def new_manifest(args, exp: dict, device, setup, jobs) -> dict:
+def new_manifest(args, exp: dict, device, setup, specs: list[PairSpec]) -> dict:
     manifest = {
         "name": exp["name"], "status": "running", "config_file": str(Path(args.config).resolve()),
         "overrides": args.overrides, "started": now_iso(),
@@ -344,7 +132,7 @@ def new_manifest(args, exp: dict, device, setup, jobs) -> dict:
         "data": setup.describe(),
         "graph": {"type": setup.graph.graph.get("type"), "num_nodes": setup.graph.number_of_nodes(),
                   "num_edges": setup.graph.number_of_edges()},
-        "pairs": [{"problem_name": name, "alg_name": alg, "status": "not started"} for name, alg, _ in jobs],
+        "pairs": [{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"} for s in specs],
     }
     try:
         import torchvision
@@ -352,16 +140,6 @@ def new_manifest(args, exp: dict, device, setup, jobs) -> dict:
     except ImportError:
         pass
     return manifest
-
-
-def experiment_jobs(cfg: dict) -> list[tuple[str, str, dict | None]]:
-    exp = cfg["experiment"]
-    jobs = [(pc["problem_name"], pc["optimizer_config"]["alg_name"], pc) for pc in cfg["problem_configs"].values()]
-    if exp["individual_training"]["train_solo"]:
-        jobs.append(("individual", "local", None))
-    if exp["centralized"]:
-        jobs.append(("centralized", "local", None))
-    return jobs
 
 
 def main(argv=None, restore_signals: bool = True) -> int:
@@ -382,81 +160,118 @@ def main(argv=None, restore_signals: bool = True) -> int:
                 signal.signal(sig, handler)
 
 
+USAGE = "usage: run.py CONFIG.yaml [--set KEY=VALUE ...] [--output-dir DIR] [--device cpu|cuda] | run.py --resume DIR"
+
+
+
+class Stop(Exception):
+    """Ends ``run.py`` early with ``status`` (its one error line is printed already)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 def _main(argv, interrupts: Interrupts) -> int:
     try:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
-
-    from experiments import distributed_run, scaling
     try:
         ranks = distributed_run.torchrun_env()  # None: the one-process run
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    say = ranks is None or ranks.rank == 0  # every rank read the same command line: one line is enough
+    if (args.resume is None) == (args.config is None):
+        if say:
+            problem = "no CONFIG file given" if args.config is None else "give either a CONFIG file or --resume"
+            print(f"error: {problem} ({USAGE})", file=sys.stderr)
+        return 2
     if scaling.handles(args):  # scaling studies: their own sweep over graphs (experiments/scaling.py)
         if ranks is not None:
-            if ranks.rank == 0:
+            if say:
                 print("error: scaling sweeps run in one process, not under torchrun", file=sys.stderr)
             return 2
-        return scaling.main(args)
-
-    resume = args.resume is not None
-    world = None
-    out_dir = None
+        return scaling.main(args, interrupts)
     try:
-        if resume == (args.config is not None):
-            raise ConfigError("give either a CONFIG file or --resume OUTPUT_DIR (not both, not neither)")
-        if resume:
+        cfg, old_manifest, out_dir, device, world = load_run(args, ranks, say)
+        setup, out_dir = build_setup(args, cfg, device, world, out_dir)
+    except Stop as stop:
+        return stop.status
+    specs = pair_specs(cfg)
+    if world is not None and not world.writer:
+        specs = [s for s in specs if s.name != "centralized"]  # rank 0 runs it, after the pairs
+    record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts)
+    try:
+        return run_pairs(args, cfg, setup, device, specs, out_dir, record, interrupts, old_manifest is not None,
+                         world)
+    finally:
+        record.stop_heartbeat()
+
+
+def load_run(args, ranks, say: bool):
+    """The validated config (of the folder to resume, or the file with --set), its old manifest when
+    resuming, the output folder, the device and, under torchrun, this rank's world."""
+    old_manifest = out_dir = world = None
+    try:
+        if args.resume is not None:
             if args.output_dir:
                 raise ConfigError("--output-dir: not with --resume (the run continues in its own folder)")
             cfg, old_manifest, out_dir = load_resume(args.resume, args.overrides)
         else:
             cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
         exp = cfg["experiment"]
-        device = pick_device(args.device, exp["use_cuda"], say=ranks is None or ranks.rank == 0)
+        device = pick_device(args.device, exp["use_cuda"], say=say)
         if ranks is not None:
-            distributed_run.check_distributable(cfg, resume)
+            distributed_run.check_distributable(cfg, old_manifest is not None)
             world = distributed_run.join(exp, device)
             device = world.device
     except (ConfigError, GraphError, DataError) as exc:
-        if ranks is None or ranks.rank == 0:  # every rank read the same config: one line is enough
+        if say:
             print(f"error: {exc}", file=sys.stderr)
-        return 2
-    error = None
+        raise Stop(2) from None
+    return cfg, old_manifest, out_dir, device, world
+
+
+def build_setup(args, cfg, device, world, out_dir):
+    """The experiment's setup (graph, base model, data) and the checked output folder; under torchrun
+    every rank agrees on any error first."""
+    error = setup = None
     try:
-        if not resume and (world is None or world.writer):
-            out_dir = prepare_output_dir(args, exp)
-        setup = SETUPS[exp["problem"]](cfg, device)
+        if args.resume is None and (world is None or world.writer):
+            out_dir = prepare_output_dir(args, cfg["experiment"])
+        setup = KINDS[cfg["experiment"]["problem"]].setup(cfg, device)
         if world is not None:
             world.host(setup)
     except (ConfigError, GraphError, DataError) as exc:
         error = str(exc)
     if world is not None:
         if world.agree_on_error(error) is not None:
-            return 2
+            raise Stop(2)
         args.quiet = args.quiet or not world.writer  # rank 0 alone prints and writes
     elif error is not None:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise Stop(2)
+    return setup, out_dir
 
-    jobs = experiment_jobs(cfg)
-    if world is not None and not world.writer:
-        jobs = [job for job in jobs if job[0] != "centralized"]  # rank 0 runs it, after the pairs
-    if resume:
+
+def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts) -> RunRecord:
+    """The run's manifest (continued when resuming), with config.yaml and graph.json for a new run."""
+    if old_manifest is not None:
         manifest = old_manifest
         manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
         manifest["status"] = "running"
         manifest.pop("finished", None)
         known = {p["problem_name"] for p in manifest["pairs"]}
-        manifest["pairs"] += [{"problem_name": n, "alg_name": a, "status": "not started"}
-                              for n, a, _ in jobs if n not in known]
+        manifest["pairs"] += [{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"}
+                              for s in specs if s.name not in known]
     else:
-        manifest = new_manifest(args, exp, device, setup, jobs)
+        manifest = new_manifest(args, cfg["experiment"], device, setup, specs)
         if world is not None:
             manifest["distributed"] = world.describe()
     with interrupts.deferred():
-        if out_dir is not None and not resume:
+        if out_dir is not None and old_manifest is None:
             out_dir.mkdir(parents=True, exist_ok=True)
             results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
             results_io.write_json(out_dir / "graph.json", graph_to_json(setup.graph))
@@ -464,31 +279,27 @@ def _main(argv, interrupts: Interrupts) -> int:
         record.save()
     if out_dir is not None:
         record.start_heartbeat()
-    try:
-        return run_jobs(args, cfg, setup, device, jobs, out_dir, record, interrupts, resume, world)
-    finally:
-        record.stop_heartbeat()
+    return record
 
 
-def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interrupts: Interrupts,
-             resume: bool, world=None) -> int:
+def run_pairs(args, cfg, setup, device, specs, out_dir, record: RunRecord, interrupts: Interrupts,
+              resume: bool, world=None) -> int:
     exp = cfg["experiment"]
     summary_rows = []
     interrupted = False
     lost_peer = None
     if world is not None and not world.writer:
-        return run_rank_jobs(args, exp, setup, device, jobs, record, interrupts, world)
+        return run_rank_pairs(args, setup, device, specs, record, interrupts, world)
     where = "" if world is None else f", {world.world_size} processes ({world.backend})"
-    print(f"experiment {exp['name']}: {len(jobs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
+    print(f"experiment {exp['name']}: {len(specs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
           f"device {device}{where}, data: {record.manifest['data'].get('source', '')}")
     try:
-        for name, alg_name, pc in jobs:
-            pair = record.pair(name)
+        for spec in specs:
+            pair = record.pair(spec.name)
             if resume and pair["status"] in FINISHED:
-                summary_rows.append(summarize(pair, load_history(out_dir, name)))
+                summary_rows.append(summarize(pair, load_history(out_dir, spec.name)))
                 continue
-            summary_rows.append(run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record,
-                                        interrupts, resume, world))
+            summary_rows.append(run_one(args, setup, device, spec, out_dir, record, interrupts, resume, world))
     except KeyboardInterrupt:
         interrupted = True
         lost_peer = world.lost_peer(interrupts) if world is not None else None
@@ -501,9 +312,20 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
         lost_peer = exc
     if lost_peer is not None:
         done = {row["problem_name"] for row in summary_rows}
-        summary_rows += [summarize(record.pair(name), {}) for name, _, _ in jobs if name not in done]
+        summary_rows += [summarize(record.pair(s.name), {}) for s in specs if s.name not in done]
     interrupts.stop()  # from here on, signals only wait: everything that exists gets written
+    status = finish_run(setup, out_dir, record, summary_rows, interrupted)
+    if lost_peer is not None:
+        raise lost_peer
+    if interrupted:
+        print("interrupted: results so far are written; continue with --resume "
+              f"{out_dir if out_dir is not None else 'OUTPUT_DIR'}", file=sys.stderr)
+        return 130
+    return 0 if status == "completed" else 1
 
+
+def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], interrupted: bool) -> str:
+    """The run's status, the printed table, summary.csv and the figures; returns the status."""
     statuses = [p["status"] for p in record.manifest["pairs"]]
     if interrupted:
         status = "interrupted"
@@ -526,20 +348,14 @@ def run_jobs(args, cfg, setup, device, jobs, out_dir, record: RunRecord, interru
         print(f"\nresults: {out_dir}")
         print(f"figures: {out_dir / 'figures'}")
     record.update(status=status, finished=now_iso())
-    if lost_peer is not None:
-        raise lost_peer
-    if interrupted:
-        print("interrupted: results so far are written; continue with --resume "
-              f"{out_dir if out_dir is not None else 'OUTPUT_DIR'}", file=sys.stderr)
-        return 130
-    return 0 if status == "completed" else 1
+    return status
 
 
-def run_rank_jobs(args, exp, setup, device, jobs, record: RunRecord, interrupts: Interrupts, world) -> int:
+def run_rank_pairs(args, setup, device, specs, record: RunRecord, interrupts: Interrupts, world) -> int:
     """A rank other than 0: its share of every pair, nothing written or printed (rank 0 reports)."""
     try:
-        for name, alg_name, pc in jobs:
-            run_one(args, exp, setup, device, name, alg_name, pc, None, record, interrupts, False, world)
+        for spec in specs:
+            run_one(args, setup, device, spec, None, record, interrupts, False, world)
     except KeyboardInterrupt:
         lost_peer = world.lost_peer(interrupts)
         if lost_peer is not None:
@@ -551,28 +367,18 @@ def run_rank_jobs(args, exp, setup, device, jobs, record: RunRecord, interrupts:
                     if p["problem_name"] != "centralized") else 1
 
 
-def run_one(args, exp, setup, device, name, alg_name, pc, out_dir, record: RunRecord, interrupts: Interrupts,
+def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, interrupts: Interrupts,
             resume: bool, world=None) -> dict:
     """Build and train one pair; write its results whatever happens. Returns its summary row."""
+    name = spec.name
     with record.lock:
         for stale in ("error", "traceback", "diverged_round", "last_finite_round"):
             record.pair(name).pop(stale, None)
     record.update_pair(name, status="running")
     run = None
     try:
-        if pc is not None:
-            problem = setup.make_problem(pc)
-            opt_cfg = dict(pc["optimizer_config"])
-            cls = OPTIMIZERS[alg_name]
-            verbose = pc["verbose_evals"]
-        else:
-            problem, opt_cfg = setup.make_baseline(name)
-            cls = BASELINES["local"]
-            verbose = exp["individual_training"]["verbose"]
-        opt_cfg.pop("alg_name", None)
-        run = PairRun(name, alg_name, problem, cls, opt_cfg, setup.graph, device, out_dir, record, interrupts,
-                      exp["checkpoint_every"], exp=exp if pc is not None else None, world=world)
-        run.train(args.quiet, verbose, resume)
+        run = PairRun(spec, setup, device, out_dir, record, interrupts, world)
+        run.train(args.quiet, resume)
     except KeyboardInterrupt:
         interrupts.stop()
         record.update_pair(name, status="interrupted")

@@ -1,5 +1,9 @@
 """The scaling study: how does a method degrade as the team grows or the network thins out?
 
+Any problem kind whose graph is fixed for a run can be swept (``mnist``, ``density``, ``logreg``); every
+pair trains through the same pair driver as an ordinary run (:mod:`experiments.pair`), so
+``experiment.links``, ``experiment.graph_schedule`` and checkpoints mean the same in a sweep.
+
 A scaling config (``experiment.scaling`` plus one top-level ``problem`` as in the original research
 code, or ``problem_configs`` to compare several optimizers) runs a series of trials. ``const:
 fiedler`` sweeps the number of robots N over ``num_trials`` values from ``min_N`` to ``max_N`` on disk
@@ -13,41 +17,40 @@ Output folder::
     base_model.pt         the one frozen initial model of every node of every pair of every trial
     graphs/trial_XX.json  node-link graph with positions, radius and measured Fiedler value
     reference/            the centralized run that sets the target accuracy (when not fixed)
-    trial_XX/             each pair's results as in an ordinary run, plus trial.json (its rows);
-                          written as trial_XX.partial/ and renamed when the trial is complete
+    trial_XX/             each pair's results as in an ordinary run, done.json (the trial's rows) and
+                          pairs.json (each pair's status); written as trial_XX.partial/ (with the pairs'
+                          checkpoints) and renamed when the trial is complete
     scaling.csv           one row per (trial, pair)
     figures/              accuracy, rounds to target and seconds per round vs N (or Fiedler value)
 
-``--resume OUTPUT_DIR`` keeps every complete trial and runs the others with the same graphs, base
-model and splits.
+``--resume OUTPUT_DIR`` keeps every complete trial; in a partial one it keeps the finished pairs and
+continues the others from their checkpoints, with the same graphs, base model and splits.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as dt
 import json
 import math
-import os
 import shutil
-import signal
 import sys
-import time
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import torch
 import yaml
 
-from experiments.config import ConfigError, apply_overrides, load_yaml, validate_scaling_config
-from experiments.setups import MnistSetup, load_experiment_mnist, resolve_path
-from optimizers import BASELINES, OPTIMIZERS
-from optimizers.base import DivergedError
+from experiments.config import apply_overrides, is_scaling_config, load_yaml, validate_scaling_config
+from experiments.kinds import KINDS
+from experiments.kinds.base import resolve_path
+from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs
+from experiments.run_record import DEFAULT_OUTPUT_DIR, RunRecord, git_commit, new_output_dir, pick_device
+from optimizers import results_io
 from optimizers.graphs import GraphError, fiedler_value, graph_from_json, graph_to_json, make_graph
-from optimizers.network import InProcessNetwork
-from problems.mnist import mnist_cnn
-from problems.mnist_data import DataError, split_indices
+from optimizers.schema import ConfigError
+from problems.mnist_data import DataError
 
 CSV_FIELDS = ("trial", "num_nodes", "target_fiedler", "fiedler", "radius", "num_edges", "problem_name",
               "alg_name", "status", "rounds", "seconds", "seconds_per_round", "final_top1_mean",
@@ -66,30 +69,6 @@ def trial_plan(scaling: dict) -> list[dict]:
         targets = np.linspace(scaling["min_fied"], scaling["max_fied"], count)
     return [{"trial": i, "num_nodes": int(n), "target_fiedler": float(f)}
             for i, (n, f) in enumerate(zip(sizes, targets))]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=str))
-
-
-def _stop(signum, frame):
-    """SIGTERM ends a sweep like Ctrl-C: finished trials are kept."""
-    raise KeyboardInterrupt
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def final_stats(history: dict, metric: str) -> torch.Tensor | None:
@@ -128,7 +107,7 @@ def pair_row(plan: dict, graph, pair: dict, history: dict, target: float | None)
     return row
 
 
-def trial_graph(out_dir: Path, plan: dict, exp: dict):
+def trial_graph(out_dir: Path, plan: dict, exp: dict) -> nx.Graph:
     """The trial's graph: read back when the folder has it (resume), else built and written."""
     path = out_dir / "graphs" / f"trial_{plan['trial']:02d}.json"
     if path.exists():
@@ -137,23 +116,8 @@ def trial_graph(out_dir: Path, plan: dict, exp: dict):
                        gen_attempts=exp["graph"]["gen_attempts"])
     graph.graph["fiedler"] = float(fiedler_value(graph))
     path.parent.mkdir(exist_ok=True)
-    write_atomic(path, json.dumps(graph_to_json(graph)))
+    results_io.write_json(path, graph_to_json(graph))
     return graph
-
-
-def frozen_base_model(out_dir: Path, exp: dict):
-    path = out_dir / "base_model.pt"
-    torch.manual_seed(exp["seed"])
-    model = mnist_cnn(**exp["model"])
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def trial_config(cfg: dict, plan: dict) -> dict:
@@ -162,92 +126,103 @@ def trial_config(cfg: dict, plan: dict) -> dict:
     return cfg
 
 
-def train_pair(problem, optimizer_cls, opt_cfg: dict, graph, device, folder: Path, pair: dict) -> dict:
-    """Train one pair of a trial on ``graph``; fills ``pair`` (status, seconds, rounds, bytes) and writes
-    ``<name>_results.pt`` and ``<name>_final_params.pt`` into ``folder``. Returns the history."""
-    network = InProcessNetwork(graph, device=device, dtype=problem.dtype)
-    optimizer = optimizer_cls(problem, network, {k: v for k, v in opt_cfg.items() if k != "alg_name"})
-    rounds = 0
-
-    def progress(k, metrics):
-        nonlocal rounds
-        rounds = k
-
-    start = time.perf_counter()
-    try:
-        optimizer.train(progress=progress, profile_dir=folder)
-        pair["status"] = "completed"
-    except DivergedError as exc:
-        pair.update(status="diverged", error=str(exc))
-        problem.evaluate(exc.round_index, extras=optimizer._extras())
-    except Exception as exc:  # a crash of one pair never loses the others
-        pair.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        print(f"pair {pair['problem_name']} failed: {pair['error']}", file=sys.stderr)
-    pair.update(seconds=time.perf_counter() - start, rounds_completed=rounds,
-                bytes_sent_total=float(network.bytes_sent.sum()))
-    torch.save(problem.history, folder / f"{pair['problem_name']}_results.pt")
-    torch.save(problem.theta.detach().cpu(), folder / f"{pair['problem_name']}_final_params.pt")
-    return problem.history
+def shared_base_model(out_dir: Path, setup) -> torch.nn.Module:
+    """The one frozen base model of the sweep: the first setup's, kept in base_model.pt (read back on resume)."""
+    path = out_dir / "base_model.pt"
+    model = setup.base_model
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        results_io.torch_save(model.state_dict(), path)
+    return model
 
 
-def run_in_folder(final: Path, work) -> dict:
-    """Run ``work(folder)`` in ``final``.partial and rename it to ``final`` once it returns: a folder
-    without the suffix is always complete. Its return value is kept in done.json."""
-    done = final / "done.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    result = work(partial)
-    write_json(partial / "done.json", result)
-    os.replace(partial, final)
-    return result
+class TrialFolder:
+    """``final``.partial while a trial runs (with its pairs' checkpoints and pairs.json), renamed to
+    ``final`` with done.json when every pair is finished: a folder without the suffix is complete."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.partial = final.with_name(final.name + ".partial")
+
+    def done(self) -> dict | None:
+        path = self.final / "done.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def open(self, pairs: list[dict]) -> RunRecord:
+        """The record of the trial's pairs (what an earlier, interrupted attempt left is kept)."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        path = self.partial / "pairs.json"
+        kept = {}
+        if path.exists():
+            kept = {p["problem_name"]: p for p in json.loads(path.read_text()).get("pairs", [])}
+        record = RunRecord(path, {"pairs": [kept.get(p["problem_name"], p) for p in pairs]})
+        record.save()
+        return record
+
+    def close(self, result: dict) -> dict:
+        results_io.write_json(self.partial / "done.json", result)
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.partial.replace(self.final)
+        return result
 
 
-def target_accuracy(out_dir: Path, cfg: dict, setup: MnistSetup, device) -> float:
-    """Fixed ``scaling.target_accuracy``, else ``target_fraction`` of a centralized run's final accuracy."""
+def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, quiet: bool = True) -> list[tuple]:
+    """Train every pair of ``specs`` in the trial's partial folder, continuing an interrupted attempt:
+    finished pairs are kept, the others continue from their checkpoints. Returns (pair, history) each."""
+    record = folder.open([{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"}
+                          for s in specs])
+    out = []
+    for spec in specs:
+        pair = record.pair(spec.name)
+        if pair["status"] not in FINISHED:
+            record.update_pair(spec.name, status="running")
+            run = PairRun(spec, setup, device, folder.partial, record, interrupts)
+            try:
+                run.train(quiet=quiet, resume=True)
+            except KeyboardInterrupt:
+                record.update_pair(spec.name, status="interrupted")
+                run.write_results()
+                raise
+            except Exception as exc:  # a crash of one pair never loses the others
+                record.update_pair(spec.name, status="failed", error=f"{type(exc).__name__}: {exc}")
+                print(f"pair {spec.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            run.write_results()
+        out.append((record.pair(spec.name), load_history(folder.partial, spec.name)))
+    return out
+
+
+def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts) -> float | None:
+    """Fixed ``scaling.target_accuracy``, else ``target_fraction`` of a centralized run's final top-1
+    accuracy (kinds without an accuracy: no target)."""
     scaling = cfg["experiment"]["scaling"]
     if scaling["target_accuracy"] is not None:
         return scaling["target_accuracy"]
-
-    def centralized(folder: Path) -> dict:
-        problem, opt_cfg = setup.make_baseline("centralized")
-        pair = {"problem_name": "centralized", "alg_name": "local"}
-        history = train_pair(problem, BASELINES["local"], opt_cfg, setup.graph, device, folder, pair)
-        return {"top1_accuracy": float(final_stats(history, "top1_accuracy").mean()), "pair": pair}
-
-    reference = run_in_folder(out_dir / "reference", centralized)
+    if "top1_accuracy" not in setup.problem_class.available_metrics():
+        return None
+    folder = TrialFolder(out_dir / "reference")
+    reference = folder.done()
+    if reference is None:
+        (pair, history), = train_trial_pairs(folder, setup, [PairSpec("centralized", "local", None)], device,
+                                             interrupts)
+        reference = folder.close({"top1_accuracy": float(final_stats(history, "top1_accuracy").mean()),
+                                  "pair": pair})
     return scaling["target_fraction"] * reference["top1_accuracy"]
 
 
-def run_trial(out_dir: Path, cfg: dict, plan: dict, setup: MnistSetup, device, target: float | None) -> list[dict]:
-    def work(folder: Path) -> dict:
-        rows = []
-        for pc in cfg["problem_configs"].values():
-            alg = pc["optimizer_config"]["alg_name"]
-            pair = {"problem_name": pc["problem_name"], "alg_name": alg}
-            history = train_pair(setup.make_problem(pc), OPTIMIZERS[alg], pc["optimizer_config"], setup.graph,
-                                 device, folder, pair)
-            rows.append(pair_row(plan, setup.graph, pair, history, target))
-            print(f"  {pair['problem_name']}: {pair['status']}, {pair['rounds_completed']} rounds in "
-                  f"{pair['seconds']:.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
-        return {"rows": rows}
-
-    return run_in_folder(out_dir / f"trial_{plan['trial']:02d}", work)["rows"]
-
-
-def largest_trial_check(cfg: dict, data, plan: list[dict]) -> None:
-    """Every node of the largest team must hold a full training batch (checked before anything runs)."""
-    exp = cfg["experiment"]
-    largest = max(p["num_nodes"] for p in plan)
-    split = split_indices(data.train_labels, largest, exp["data_split_type"], seed=exp["seed"],
-                          alpha=exp["dirichlet_alpha"])
-    smallest = min(len(ix) for ix in split)
-    for key, pc in cfg["problem_configs"].items():
-        if pc["train_batch_size"] > smallest:
-            raise ConfigError(f"problem_configs.{key}.train_batch_size: {pc['train_batch_size']} is larger than "
-                              f"the {smallest} training samples of a node at N = {largest}; lower it or max_N")
+def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float | None, interrupts) -> list[dict]:
+    folder = TrialFolder(out_dir / f"trial_{plan['trial']:02d}")
+    done = folder.done()
+    if done is not None:
+        return done["rows"]
+    specs = [s for s in pair_specs(cfg) if not s.is_baseline]
+    rows = []
+    for pair, history in train_trial_pairs(folder, setup, specs, device, interrupts):
+        rows.append(pair_row(plan, setup.graph, pair, history, target))
+        print(f"  {pair['problem_name']}: {pair['status']}, {pair.get('rounds_completed', 0)} rounds in "
+              f"{pair.get('seconds', 0.0):.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
+    return folder.close({"rows": rows})["rows"]
 
 
 def is_sweep_folder(folder: str | Path) -> bool:
@@ -260,76 +235,89 @@ def handles(args) -> bool:
     if args.resume is not None:
         return is_sweep_folder(args.resume)
     try:
-        from experiments.config import is_scaling_config
         return is_scaling_config(load_yaml(args.config))
     except ConfigError:
         return False
 
 
-def main(args) -> int:
-    from experiments.runner import DEFAULT_OUTPUT_DIR, git_commit, new_output_dir, pick_device
-
+def prepare(args):
+    """The sweep's validated config (as given and filled in), its kind, device, trial plan, shared data
+    and output folder; everything is checked, on the largest team, before anything is written."""
     resume = args.resume is not None
-    try:
-        if resume:
-            if args.overrides or args.config:
-                raise ConfigError("--resume: the folder's config.yaml is used; give no config file or --set")
-            out_dir = Path(args.resume).resolve()
-            raw = load_yaml(out_dir / "config.yaml")
+    if resume:
+        if args.overrides or args.config:
+            raise ConfigError("--resume: the folder's config.yaml is used; give no config file or --set")
+        out_dir = Path(args.resume).resolve()
+        raw = load_yaml(out_dir / "config.yaml")
+    else:
+        raw = apply_overrides(load_yaml(args.config), args.overrides)
+    cfg = validate_scaling_config(raw)
+    exp = cfg["experiment"]
+    kind = KINDS[exp["problem"]]
+    device = pick_device(args.device, exp["use_cuda"])
+    plan = trial_plan(exp["scaling"])
+    data = kind.setup.load_data(cfg)
+    largest = max(p["num_nodes"] for p in plan)
+    kind.setup(trial_config(cfg, {"num_nodes": largest, "target_fiedler": exp["graph"]["target_fiedler"]}),
+               device, graph=nx.complete_graph(largest), data=data)
+    if not resume:
+        if args.output_dir:
+            out_dir = Path(args.output_dir).resolve()
+            if out_dir.exists() and any(out_dir.iterdir()):
+                raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder "
+                                  f"(or --resume it)")
         else:
-            raw = apply_overrides(load_yaml(args.config), args.overrides)
-        cfg = validate_scaling_config(raw)
-        exp = cfg["experiment"]
-        device = pick_device(args.device, exp["use_cuda"])
-        plan = trial_plan(exp["scaling"])
-        data = load_experiment_mnist(exp)
-        largest_trial_check(cfg, data, plan)
-        if not resume:
-            if args.output_dir:
-                out_dir = Path(args.output_dir).resolve()
-                if out_dir.exists() and any(out_dir.iterdir()):
-                    raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder "
-                                      f"(or --resume it)")
-            else:
-                out_dir = new_output_dir(resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR), exp["name"])
+            out_dir = new_output_dir(resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR), exp["name"])
+    return raw, cfg, kind, device, plan, data, out_dir
+
+
+def run_trials(out_dir: Path, cfg: dict, kind, device, plan: list[dict], data, manifest: dict, interrupts,
+               rows: list[dict]) -> None:
+    """Every trial in turn (complete ones read back), its rows appended to ``rows``; scaling.csv is
+    rewritten after each."""
+    exp = cfg["experiment"]
+    base_model = target = None
+    for plan_item in plan:
+        graph = trial_graph(out_dir, plan_item, exp)
+        setup = kind.setup(trial_config(cfg, plan_item), device, graph=graph, data=data, base_model=base_model)
+        if base_model is None:
+            base_model = setup.base_model = shared_base_model(out_dir, setup)
+            manifest["data"] = setup.describe()
+            results_io.write_json(out_dir / "manifest.json", manifest)
+            target = target_accuracy(out_dir, cfg, setup, device, interrupts)
+        print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
+              f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
+        rows += run_trial(out_dir, cfg, plan_item, setup, device, target, interrupts)
+        results_io.write_csv(out_dir / "scaling.csv", rows, fieldnames=list(CSV_FIELDS))
+
+
+def main(args, interrupts) -> int:
+    try:
+        raw, cfg, kind, device, plan, data, out_dir = prepare(args)
     except (ConfigError, GraphError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    signal.signal(signal.SIGTERM, _stop)
+    exp = cfg["experiment"]
+    resume = args.resume is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        write_atomic(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+        results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     manifest = {"kind": "scaling", "name": exp["name"], "status": "running", "const": exp["scaling"]["const"],
-                "started": dt.datetime.now().isoformat(timespec="seconds"), "resumed": resume,
-                "seed": exp["seed"], "device": str(device), "git_commit": git_commit(), "torch": torch.__version__,
-                "data": data.describe(), "trials": plan}
-    write_json(out_dir / "manifest.json", manifest)
-
-    base_model = frozen_base_model(out_dir, exp)
-    rows: list[dict] = []
-    status = "completed"
+                "problem": kind.name, "started": dt.datetime.now().isoformat(timespec="seconds"),
+                "resumed": resume, "seed": exp["seed"], "device": str(device), "git_commit": git_commit(),
+                "torch": torch.__version__, "trials": plan}
     print(f"scaling study {exp['name']}: {len(plan)} trial(s) x {len(cfg['problem_configs'])} pair(s), "
           f"N = {', '.join(str(p['num_nodes']) for p in plan)}; results: {out_dir}")
+    rows: list[dict] = []
     try:
-        target = None
-        for plan_item in plan:
-            graph = trial_graph(out_dir, plan_item, exp)
-            setup = MnistSetup(trial_config(cfg, plan_item), device, graph=graph, data=data)
-            setup.base_model = base_model
-            if plan_item["trial"] == 0:
-                target = target_accuracy(out_dir, cfg, setup, device)
-            print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
-                  f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
-            rows += run_trial(out_dir, cfg, plan_item, setup, device, target)
-            write_csv(out_dir / "scaling.csv", rows)
-        if any(r["status"] != "completed" for r in rows):
-            status = "failed"
+        run_trials(out_dir, cfg, kind, device, plan, data, manifest, interrupts, rows)
+        status = "failed" if any(r["status"] != "completed" for r in rows) else "completed"
     except KeyboardInterrupt:
         status = "interrupted"
     except (GraphError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = "failed"
+    interrupts.stop()
     manifest.update(status=status, finished=dt.datetime.now().isoformat(timespec="seconds"))
     try:
         from visualization.plotting import save_scaling_figures
@@ -337,7 +325,7 @@ def main(args) -> int:
     except Exception as exc:  # figures must never cost the results
         manifest["figures_error"] = f"{type(exc).__name__}: {exc}"
         print(f"warning: figures could not be drawn: {exc}", file=sys.stderr)
-    write_json(out_dir / "manifest.json", manifest)
+    results_io.write_json(out_dir / "manifest.json", manifest)
     print_rows(rows)
     print(f"\nresults: {out_dir}")
     if status == "interrupted":

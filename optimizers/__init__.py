@@ -8,9 +8,30 @@ from optimizers.extra import EXTRA
 from optimizers.local import LocalTraining
 from optimizers.next import NEXT
 from optimizers.prox_pda import ProxPDA
+from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
 OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA)}
 BASELINES = {LocalTraining.alg_name: LocalTraining}
 
+
+def validate_optimizer_config(prefix: str, data) -> dict:
+    """An ``optimizer_config`` block: ``alg_name`` picks the optimizer, whose ``config_schema`` and
+    ``check_config`` check the rest."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {excerpt(data)}")
+    name = data.get("alg_name")
+    if name is None:
+        raise ConfigError(f"{prefix}.alg_name: required key is missing; allowed: {', '.join(OPTIMIZERS)}")
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ConfigError(f"{prefix}.alg_name: {excerpt(name)} is not allowed{did_you_mean(name, OPTIMIZERS)}; "
+                          f"allowed: {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    out = validate_mapping(prefix, {"alg_name": (Str, REQUIRED), **cls.config_schema}, data)
+    cls.check_config(prefix, out)
+    return out
+
+
+OPTIMIZER_CONFIG = Custom(validate_optimizer_config)  # the schema kind of a problem's ``optimizer_config``
+
 __all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "LocalTraining", "OPTIMIZERS",
-           "BASELINES"]
+           "BASELINES", "OPTIMIZER_CONFIG", "validate_optimizer_config"]

@@ -9,15 +9,16 @@ profiles the first rounds on request and reports progress.
 from __future__ import annotations
 
 import inspect
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from optimizers import state
+from optimizers.graphs import adjacency
+from optimizers.results_io import atomic_path
+from optimizers.schema import defaults
 from optimizers.schedules import learning_rates
 
 PROFILED_ROUNDS = 5
@@ -29,51 +30,6 @@ class DivergedError(RuntimeError):
     def __init__(self, round_index: int, what: str = "loss"):
         super().__init__(f"non-finite {what} at round {round_index}")
         self.round_index = round_index
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED = _Required()
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed interval of a numeric config value (a third element of a schema entry)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
-
-    def describe(self) -> str:
-        def fmt(v: float) -> str:
-            return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-        if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {fmt(self.low)}"
-        if self.low is None:
-            return f"{'less than' if self.high_open else 'at most'} {fmt(self.high)}"
-        return f"in {'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}"
-
-
-POSITIVE = Range(0.0, low_open=True)
-NON_NEGATIVE = Range(0.0)
-AT_LEAST_ONE = Range(1.0)
-UNIT_INTERVAL = Range(0.0, 1.0)
-
-
-def schema_entry(spec: tuple) -> tuple[Any, Any, Range | None]:
-    """``(kind, default)`` or ``(kind, default, Range)`` -> (kind, default, range or None)."""
-    kind, default, *rest = spec
-    return kind, default, (rest[0] if rest else None)
 
 
 def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -166,10 +122,15 @@ class DistributedOptimizer:
     def __init__(self, problem, network, config: dict[str, Any]):
         self.problem = problem
         self.network = network
-        self.config = {k: spec[1] for k, spec in self.config_schema.items() if spec[1] is not REQUIRED}
+        self.config = defaults(self.config_schema)
         self.config.update(config)
         self.outer_iterations = int(self.config["outer_iterations"])
         self.elapsed = 0.0
+        self.last_finite: tuple[int, torch.Tensor] | None = None  # (round, parameters) of the last finite evaluation
+
+    @classmethod
+    def check_config(cls, prefix: str, config: dict) -> None:
+        """Checks across keys of a validated config (raise ConfigError); none by default."""
 
     def setup(self) -> None:
         pass
@@ -227,9 +188,15 @@ class DistributedOptimizer:
         theta = self.problem.theta
         return compressor.row_bytes(theta[0].numel(), theta.element_size())
 
-    def _extras(self) -> dict[str, torch.Tensor]:
-        return {"bytes_sent": self.network.bytes_sent.clone(),
-                "wall_time": torch.tensor(self.elapsed, dtype=torch.float64)}
+    def evaluate(self, round_index: int) -> dict[str, torch.Tensor] | None:
+        """The problem's metrics after ``round_index`` rounds, with what the network and this optimizer
+        know: ``bytes_sent`` per robot, ``wall_time`` (training seconds) and, when the problem records it,
+        ``current_graph`` (the team's adjacency)."""
+        extras = {"bytes_sent": self.network.bytes_sent.clone(),
+                  "wall_time": torch.tensor(self.elapsed, dtype=torch.float64)}
+        if "current_graph" in self.problem.metrics:
+            extras["current_graph"] = adjacency(self.network.graph)
+        return self.problem.evaluate(round_index, extras=extras)
 
     def _check_finite(self, k: int, parameters_too: bool) -> None:
         """Losses every round; the (large) parameter stack only when asked (a non-finite parameter
@@ -271,7 +238,7 @@ class DistributedOptimizer:
             self.setup()
         self.elapsed = time.perf_counter() - start
         self.last_finite = (0, self.problem.theta.clone())
-        self.problem.evaluate(0, extras=self._extras())
+        self.evaluate(0)
 
     def train(self, progress: Callable[[int, dict | None], None] | None = None,
               profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None,
@@ -305,14 +272,12 @@ class DistributedOptimizer:
                 profiler.step()
                 if k >= PROFILED_ROUNDS or k == self.outer_iterations:
                     profiler.__exit__(None, None, None)
-                    trace = Path(profile_dir) / f"{problem.name}_profile.json"
-                    partial = trace.with_name(f".{trace.stem}.tmp{trace.suffix}")
-                    profiler.export_chrome_trace(str(partial))
-                    os.replace(partial, trace)
+                    with atomic_path(Path(profile_dir) / f"{problem.name}_profile.json") as partial:
+                        profiler.export_chrome_trace(str(partial))
                     profiler = None
             metrics = None
             if evaluating:
-                metrics = problem.evaluate(k, extras=self._extras())
+                metrics = self.evaluate(k)
             if on_checkpoint is not None and k < self.outer_iterations and (
                     k % checkpoint_every == 0 if checkpoint_every else evaluating):
                 on_checkpoint(k)

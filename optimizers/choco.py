@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer, Range
-from optimizers.compressors import make_compressor
+from optimizers.base import DistributedOptimizer
+from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from optimizers.compressors import COMPRESSOR, make_compressor
 
 
 class CHOCOSGD(DistributedOptimizer):
@@ -32,7 +33,7 @@ class CHOCOSGD(DistributedOptimizer):
         "lr_finish": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
-        "compressor": ("compressor", {"name": "identity"}),
+        "compressor": (COMPRESSOR, {"name": "identity"}),
         "profile": (bool, False),
     }
 

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from optimizers.base import AT_LEAST_ONE, Range
+from optimizers.schema import AT_LEAST_ONE, REQUIRED, ConfigError, Custom, Range, Str, did_you_mean, validate_mapping
 
 FRACTION = Range(0.0, 1.0, low_open=True)
 SEED = Range(0, 2**32 - 1)
@@ -115,6 +115,20 @@ class Sign(Compressor):
 
 
 COMPRESSORS = {cls.name: cls for cls in (Identity, TopK, RandomK, QSGD, Sign)}
+
+
+def validate_compressor(prefix: str, data) -> dict:
+    """``{name: ..., <that compressor's keys>}``, checked against the compressor's own schema."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: top_k, fraction: 0.01}}, got {data!r}")
+    name = data.get("name")
+    if name not in COMPRESSOR_SCHEMAS:
+        raise ConfigError(f"{prefix}.name: {name!r} is not allowed{did_you_mean(name, COMPRESSOR_SCHEMAS)}; "
+                          f"allowed: {', '.join(COMPRESSOR_SCHEMAS)}")
+    return validate_mapping(prefix, {"name": (Str, REQUIRED), **COMPRESSOR_SCHEMAS[name]}, data)
+
+
+COMPRESSOR = Custom(validate_compressor)  # the schema kind of an optimizer's ``compressor`` key
 
 
 def make_compressor(config: dict | None) -> Compressor:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, DistributedOptimizer,
-                             make_torch_optimizer, reset_torch_optimizer)
+from optimizers.base import DistributedOptimizer, make_torch_optimizer, reset_torch_optimizer
+from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
 from optimizers.schedules import learning_rates
 
 
@@ -38,6 +38,13 @@ class DiNNO(DistributedOptimizer):
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "profile": (bool, False),
     }
+
+    @classmethod
+    def check_config(cls, prefix: str, config: dict) -> None:
+        if config["primal_lr_start"] is None and config["primal_lr"] is None:
+            raise ConfigError(f"{prefix}.primal_lr_start: required for dinno (or the constant primal_lr)")
+        if config["lr_decay_type"] != "constant" and config["primal_lr_finish"] is None:
+            raise ConfigError(f"{prefix}.primal_lr_finish: required when lr_decay_type is {config['lr_decay_type']}")
 
     def setup(self) -> None:
         cfg = self.config

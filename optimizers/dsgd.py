@@ -12,8 +12,9 @@ W stays row-stochastic, so the step is still an average and consensus stays a fi
 
 from __future__ import annotations
 
-from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED, DistributedOptimizer
-from optimizers.compressors import make_compressor
+from optimizers.base import DistributedOptimizer
+from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
+from optimizers.compressors import COMPRESSOR, make_compressor
 
 
 class DSGD(DistributedOptimizer):
@@ -23,7 +24,7 @@ class DSGD(DistributedOptimizer):
         "alpha0": (float, REQUIRED, NON_NEGATIVE),
         "mu": (float, 0.0, NON_NEGATIVE),
         "adapt_then_combine": (bool, False),
-        "compressor": ("compressor", {"name": "identity"}),
+        "compressor": (COMPRESSOR, {"name": "identity"}),
         "profile": (bool, False),
     }
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED, DistributedOptimizer
+from optimizers.base import DistributedOptimizer
+from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
 
 
 class DSGT(DistributedOptimizer):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer
+from optimizers.base import DistributedOptimizer
+from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class EXTRA(DistributedOptimizer):

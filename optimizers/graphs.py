@@ -18,6 +18,9 @@ import scipy.linalg
 from scipy.spatial import Delaunay, QhullError
 
 GRAPH_TYPES = ("wheel", "cycle", "complete", "random", "disk", "delaunay", "fiedler")
+# The one parameter each graph type needs (a key of a graph config mapping) and what it means.
+GRAPH_PARAMETERS = {"random": ("p", "edge probability in [0, 1]"), "disk": ("radius", "link distance"),
+                    "fiedler": ("target_fiedler", "algebraic connectivity to reach")}
 
 FIEDLER_REL_TOL = 0.05
 
@@ -288,6 +291,23 @@ def make_graph(
         _set_positions(graph, positions)
     graph.graph["type"] = kind
     return graph
+
+
+def adjacency(graph: nx.Graph):
+    """(N, N) boolean adjacency of a graph on nodes 0..N-1, as a torch tensor."""
+    import torch
+
+    n = graph.number_of_nodes()
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    for i, j in graph.edges():
+        adj[i, j] = adj[j, i] = True
+    return adj
+
+
+def graph_from_config(spec: dict, seed: int) -> nx.Graph:
+    """The graph a config mapping describes (``num_nodes``, ``type``, its parameter, ``gen_attempts``)."""
+    return make_graph(spec["type"], spec["num_nodes"], seed=seed, p=spec.get("p"), radius=spec.get("radius"),
+                      target_fiedler=spec.get("target_fiedler"), gen_attempts=spec.get("gen_attempts", 100))
 
 
 def _to_builtin(value: Any) -> Any:

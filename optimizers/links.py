@@ -8,14 +8,19 @@
   ``experiment.graph`` drawn uniformly at random (a ``torch.Generator`` seeded with s).
 
 ``configure_network`` applies both to a network and returns the per-round hook (or None).
+:class:`FollowPositions` is the schedule of robots that move: a disk graph on their current positions.
+Only these schedules change a network's graph; each is called before every round.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import networkx as nx
+import numpy as np
 import torch
 
-from optimizers.graphs import make_graph
+from optimizers.graphs import disk_graph, graph_from_config
 
 
 class GraphSchedule:
@@ -41,6 +46,70 @@ class GraphSchedule:
     def __call__(self, k: int) -> None:
         self.network.set_graph(self.graph_for_round(k))
 
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.generator.set_state(saved["generator"])
+
+
+class FollowPositions:
+    """Before every round, the disk graph of ``radius`` on the robots' current ``positions()`` (every
+    robot's, in every process); the network's graph changes only when an edge appears or disappears.
+    Each change is recorded (round, edges, connected) and a disconnected graph is reported through
+    ``log`` once per change."""
+
+    def __init__(self, network, positions: Callable[[], np.ndarray], radius: float,
+                 log: Callable[[str], None] = lambda message: None, name: str = ""):
+        self.network = network
+        self.positions = positions
+        self.radius = float(radius)
+        self.log = log
+        self.name = name
+        self.edges: frozenset | None = None
+        self.changes: list[dict] = []
+
+    def __call__(self, k: int) -> None:
+        graph = disk_graph(self.positions(), self.radius)
+        edges = frozenset(graph.edges())
+        if edges == self.edges:
+            return
+        self.network.set_graph(graph)
+        connected = self.network.is_connected
+        self.changes.append({"round": k, "num_edges": len(edges), "connected": connected})
+        if not connected:
+            parts = [sorted(c) for c in nx.connected_components(graph)]
+            self.log(f"  [{self.name}] round {k}: communication graph is disconnected "
+                     f"({len(parts)} components: {parts})")
+        self.edges = edges
+
+    def state_dict(self) -> dict:
+        edges = None if self.edges is None else torch.tensor(sorted(self.edges), dtype=torch.long).reshape(-1, 2)
+        return {"edges": edges, "changes": list(self.changes)}
+
+    def load_state_dict(self, saved: dict) -> None:
+        edges = saved["edges"]
+        self.edges = None if edges is None else frozenset(tuple(e) for e in edges.tolist())
+        self.changes = list(saved["changes"])
+
+
+class Chain:
+    """Several per-round hooks, called in order, checkpointed together."""
+
+    def __init__(self, *hooks):
+        self.hooks = [h for h in hooks if h is not None]
+
+    def __call__(self, k: int) -> None:
+        for hook in self.hooks:
+            hook(k)
+
+    def state_dict(self) -> dict:
+        return {"hooks": [h.state_dict() for h in self.hooks]}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for hook, state in zip(self.hooks, saved["hooks"]):
+            hook.load_state_dict(state)
+
 
 def configure_network(network, experiment: dict, base: nx.Graph) -> GraphSchedule | None:
     """Apply ``experiment.links`` and ``experiment.graph_schedule``; returns the per-round hook or None."""
@@ -49,10 +118,7 @@ def configure_network(network, experiment: dict, base: nx.Graph) -> GraphSchedul
         network.set_links(links["drop_prob"], links.get("seed", 0))
     schedule = experiment.get("graph_schedule") or {}
     if schedule.get("graphs"):
-        graphs = [make_graph(g["type"], g["num_nodes"], seed=experiment.get("seed", 0) + i, p=g.get("p"),
-                             radius=g.get("radius"), target_fiedler=g.get("target_fiedler"),
-                             gen_attempts=g.get("gen_attempts", 100))
-                  for i, g in enumerate(schedule["graphs"])]
+        graphs = [graph_from_config(g, seed=experiment.get("seed", 0) + i) for i, g in enumerate(schedule["graphs"])]
         return GraphSchedule(network, base, graphs=graphs)
     if schedule.get("random_edges_per_round"):
         return GraphSchedule(network, base, edges_per_round=schedule["random_edges_per_round"],

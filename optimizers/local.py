@@ -6,7 +6,8 @@ the pooled data, for the centralized baseline.
 
 from __future__ import annotations
 
-from optimizers.base import AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer, make_torch_optimizer
+from optimizers.base import DistributedOptimizer, make_torch_optimizer
+from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class LocalTraining(DistributedOptimizer):

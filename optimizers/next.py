@@ -18,7 +18,8 @@ not remove.
 
 from __future__ import annotations
 
-from optimizers.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, DistributedOptimizer, Range
+from optimizers.base import DistributedOptimizer
+from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Range
 
 
 class NEXT(DistributedOptimizer):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import (AT_LEAST_ONE, POSITIVE, REQUIRED, DistributedOptimizer,
-                             make_torch_optimizer)
+from optimizers.base import DistributedOptimizer, make_torch_optimizer
+from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class ProxPDA(DistributedOptimizer):

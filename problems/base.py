@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from optimizers import state
+from problems.metrics import PER_ROBOT
 from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
 
@@ -58,13 +59,6 @@ class RobotBlock:
         return range(self.start, self.stop)
 
 
-# Metrics with one row per robot: under torch.distributed each rank computes its block's rows and
-# rank 0 gathers them (the others, e.g. the graph, are the same on every rank).
-PER_ROBOT_METRICS = ("validation_loss", "validation_loss_wall", "validation_loss_free", "top1_accuracy",
-                     "validation_as_vector", "consensus_error", "forward_pass_count", "current_epoch", "train_loss_moving_average", "bytes_sent",
-                     "mesh_grid_density", "map_balanced_accuracy", "map_wall_iou", "current_position")
-
-
 class SupervisedProblem:
     """Nodes that each fit (input -> target) pairs of their own, evaluated on one shared validation set.
 
@@ -74,8 +68,7 @@ class SupervisedProblem:
     ``robots`` (a :class:`RobotBlock`) makes the problem one process's block of a larger team: its
     nodes are robots ``robots.ids``, it keeps only their training data, draws their batch streams and
     picks the evaluated robots by global id (so the numbers do not depend on how the team is split),
-    and ``ranks`` (set by the runner, e.g. ``optimizers.distributed.RankMetrics``) combines the
-    blocks' metrics on rank 0.
+    and ``ranks`` (e.g. ``optimizers.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
     """
 
     classification = False
@@ -88,13 +81,13 @@ class SupervisedProblem:
                  evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
                  execution: str = "auto", chunk_size: int | None = None, plan_cache=None,
-                 eval_nodes: int | None = None, robots: RobotBlock | None = None):
+                 eval_nodes: int | None = None, robots: RobotBlock | None = None, ranks=None):
         self.name = name
         self.num_nodes = len(node_indices)
         if robots is not None and robots.stop - robots.start != self.num_nodes:
             raise ValueError(f"robot block {robots} does not match the {self.num_nodes} node data sets")
         self.robots = robots
-        self.ranks = None  # combines metrics across processes (None: every robot is here)
+        self.ranks = ranks  # combines metrics across processes (None: every robot is here)
         if robots is not None:  # keep only this block's training samples
             used = torch.cat([torch.as_tensor(ix, dtype=torch.long) for ix in node_indices])
             train_x, train_y = train_x[used], train_y[used]
@@ -161,8 +154,16 @@ class SupervisedProblem:
         self._update_train_loss(losses)
         return losses, grads
 
+    def per_sample_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses (k, B) of outputs (k, B, ...) against targets (k, B, ...)."""
+        return per_node_loss(self.loss_name, out, target)
+
+    def correct(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample correctness (k, B) of a classifier's outputs, as 0 / 1 of the outputs' dtype."""
+        return (out.argmax(dim=-1) == target).to(out.dtype)
+
     def batch_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return per_node_loss(self.loss_name, out, target).mean(dim=1)
+        return self.per_sample_loss(out, target).mean(dim=1)
 
     def _update_train_loss(self, losses: torch.Tensor) -> None:
         current = losses.detach().to("cpu", torch.float64)
@@ -184,9 +185,9 @@ class SupervisedProblem:
 
             def per_sample(out, yb=yb):
                 target = yb.unsqueeze(0).expand(out.shape[0], *yb.shape)
-                rows = [per_node_loss(self.loss_name, out, target)]
+                rows = [self.per_sample_loss(out, target)]
                 if self.classification:
-                    rows.append((out.argmax(dim=-1) == target).to(out.dtype))
+                    rows.append(self.correct(out, target))
                 return torch.stack(rows, dim=1)
 
             values = self.stack.evaluate(theta, xb, per_sample)
@@ -245,7 +246,7 @@ class SupervisedProblem:
         for key, value in (extras or {}).items():
             values[key] = torch.as_tensor(value).detach().cpu().clone()
         if self.ranks is not None:  # every robot's rows on rank 0, which alone keeps the history
-            values = self.ranks.combine(values, PER_ROBOT_METRICS)
+            values = self.ranks.combine(values, PER_ROBOT)
             if values is None:
                 return None
         self.history.setdefault("round", []).append(round_index)

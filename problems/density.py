@@ -6,23 +6,20 @@
 * :class:`DensityProblem`: static data (each node's scan points), plus the mesh-grid metric.
 * :class:`OnlineDensityProblem`: each robot sees a window of consecutive trajectory poses; when it
   has used the window once (an epoch) the window moves on. All nodes' windows live in one padded
-  tensor, so a batch for every node is a gather (:class:`WindowSampler`). Before every round
-  the communication graph is rebuilt as a disk graph on the robots' current positions.
+  tensor, so a batch for every node is a gather (:class:`WindowSampler`). The robots' current
+  positions are what the communication graph follows (:class:`optimizers.links.FollowPositions`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Sequence
 
-import networkx as nx
 import numpy as np
 import torch
 from torch import nn
 
 from optimizers import state
-from optimizers.graphs import disk_graph
 from problems.base import SupervisedProblem
 from problems.sampling import shuffle_keys
 
@@ -302,15 +299,16 @@ class OnlineDensityProblem(DensityProblem):
 
     ``scans``: (N, P_max, S, 3) per-robot trajectory scans (padded), ``poses``: (N, P_max, 2) their
     positions, ``num_poses``: trajectory lengths. With ``pooled=True`` the problem is one node that
-    trains on every robot's window batch at once (the centralized baseline).
+    trains on every robot's window batch at once (the centralized baseline). The robots' current
+    positions (:meth:`team_positions`) are what a graph that follows them
+    (:class:`optimizers.links.FollowPositions`) is built from; ``current_graph`` is the network's.
     """
 
     base_metrics = DensityProblem.base_metrics + ("current_position", "current_graph")
 
     def __init__(self, name: str, model: nn.Module, scans: torch.Tensor, poses: np.ndarray,
                  num_poses: Sequence[int], val_x: torch.Tensor, val_y: torch.Tensor, *, loss: str,
-                 num_scans_in_window: int, window_step: int | None = None, comm_radius: float | None = None,
-                 dynamic_graph: bool = True, pooled: bool = False, log=None, **kwargs):
+                 num_scans_in_window: int, window_step: int | None = None, pooled: bool = False, **kwargs):
         self.num_robots = scans.shape[0]  # here (a block of the team under torch.distributed)
         robots = kwargs.get("robots")
         self.team_size = self.num_robots if robots is None else robots.total
@@ -326,13 +324,6 @@ class OnlineDensityProblem(DensityProblem):
         if not pooled:
             self.sampler = self.window_sampler
         self.poses = np.asarray(poses, dtype=np.float64)
-        self.comm_radius = comm_radius
-        self.dynamic_graph = bool(dynamic_graph) and not pooled and comm_radius is not None
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self.graph: nx.Graph | None = None
-        self._edges: frozenset | None = None
-        self.graph_changes: list[dict] = []
-        self.data_seconds = 0.0
 
     # ------------------------------------------------------------------ robots
     def current_positions(self) -> np.ndarray:
@@ -347,48 +338,15 @@ class OnlineDensityProblem(DensityProblem):
             return here
         return self.ranks.all_rows(torch.as_tensor(here, dtype=torch.float64)).numpy()
 
-    def comm_graph(self) -> nx.Graph:
-        return disk_graph(self.team_positions(), self.comm_radius)
-
-    def before_round(self, k: int, network) -> None:
-        """Rebuild the communication graph from the robots' current positions (when dynamic)."""
-        if not self.dynamic_graph:
-            return
-        import time
-        t0 = time.perf_counter()
-        graph = self.comm_graph()
-        edges = frozenset(graph.edges())
-        if edges != self._edges:
-            network.set_graph(graph)
-            connected = network.is_connected
-            self.graph_changes.append({"round": k, "num_edges": len(edges), "connected": connected})
-            if not connected:  # reported once per change of the graph, not every round
-                parts = [sorted(c) for c in nx.connected_components(graph)]
-                self.log(f"  [{self.name}] round {k}: communication graph is disconnected "
-                         f"({len(parts)} components: {parts})")
-            self._edges = edges
-        self.graph = graph
-        self.data_seconds += time.perf_counter() - t0
-
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         saved = super().state_dict()
         saved["window_sampler"] = self.window_sampler.state_dict()
-        edges = sorted(self.graph.edges()) if self.graph is not None else None
-        saved["graph_edges"] = torch.tensor(edges, dtype=torch.long).reshape(-1, 2) if edges is not None else None
-        saved.update(state.capture(self, ("graph_changes", "data_seconds")))
         return saved
 
     def load_state_dict(self, saved: dict) -> None:
         super().load_state_dict(saved)
         self.window_sampler.load_state_dict(saved["window_sampler"])
-        state.restore(self, {k: saved[k] for k in ("graph_changes", "data_seconds")})
-        if saved["graph_edges"] is not None:
-            graph = disk_graph(self.team_positions(), self.comm_radius)
-            graph.remove_edges_from(list(graph.edges()))
-            graph.add_edges_from(saved["graph_edges"].tolist())
-            self.graph = graph
-            self._edges = frozenset(graph.edges())
 
     # ---------------------------------------------------------------- training
     def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,12 +364,4 @@ class OnlineDensityProblem(DensityProblem):
                 values["current_epoch"] = ws.epochs.min().reshape(1).cpu()
         if "current_position" in self.metrics:
             values["current_position"] = torch.as_tensor(self.current_positions(), dtype=torch.float64)
-        if "current_graph" in self.metrics:
-            graph = self.graph if self.graph is not None else (
-                self.comm_graph() if self.comm_radius is not None else None)
-            adj = torch.zeros(self.team_size, self.team_size, dtype=torch.bool)
-            if graph is not None:
-                for i, j in graph.edges():
-                    adj[i, j] = adj[j, i] = True
-            values["current_graph"] = adj
         return values

@@ -226,7 +226,8 @@ def test_choco_gets_close_to_least_squares_solution():
     ("top_k", "c.compressor: expected a mapping such as {name: top_k, fraction: 0.01}, got 'top_k'"),
 ])
 def test_compressor_config_errors_name_key_and_choices(compressor, message):
-    from experiments.config import ConfigError, validate_optimizer
+    from optimizers import validate_optimizer_config as validate_optimizer
+    from optimizers.schema import ConfigError
     with pytest.raises(ConfigError) as err:
         validate_optimizer("c", {"alg_name": "choco_sgd", "outer_iterations": 3, "lr": 0.1,
                                  "consensus_stepsize": 0.5, "compressor": compressor})
@@ -234,7 +235,7 @@ def test_compressor_config_errors_name_key_and_choices(compressor, message):
 
 
 def test_compressor_defaults_are_filled_in():
-    from experiments.config import validate_optimizer
+    from optimizers import validate_optimizer_config as validate_optimizer
     cfg = validate_optimizer("c", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
                                    "compressor": {"name": "qsgd"}})
     assert cfg["compressor"] == {"name": "qsgd", "levels": 16, "seed": 0}

@@ -15,6 +15,7 @@ import yaml
 
 from experiments.runner import main
 from floorplans.io import save_floorplan
+from optimizers.links import FollowPositions
 from optimizers.network import InProcessNetwork
 from problems.density import (OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality,
                               observable_walls)
@@ -276,11 +277,11 @@ def test_disk_graph_and_mixing_weights_match_pairwise_distances(tmp_path):
     val = torch.zeros(4, 2), torch.zeros(4, 1)
     for radius in (40.0, 90.0, 150.0):
         problem = OnlineDensityProblem("p", fourier_net([2, 8, 4, 1]), scans, poses, [2] * n,
-                                       *val, loss="BCE", num_scans_in_window=1, comm_radius=radius,
+                                       *val, loss="BCE", num_scans_in_window=1,
                                        metrics=["validation_loss"], train_batch_size=2, val_batch_size=4,
-                                       image_shape=(16, 16), log=lambda msg: None)
+                                       image_shape=(16, 16))
         net = InProcessNetwork(nx.empty_graph(n))
-        problem.before_round(1, net)
+        FollowPositions(net, problem.team_positions, radius)(1)
         dist = np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1))
         adj = (dist <= radius) & ~np.eye(n, dtype=bool)
         got = nx.to_numpy_array(net.graph, nodelist=range(n)) > 0
@@ -354,7 +355,7 @@ def test_map_quality_every_evaluation_mesh_every_and_wall_free_losses(tmp_path):
     assert hist["mesh_round"] == [0, 4, 8, 10]  # every 4 rounds and the last one
     assert len(hist["map_balanced_accuracy"]) == len(hist["map_wall_iou"]) == 6  # at every evaluation
     from experiments.config import load_yaml, validate_config
-    from experiments.density_setup import OnlineDensitySetup
+    from experiments.kinds.density import OnlineDensitySetup
     setup = OnlineDensitySetup(validate_config(load_yaml(out / "config.yaml")), torch.device("cpu"))
     for mesh, r in zip(hist["mesh_grid_density"], hist["mesh_round"]):
         e = hist["round"].index(r)

@@ -6,7 +6,6 @@ file, and nothing written anywhere (the test runs in an empty folder and compare
 
 import copy
 import os
-import resource
 import subprocess
 import sys
 import time

@@ -21,8 +21,6 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO_ROOT
-
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference_runs.json"
 PAIRS = ("dinno", "dsgd", "dsgt", "individual", "centralized")
 COMPARED = ("forward_pass_count", "validation_loss", "top1_accuracy", "consensus_error", "current_epoch",

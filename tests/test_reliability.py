@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import results_io
+from optimizers import results_io
 from experiments.run_record import run_is_live
 from experiments.runner import main
 from optimizers.dinno import DiNNO

@@ -17,18 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.results_io import save_figure  # noqa: E402
+from optimizers.results_io import save_figure  # noqa: E402
+from problems.metrics import label  # noqa: E402
 
-METRIC_LABELS = {
-    "validation_loss": "validation loss",
-    "top1_accuracy": "top-1 accuracy",
-    "consensus_error": "consensus error (unit-normalized parameters)",
-    "train_loss_moving_average": "training loss (moving average)",
-    "validation_loss_wall": "validation loss on wall points",
-    "validation_loss_free": "validation loss on free points",
-    "map_balanced_accuracy": "map balanced accuracy",
-    "map_wall_iou": "map wall IoU",
-}
+
+
+LOG_SCALE_METRICS = ("consensus_error", "optimality_gap", "mean_optimality_gap")
 
 
 def load_results(folder: str | Path) -> dict[str, dict]:
@@ -82,8 +76,8 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
         drawn += 1
     ax.set_xlabel("megabytes sent per node (mean over nodes)" if x == "megabytes" else "round")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    if log_scale or (log_scale is None and metric == "consensus_error"):
+    ax.set_ylabel(label(metric))
+    if log_scale or (log_scale is None and metric in LOG_SCALE_METRICS):
         ax.set_yscale("log")
     if drawn:
         ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
@@ -104,8 +98,8 @@ def plot_graph(graph: nx.Graph, ax=None, title: str | None = None):
     return ax
 
 
-def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_accuracy", "consensus_error")
-                          ) -> list[Path]:
+def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_accuracy", "consensus_error",
+                                                     "optimality_gap", "mean_optimality_gap")) -> list[Path]:
     """Write figures/<metric>.png for each metric any pair recorded, and figures/graph.png."""
     folder = Path(folder)
     out = folder / "figures"
@@ -117,7 +111,7 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
         plot_metric(results, metric, ax)
-        ax.set_title(METRIC_LABELS.get(metric, metric) + " vs round")
+        ax.set_title(label(metric) + " vs round")
         fig.tight_layout()
         path = out / f"{metric}.png"
         save_figure(fig, path, dpi=110)
@@ -152,9 +146,63 @@ def save_map_quality_figure(results: dict[str, dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
     for ax, metric in zip(axes, ("map_balanced_accuracy", "map_wall_iou")):
         plot_metric(results, metric, ax)
-        ax.set_title(METRIC_LABELS[metric] + " vs round")
+        ax.set_title(label(metric) + " vs round")
     axes[0].axhline(0.5, color="0.4", lw=0.8, ls=":")  # what a map without walls scores
     fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_density_maps(folder: str | Path, image, paths: list) -> Path:
+    """figures/density_maps.png: the floor plan with every robot's path, then each pair's final map
+    (robot 0's) with its validation loss and map quality."""
+    import math
+
+    import numpy as np
+
+    folder = Path(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    results = load_results(folder)
+    maps = {name: res for name, res in results.items() if res.get("mesh_grid_density")}
+    ny, nx_ = image.shape
+    extent = (-nx_ / 2, nx_ / 2, ny / 2, -ny / 2)
+    panels = 1 + len(maps)
+    cols = min(panels, 3)
+    rows = math.ceil(panels / cols)
+    aspect = ny / nx_
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, (4.6 * aspect + 0.7) * rows), squeeze=False)
+    ax = axes[0][0]
+    ax.imshow(image, cmap="gray", extent=extent, vmin=0, vmax=1)
+    colors = plt.cm.tab10(np.arange(len(paths)) % 10)
+    for i, path in enumerate(paths):
+        ax.plot(path[:, 0], path[:, 1], color=colors[i], lw=1.2, label=f"robot {i}")
+        ax.plot(path[0, 0], path[0, 1], "o", color=colors[i], ms=4)
+    ax.set_title("ground truth and robot paths")
+    ax.legend(fontsize=6, loc="upper right", ncol=2)
+    for idx, (name, res) in enumerate(maps.items(), start=1):
+        ax = axes[idx // cols][idx % cols]
+        mesh = torch.as_tensor(res["mesh_grid_density"][-1])
+        val = res.get("validation_loss")
+        node = 0
+        ax.imshow(mesh[node].numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
+        title = f"{name}: robot {node}'s map" if mesh.shape[0] > 1 else f"{name}: map"
+        if val:
+            title += f"\nmean val. loss {float(torch.as_tensor(val[-1]).mean()):.4f}"
+        if res.get("map_balanced_accuracy"):
+            acc = float(torch.as_tensor(res["map_balanced_accuracy"][-1])[node])
+            iou = float(torch.as_tensor(res["map_wall_iou"][-1])[node])
+            title += f"\nmap bal. acc. {acc:.3f}, wall IoU {iou:.3f}"
+        ax.set_title(title, fontsize=9)
+    for idx in range(panels, rows * cols):
+        axes[idx // cols][idx % cols].axis("off")
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    path = out / "density_maps.png"
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
@@ -275,10 +323,10 @@ def save_scaling_figures(folder: str | Path) -> list[Path]:
     out = folder / "figures"
     out.mkdir(exist_ok=True)
     written = []
-    for name, (column, label) in SCALING_FIGURES.items():
+    for name, (column, axis_label) in SCALING_FIGURES.items():
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        plot_scaling(rows, column, ax, label)
-        ax.set_title(label)
+        plot_scaling(rows, column, ax, axis_label)
+        ax.set_title(axis_label)
         fig.tight_layout()
         save_figure(fig, out / name, dpi=110)
         plt.close(fig)

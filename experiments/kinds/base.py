@@ -1,0 +1,256 @@
+"""What every problem kind shares: the :class:`ProblemKind` entry, the common config schemas and the
+:class:`ExperimentSetup` base class (graph, frozen base model, data; problems and baselines from them).
+
+A kind module defines its schemas, its cross-checks, its setup (a subclass of :class:`ExperimentSetup`
+that names its ``problem_class``) and one :class:`ProblemKind` that ties them together; the registry
+in :mod:`experiments.kinds` lists the kinds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import networkx as nx
+import torch
+
+from optimizers import OPTIMIZER_CONFIG
+from optimizers.graphs import GRAPH_PARAMETERS, GRAPH_TYPES, graph_from_config
+from optimizers.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice,
+                               ConfigError, Float, Int, ListOf, Name, Str)
+from problems.base import RobotBlock
+from problems.node_stack import default_plan_cache
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT / "data"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+GRAPH_SCHEMA = {
+    "num_nodes": (Int, REQUIRED, AT_LEAST_ONE),
+    "type": (Choice(GRAPH_TYPES), REQUIRED),
+    "p": (Float, OPTIONAL, UNIT_INTERVAL),
+    "gen_attempts": (Int, 100, AT_LEAST_ONE),
+    "radius": (Float, OPTIONAL, POSITIVE),
+    "target_fiedler": (Float, OPTIONAL, POSITIVE),
+}
+
+INDIVIDUAL_SCHEMA = {
+    "train_solo": (Bool, False),
+    "optimizer": (Choice(("adam", "adamw", "sgd")), "adam"),
+    "lr": (Float, 0.005, POSITIVE),
+    "epochs": (Int, 1, AT_LEAST_ONE),
+    "train_batch_size": (Int, 64, AT_LEAST_ONE),
+    "val_batch_size": (Int, 128, AT_LEAST_ONE),
+    "verbose": (Bool, True),
+}
+
+COMMON_EXPERIMENT = {
+    "name": (Name, REQUIRED),
+    "problem": (Str, OPTIONAL),  # a registered kind (checked against the registry before the schema)
+    "data_dir": (Str, OPTIONAL),
+    "output_metadir": (Str, OPTIONAL),
+    "writeout": (Bool, True),
+    "use_cuda": (Bool, False),
+    "seed": (Int, 0, SEED_RANGE),
+    "dtype": (Choice(("float32", "float64")), "float32"),
+    "centralized": (Bool, False),
+    "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
+    "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
+    "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
+    "individual_training": (INDIVIDUAL_SCHEMA, {}),
+    # lossy and time-varying communication (optimizers/links.py)
+    "links": ({"drop_prob": (Float, 0.0, UNIT_INTERVAL), "seed": (Int, 0, SEED_RANGE)}, {}),
+    "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
+                        "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
+                        "seed": (Int, 0, SEED_RANGE)}, {}),
+    # under torchrun (experiments/distributed_run.py)
+    "backend": (Choice(("auto", "gloo", "nccl")), "auto"),
+    "dist_timeout_s": (Float, 60.0, POSITIVE),
+}
+
+METRICS_CONFIG = {
+    "evaluate_frequency": (Int, 20, AT_LEAST_ONE),
+    "tloss_decay": (Float, 0.2, UNIT_INTERVAL),
+    "mesh_only_at_end": (Bool, False),
+    "eval_nodes": (Int, OPTIONAL, AT_LEAST_ONE),
+}
+
+
+def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_batch_size: int,
+                   val_batch_size: int, metrics_config: dict = METRICS_CONFIG, **extra) -> dict:
+    """Schema of one entry of ``problem_configs``; ``extra`` adds domain keys before optimizer_config."""
+    return {
+        "problem_name": (Name, REQUIRED),
+        "train_batch_size": (Int, train_batch_size, AT_LEAST_ONE),
+        "val_batch_size": (Int, val_batch_size, AT_LEAST_ONE),
+        "verbose_evals": (Bool, False),
+        "metrics": (ListOf(Choice(metrics)), default_metrics),
+        "metrics_config": (metrics_config, {}),
+        "save_models": (Bool, False),
+        **extra,
+        "optimizer_config": (OPTIMIZER_CONFIG, REQUIRED),
+    }
+
+
+def check_graph_parameters(graph: dict, where: str = "experiment.graph") -> None:
+    """The parameter the graph type needs is given."""
+    needs = GRAPH_PARAMETERS.get(graph["type"])
+    if needs is not None and graph.get(needs[0]) is None:
+        raise ConfigError(f"{where}.{needs[0]}: required for graph type {graph['type']} ({needs[1]})")
+
+
+def check_batches_fit(cfg: dict, limit: int, what: str) -> None:
+    """Every pair's training batch is at most ``limit`` (``what``: the data that sets it, with the number)."""
+    for key, pc in cfg["problem_configs"].items():
+        if pc["train_batch_size"] > limit:
+            raise ConfigError(f"problem_configs.{key}.train_batch_size: {pc['train_batch_size']} is larger "
+                              f"than {what}")
+
+
+def build_graph(exp: dict) -> nx.Graph:
+    return graph_from_config(exp["graph"], seed=exp["seed"])
+
+
+def resolve_path(value: str | None, default: Path) -> Path:
+    """Config paths: absolute as given, relative to the working directory (as the original code)."""
+    if value is None:
+        return default
+    return Path(value).expanduser().resolve()
+
+
+def first_problem(cfg: dict) -> dict:
+    return next(iter(cfg["problem_configs"].values()))
+
+
+class ExperimentSetup:
+    """What stays fixed across the pairs of one experiment: the communication graph, the frozen base
+    model (every node of every pair starts from it) and each robot's data. Subclasses build those in
+    ``__init__`` and make problems of their ``problem_class`` in :meth:`build_problem`.
+
+    ``graph``, ``data`` (what :meth:`load_data` returned) and ``base_model`` may be given, so that a
+    scaling sweep builds each trial on its own graph with the data and the base model of the sweep.
+    """
+
+    problem_class: type = None
+    # metrics that need other robots (consensus) or a communication graph: not for a single model
+    team_metrics = ("consensus_error", "current_graph")
+
+    def __init__(self, cfg: dict, device: torch.device, graph: nx.Graph | None = None, data: Any = None,
+                 base_model: torch.nn.Module | None = None):
+        self.cfg = cfg
+        self.exp = cfg["experiment"]
+        self.device = device
+        self.dtype = DTYPES[self.exp["dtype"]]
+        self.seed = self.exp["seed"]
+        self.plan_cache = default_plan_cache()
+        self.block: RobotBlock | None = None  # under torch.distributed: the robots this process hosts
+        self.graph: nx.Graph | None = graph
+        self.base_model = base_model
+        self.num_nodes: int | None = None if graph is None else graph.number_of_nodes()
+
+    @classmethod
+    def load_data(cls, cfg: dict) -> Any:
+        """Data a sweep can load once and give every trial's setup (None: each setup loads its own)."""
+        return None
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as the experiment's base model: built after seeding, never trained itself."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def local(self, per_robot: list) -> list:
+        """This process's entries of a per-robot list (all of them in one process)."""
+        return per_robot if self.block is None else per_robot[self.block.start:self.block.stop]
+
+    # ------------------------------------------------------------------ problems
+    def problem_kwargs(self, problem_cfg: dict, rounds: int) -> dict[str, Any]:
+        """Constructor keywords of a problem for ``problem_cfg`` trained for ``rounds`` rounds."""
+        mc = problem_cfg["metrics_config"]
+        return dict(metrics=problem_cfg["metrics"], train_batch_size=problem_cfg["train_batch_size"],
+                    val_batch_size=problem_cfg["val_batch_size"],
+                    evaluate_frequency=mc["evaluate_frequency"], tloss_decay=mc["tloss_decay"],
+                    device=self.device, dtype=self.dtype, seed=self.seed + 1,
+                    verbose_evals=problem_cfg["verbose_evals"], execution=self.exp["execution"],
+                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache,
+                    eval_nodes=mc["eval_nodes"], robots=self.block)
+
+    def build_problem(self, name: str, kwargs: dict, pooled: bool):
+        """A problem named ``name``: this process's robots, or one model on every robot's data (``pooled``)."""
+        raise NotImplementedError
+
+    def make_problem(self, problem_cfg: dict, ranks=None):
+        """The problem of one pair (``ranks`` combines metrics across processes under torch.distributed)."""
+        kwargs = self.problem_kwargs(problem_cfg, problem_cfg["optimizer_config"]["outer_iterations"])
+        return self.build_problem(problem_cfg["problem_name"], {**kwargs, "ranks": ranks}, pooled=False)
+
+    # ----------------------------------------------------------------- baselines
+    def centralized_batch(self, batch: int) -> int:
+        """The pooled model's batch when each robot's batch is ``batch``."""
+        return batch * self.num_nodes
+
+    def individual_schedule(self, individual: dict) -> tuple[int, int]:
+        """(batch, rounds) of the individual baseline: ``epochs`` passes over a robot's data."""
+        sizes = self.robot_data_sizes()
+        batch = min(individual["train_batch_size"], min(sizes))
+        rounds = max(1, math.ceil(individual["epochs"] * (sum(sizes) / len(sizes)) / batch))
+        return batch, rounds
+
+    def robot_data_sizes(self) -> list[int]:
+        raise NotImplementedError
+
+    def make_baseline(self, which: str, ranks=None):
+        """(problem, optimizer config) of the ``individual`` (every robot alone, with
+        ``individual_training``) or ``centralized`` (one model on the pooled data, batch N x B, as many
+        rounds as the first pair) baseline."""
+        first = first_problem(self.cfg)
+        ind = self.exp["individual_training"]
+        opt_cfg = {"optimizer": ind["optimizer"], "lr": ind["lr"], "profile": False}
+        if which == "centralized":
+            rounds = first["optimizer_config"]["outer_iterations"]
+            kwargs = self.problem_kwargs(first, rounds)
+            kwargs["train_batch_size"] = self.centralized_batch(first["train_batch_size"])
+            kwargs["metrics"] = [m for m in kwargs["metrics"] if m not in self.team_metrics]
+            kwargs["robots"] = None  # one model (on rank 0 under torch.distributed)
+            opt_cfg["outer_iterations"] = rounds
+            return self.build_problem("centralized", kwargs, pooled=True), opt_cfg
+        batch, rounds = self.individual_schedule(ind)
+        kwargs = self.problem_kwargs(first, rounds)
+        kwargs.update(train_batch_size=batch, val_batch_size=ind["val_batch_size"], ranks=ranks)
+        kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "current_graph"]
+        opt_cfg["outer_iterations"] = rounds
+        return self.build_problem("individual", kwargs, pooled=False), opt_cfg
+
+    # --------------------------------------------------------------- per round
+    def graph_schedule(self, problem, network, problem_cfg: dict, log: Callable[[str], None]):
+        """A per-round hook that changes the network's graph for this kind (None: the graph stays)."""
+        return None
+
+    # ------------------------------------------------------------------- reports
+    def describe(self) -> dict:
+        return {}
+
+    def save_figures(self, out_dir: Path) -> list[Path]:
+        """Domain-specific figures written after the standard ones."""
+        return []
+
+
+@dataclass(frozen=True)
+class ProblemKind:
+    """One problem kind: everything the config validation, the runner and the sweeps need of it."""
+
+    name: str
+    setup: type[ExperimentSetup]
+    experiment_schema: dict
+    problem_schema: dict
+    cross_check: Callable[[dict], None]
+    # whether an ``experiment`` block without ``problem`` is of this kind (None: only when named)
+    recognizes: Callable[[dict], bool] | None = None
+    # scaling sweeps build one graph per trial: kinds whose graph follows the robots cannot be swept
+    sweepable: bool = True
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.setup.problem_class.available_metrics()

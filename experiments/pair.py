@@ -1,0 +1,233 @@
+"""The one driver of a (problem, optimizer) pair, used by the runner, the scaling sweep and any other
+driver: it builds the pair from the experiment's setup, applies ``experiment.links`` and the graph
+schedules, trains with checkpoints, handles divergence (a final evaluation at the diverged round, the
+last finite parameters kept), and writes the pair's result files, each atomically.
+
+A pair is named by a :class:`PairSpec`: one of ``problem_configs`` or a baseline (``individual``,
+``centralized``). Under torch.distributed (``world``) a pair and the individual baseline run sharded
+over the processes; the centralized baseline runs in one process.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from optimizers import BASELINES, OPTIMIZERS, results_io
+from optimizers.base import DivergedError
+from optimizers.links import Chain, configure_network
+from optimizers.network import InProcessNetwork
+from problems.metrics import CSV_COLUMNS, SUMMARY
+
+FINISHED = ("completed", "diverged")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    alg_name: str
+    problem_cfg: dict | None  # None: a baseline
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.problem_cfg is None
+
+
+def pair_specs(cfg: dict) -> list[PairSpec]:
+    """Every pair of a config, in run order: its problems, then the baselines it asks for."""
+    exp = cfg["experiment"]
+    specs = [PairSpec(pc["problem_name"], pc["optimizer_config"]["alg_name"], pc)
+             for pc in cfg["problem_configs"].values()]
+    if exp["individual_training"]["train_solo"]:
+        specs.append(PairSpec("individual", "local", None))
+    if exp["centralized"]:
+        specs.append(PairSpec("centralized", "local", None))
+    return specs
+
+
+def history_rows(history: dict) -> list[dict]:
+    """Tidy rows: one per (round, node) with one column per scalar metric."""
+    rows = []
+    metrics = [m for m in CSV_COLUMNS if m in history]
+    for e, round_index in enumerate(history.get("round", [])):
+        columns = {}
+        for m in metrics:
+            if e < len(history[m]):
+                columns[m] = torch.as_tensor(history[m][e]).reshape(-1)
+        num_nodes = max((len(v) for v in columns.values()), default=0)
+        for node in range(num_nodes):
+            row = {"round": round_index, "node": node}
+            for m, v in columns.items():
+                row[m] = float(v[node] if len(v) > 1 else v[0])
+            rows.append(row)
+    return rows
+
+
+def summarize(pair: dict, history: dict) -> dict:
+    """A pair's row of ``summary.csv``: status, rounds, seconds and the final mean / min / max of every
+    summary metric (robots that were not evaluated, NaN, left out)."""
+    row = {"problem_name": pair["problem_name"], "alg_name": pair["alg_name"], "status": pair["status"],
+           "rounds": pair.get("rounds_completed", 0), "seconds": round(pair.get("seconds", 0.0), 3)}
+    for m in SUMMARY:
+        if history.get(m):
+            final = torch.as_tensor(history[m][-1], dtype=torch.float64).reshape(-1)
+            final = final[~final.isnan()] if not final.isnan().all() else final
+            row[f"{m}_mean"] = float(final.mean())
+            row[f"{m}_min"] = float(final.min())
+            row[f"{m}_max"] = float(final.max())
+    return row
+
+
+def load_history(out_dir: Path, name: str) -> dict:
+    path = out_dir / f"{name}_results.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else {}
+
+
+def format_ranges(metrics: dict) -> str:
+    parts = []
+    for m in ("validation_loss", "top1_accuracy", "optimality_gap", "consensus_error", "train_loss_moving_average"):
+        if m in metrics:
+            v = metrics[m].to(torch.float64)
+            parts.append(f"{m} {float(v.min()):.4g}..{float(v.max()):.4g}")
+    return ", ".join(parts)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class PairRun:
+    """One pair of an experiment: built from the ``setup``, trained to the end (or from a checkpoint),
+    its status and facts kept in ``record`` (a :class:`experiments.run_record.RunRecord`)."""
+
+    def __init__(self, spec: PairSpec, setup, device, out_dir: Path | None, record, interrupts=None,
+                 world=None, checkpoints: bool = True, log: Callable[[str], None] = _stderr):
+        self.spec, self.name, self.alg_name = spec, spec.name, spec.alg_name
+        self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
+        exp = setup.exp
+        sharded = world is not None and spec.name != "centralized"
+        if sharded:
+            self.network = world.network(setup.graph, setup.dtype)
+            ranks = world.rank_metrics(self.network)
+            log = log if world.writer else (lambda message: None)  # rank 0 reports
+        else:
+            self.network = InProcessNetwork(setup.graph, device=device, dtype=setup.dtype)
+            ranks = None
+        if spec.is_baseline:
+            self.problem, opt_cfg = setup.make_baseline(spec.name, ranks=ranks)
+            optimizer_cls = BASELINES["local"]
+            self.verbose = exp["individual_training"]["verbose"]
+            schedule = None
+        else:
+            self.problem = setup.make_problem(spec.problem_cfg, ranks=ranks)
+            opt_cfg = {k: v for k, v in spec.problem_cfg["optimizer_config"].items() if k != "alg_name"}
+            optimizer_cls = OPTIMIZERS[spec.alg_name]
+            self.verbose = spec.problem_cfg["verbose_evals"]
+            schedule = Chain(configure_network(self.network, exp, setup.graph),  # links, graph_schedule
+                             setup.graph_schedule(self.problem, self.network, spec.problem_cfg, log))
+        self.schedule = schedule if schedule is not None and schedule.hooks else None
+        self.optimizer = optimizer_cls(self.problem, self.network, opt_cfg)
+        self.checkpoint_every = exp["checkpoint_every"]
+        self.checkpoint_path = (out_dir / f"{self.name}_checkpoint.pt"
+                                if checkpoints and out_dir is not None and world is None else None)
+        self.rounds_done = 0
+
+    def _deferred(self):
+        from contextlib import nullcontext
+        return self.interrupts.deferred() if self.interrupts is not None else nullcontext()
+
+    def save_checkpoint(self, k: int) -> None:
+        with self._deferred():
+            checkpoint = self.optimizer.checkpoint(k)
+            if self.schedule is not None:
+                checkpoint["graph_schedule"] = self.schedule.state_dict()
+            results_io.torch_save(checkpoint, self.checkpoint_path)
+            self.record.update_pair(self.name, checkpoint_round=k)
+
+    def resume_point(self) -> int:
+        """The first round to run: after the pair's checkpoint when there is one, else 1."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return 1
+        checkpoint = torch.load(self.checkpoint_path, weights_only=True)
+        first = self.optimizer.resume(checkpoint) + 1
+        if self.schedule is not None:
+            self.schedule.load_state_dict(checkpoint["graph_schedule"])
+        self.rounds_done = first - 1
+        return first
+
+    def train(self, quiet: bool = True, resume: bool = False, on_evaluation=None) -> None:
+        """Train to the end; sets the pair's status in the record (diverged is not an exception).
+        ``on_evaluation(k, metrics)`` is called after every evaluation (e.g. a tuner's pruning)."""
+        optimizer, name = self.optimizer, self.name
+        first = self.resume_point() if resume else 1
+        bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
+                   disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
+
+        def progress(k, metrics):
+            self.rounds_done = k
+            bar.update(1)
+            if metrics is not None:
+                if "validation_loss" in metrics:
+                    bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
+                if self.verbose:
+                    bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
+                if on_evaluation is not None:
+                    on_evaluation(k, metrics)
+
+        start = time.perf_counter()
+        try:
+            if first == 1:
+                optimizer.begin()
+            optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=self.schedule,
+                                 on_checkpoint=self.save_checkpoint if self.checkpoint_path else None,
+                                 checkpoint_every=self.checkpoint_every)
+            self.record.update_pair(name, status="completed")
+        except DivergedError as exc:
+            bar.write(f"  [{name}] diverged: {exc}")
+            optimizer.evaluate(exc.round_index)
+            self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
+        finally:
+            bar.close()
+            self.record.update_pair(name, **self.facts(time.perf_counter() - start))
+
+    def facts(self, seconds: float) -> dict:
+        stack = self.problem.stack
+        previous = self.record.pair(self.name).get("seconds", 0.0) if self.rounds_done else 0.0
+        return {"seconds": previous + seconds, "rounds_completed": self.rounds_done,
+                "outer_iterations": self.optimizer.outer_iterations,
+                "bytes_sent_total": self.bytes_sent_total(),
+                "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,
+                                                          "decided_by": stack.plan_sources.get(shape, "config")}
+                               for shape, (form, size) in stack.plans.items()}}
+
+    def bytes_sent_total(self) -> float:
+        """Bytes every robot sent, as of the last evaluation (every robot's, across processes)."""
+        sent = self.problem.history.get("bytes_sent")
+        return float(torch.as_tensor(sent[-1], dtype=torch.float64).sum()) if sent else 0.0
+
+    def write_results(self) -> None:
+        """``<name>_results.pt``, ``_metrics.csv``, ``_final_params.pt`` (and ``_last_finite_params.pt`` when
+        it diverged); a finished pair's checkpoint is deleted."""
+        if self.out_dir is None or not self.problem.history:
+            return
+        with self._deferred():
+            out, name, history = self.out_dir, self.name, self.problem.history
+            status = self.record.pair(name)["status"]
+            results_io.torch_save(history, out / f"{name}_results.pt")
+            rows = history_rows(history)
+            if rows:
+                results_io.write_csv(out / f"{name}_metrics.csv", rows)
+            results_io.torch_save(self.problem.theta.detach().cpu(), out / f"{name}_final_params.pt")
+            last_finite = self.optimizer.last_finite if status == "diverged" else None
+            if last_finite is not None:
+                results_io.torch_save({"round": last_finite[0], "theta": last_finite[1].detach().cpu()},
+                                      out / f"{name}_last_finite_params.pt")
+                self.record.update_pair(name, last_finite_round=last_finite[0])
+            if status in FINISHED and self.checkpoint_path is not None:
+                self.checkpoint_path.unlink(missing_ok=True)
