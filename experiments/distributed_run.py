@@ -41,6 +41,19 @@ def torchrun_env() -> RankEnv | None:
     return env if env is not None and env.world_size > 1 else None
 
 
+def wait_for_launcher(limit_s: float = 120.0) -> None:
+    """Wait (quietly) until torchrun stops this process, at most ``limit_s`` seconds: a rank that has
+    nothing to say must not end before the rank that says it."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the launcher's SIGTERM
+        pass
+
+
 def check_distributable(cfg: dict, resume: bool) -> None:
     """Refuse, with one line, what the distributed mode does not run."""
     exp = cfg["experiment"]

@@ -187,15 +187,18 @@ def _main(argv, interrupts: Interrupts) -> int:
         if say:
             problem = "no CONFIG file given" if args.config is None else "give either a CONFIG file or --resume"
             print(f"error: {problem} ({USAGE})", file=sys.stderr)
-        return 2
+        return refused(say)
     if scaling.handles(args):  # scaling studies: their own sweep over graphs (experiments/scaling.py)
         if ranks is not None:
             if say:
                 print("error: scaling sweeps run in one process, not under torchrun", file=sys.stderr)
-            return 2
+            return refused(say)
         return scaling.main(args, interrupts)
     try:
         cfg, old_manifest, out_dir, device, world = load_run(args, ranks, say)
+    except Stop as stop:
+        return refused(say) if stop.status == 2 else stop.status
+    try:
         setup, out_dir = build_setup(args, cfg, device, world, out_dir)
     except Stop as stop:
         return stop.status
@@ -208,6 +211,15 @@ def _main(argv, interrupts: Interrupts) -> int:
                          world)
     finally:
         record.stop_heartbeat()
+
+
+def refused(say: bool) -> int:
+    """Exit status 2 for a command line or config refused before the processes joined. Under torchrun
+    every rank refuses the same way and rank 0 prints the one line; the others wait until the launcher
+    stops them after rank 0 has ended, so that nothing stops rank 0 before its line is out."""
+    if not say:
+        distributed_run.wait_for_launcher()
+    return 2
 
 
 def load_run(args, ranks, say: bool):
@@ -248,7 +260,7 @@ def build_setup(args, cfg, device, world, out_dir):
         error = str(exc)
     if world is not None:
         if world.agree_on_error(error) is not None:
-            raise Stop(2)
+            raise Stop(refused(world.writer))
         args.quiet = args.quiet or not world.writer  # rank 0 alone prints and writes
     elif error is not None:
         print(f"error: {error}", file=sys.stderr)

@@ -241,3 +241,30 @@ def test_billion_laughs_is_refused_fast_in_bounded_memory(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert "experiment.seed" in line and len(line) < 200, line
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_no_config_at_all_prints_the_usage_in_one_line(capsys):
+    assert main([]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no CONFIG file given") and "usage: run.py" in lines[0]
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "run.py")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_waypoint_file_that_is_not_numpy_is_named(tmp_path, monkeypatch, capsys):
+    from tests.test_density import make_plan, tiny_online_config
+
+    plan = make_plan(tmp_path / "plan")
+    (plan / "paths" / "robot_1.npy").write_bytes(b"these are not waypoints\n" * 4)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(dump(tiny_online_config(plan, rounds=2)))
+    monkeypatch.chdir(tmp_path)
+    before = files_under(tmp_path)
+    assert main([str(config), "--quiet", "--output-dir", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and files_under(tmp_path) == before
+    line = lines[0]
+    assert line.startswith("error: experiment.data.waypoint_subdir:") and "robot_1.npy" in line, line
+    assert "not a NumPy .npy file" in line
