@@ -12,7 +12,8 @@ from tests.conftest import REPO_ROOT, assert_notebook_is_clean, execute_results_
 from tests.test_density import make_plan, run_config, tiny_online_config  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "density.ipynb"
-FIGURES = ("notebook_maps.png", "notebook_node_maps.png", "notebook_validation_loss.png", "notebook_animation.gif")
+FIGURES = ("notebook_maps.png", "notebook_node_maps.png", "notebook_validation_loss.png", "notebook_map_quality.png",
+           "notebook_animation.gif")
 
 
 def test_notebook_has_no_stored_outputs():
