@@ -4,6 +4,7 @@ converging to f* and DSGD stalling at its bias, under one process and under torc
 from __future__ import annotations
 
 import copy
+import csv
 import math
 
 import pytest
@@ -122,3 +123,26 @@ def test_logreg_under_torchrun_matches_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_metrics(tmp_path / "k1", tmp_path / "k2", ("extra", "dinno", "dsgd", "individual", "centralized"),
                         1e-9)
+
+
+def test_a_scaling_sweep_of_the_logreg_kind(tmp_path):
+    raw = yaml.safe_load(SHIPPED.read_text())
+    raw["experiment"].pop("graph")
+    raw["experiment"]["centralized"] = False
+    raw["experiment"]["scaling"] = {"const": "fiedler", "min_N": 4, "max_N": 8, "target_fied": 0.5,
+                                    "num_trials": 2, "target_accuracy": 0.9}
+    raw["problem_configs"] = {k: raw["problem_configs"][k] for k in ("extra", "dsgd")}
+    for pc in raw["problem_configs"].values():
+        pc["optimizer_config"]["outer_iterations"] = 40
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main([str(config), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    with open(tmp_path / "out" / "scaling.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["num_nodes"]), r["problem_name"]) for r in rows] == [(4, "extra"), (4, "dsgd"), (8, "extra"),
+                                                                      (8, "dsgd")]
+    for r in rows:
+        history = torch.load(tmp_path / "out" / f"trial_{int(r['trial']):02d}" / f"{r['problem_name']}_results.pt",
+                             weights_only=True)
+        assert torch.as_tensor(history["optimality_gap"][-1]).shape == (int(r["num_nodes"]),)
+        assert 0.5 < float(r["final_top1_mean"]) <= 1.0
