@@ -12,7 +12,13 @@ steps per round. Measured, each in its own process (so peak memory is its own):
 * ``data``: the data side of a round on the real shipped paper plan (5 window batches for all robots,
   the disk-graph rebuild from current positions).
 
-Prints seconds per round, samples per second, ratios and peak resident memory (MiB).
+* ``matmul``: a plain float32 matrix product of the network's largest layer's shape,
+  (12,500 x 256) @ (256 x 64), repeated to about the work of one round.
+
+Prints seconds per round, samples per second, ratios and peak resident memory (MiB); then the achieved
+GFLOP/s of a round (the forward and backward multiply-adds of the network, counted from its layer
+shapes: 3 x 2 x sum(in x out) per sample, about 66 GFLOP a round) next to the plain matrix product's
+GFLOP/s, and their ratio as the last line.
 """
 
 from __future__ import annotations
@@ -201,12 +207,39 @@ def bench_data(args):
             "scan_points": int(setup.scans.shape[0] * setup.scans.shape[1] * setup.scans.shape[2])}
 
 
+def round_flops() -> float:
+    """Multiply-add work of one DiNNO round: every primal step's forward and backward (taken as 3 x the
+    forward's 2 x sum(in x out) per sample, the usual count; activations and the optimizer not counted)."""
+    forward = 2 * sum(a * b for a, b in zip(SHAPE[:-1], SHAPE[1:]))
+    return 3.0 * forward * N * BATCH * PRIMAL
+
+
+MATMUL_SHAPE = (BATCH, 256, 64)
+
+
+def bench_matmul(args):
+    """One 'round' of plain matrix products: (B x 256) @ (256 x 64), as many times as make the round's FLOPs."""
+    import torch
+
+    b, k, n = MATMUL_SHAPE
+    x, w = torch.randn(b, k), torch.randn(k, n)
+    out = torch.empty(b, n)
+    repeats = max(1, round(round_flops() / (2.0 * b * k * n)))
+
+    def products():
+        for _ in range(repeats):
+            torch.mm(x, w, out=out)
+
+    return timed(products, args, {"repeats": repeats, "flops": 2.0 * b * k * n * repeats})
+
+
 VARIANTS = {
     "engine": lambda a: bench_engine(a),
     "grouped_all_nodes": lambda a: bench_engine(a, "grouped", N),
     "vmap_chunk1": lambda a: bench_engine(a, "vmap", 1),
     "loop": bench_loop,
     "central": bench_central,
+    "matmul": bench_matmul,
     "data": bench_data,
 }
 
@@ -219,7 +252,7 @@ def run_child(name, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-COMPUTE = ("engine", "grouped_all_nodes", "vmap_chunk1", "loop", "central")
+COMPUTE = ("engine", "grouped_all_nodes", "vmap_chunk1", "loop", "central", "matmul")
 
 
 def interleaved(args, names) -> dict[str, dict]:
@@ -280,7 +313,7 @@ def main(argv=None):
     print(f"\n{'form':<20} {'s/round':>9} {'s/primal step':>14} {'samples/s':>11} {'vs loop':>8} "
           f"{'step vs central':>16} {'peak MiB (+over imports)':>25}")
     for name in names:
-        if name == "central":
+        if name in ("central", "matmul"):
             continue
         r = res[name]
         sec = r["seconds"]
@@ -301,6 +334,13 @@ def main(argv=None):
               f"(5 batches of {N} x {BATCH}), graph update {d['graph_update_per_round'] * 1000:.2f} ms  {share}")
         print(f"paper plan setup (scanning {sum(d['trajectory_poses'])} poses, {d['scan_points']} points): "
               f"{d['setup_seconds']:.1f} s, peak {d['peak_mib']:.0f} MiB")
+    if "engine" in res and "matmul" in res:
+        engine_rate = round_flops() / res["engine"]["seconds"] / 1e9
+        mm_rate = res["matmul"]["flops"] / res["matmul"]["seconds"] / 1e9
+        b, k, n = MATMUL_SHAPE
+        print(f"\nwork of a round: {round_flops() / 1e9:.1f} GFLOP; engine {engine_rate:.1f} GFLOP/s; plain float32 "
+              f"matrix product ({b} x {k}) @ ({k} x {n}): {mm_rate:.1f} GFLOP/s")
+        print(f"engine round / matrix product rate: {engine_rate / mm_rate:.2f}")
     return 0
 
 
