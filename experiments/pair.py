@@ -107,7 +107,8 @@ class PairRun:
     its status and facts kept in ``record`` (a :class:`experiments.run_record.RunRecord`)."""
 
     def __init__(self, spec: PairSpec, setup, device, out_dir: Path | None, record, interrupts=None,
-                 world=None, checkpoints: bool = True, log: Callable[[str], None] = _stderr):
+                 world=None, checkpoints: bool = True, log: Callable[[str], None] = _stderr,
+                 tensorboard_dir: Path | None = None):
         self.spec, self.name, self.alg_name = spec, spec.name, spec.alg_name
         self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
         exp = setup.exp
@@ -137,6 +138,8 @@ class PairRun:
         self.checkpoint_path = (out_dir / f"{self.name}_checkpoint.pt"
                                 if checkpoints and out_dir is not None and world is None else None)
         self.rounds_done = 0
+        writes = tensorboard_dir is not None and (world is None or world.writer)
+        self.tensorboard_dir = tensorboard_dir if writes else None
 
     def _deferred(self):
         from contextlib import nullcontext
@@ -169,21 +172,32 @@ class PairRun:
         bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
                    disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
 
+        board = None
+        if self.tensorboard_dir is not None:
+            from experiments.tensorboard_log import EvaluationLog
+            board = EvaluationLog(self.tensorboard_dir)
+
+        def evaluated(k, metrics):
+            if metrics is None:
+                return
+            if "validation_loss" in metrics:
+                bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
+            if self.verbose:
+                bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
+            if board is not None:
+                board.log(k, metrics)
+            if on_evaluation is not None:
+                on_evaluation(k, metrics)
+
         def progress(k, metrics):
             self.rounds_done = k
             bar.update(1)
-            if metrics is not None:
-                if "validation_loss" in metrics:
-                    bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
-                if self.verbose:
-                    bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
-                if on_evaluation is not None:
-                    on_evaluation(k, metrics)
+            evaluated(k, metrics)
 
         start = time.perf_counter()
         try:
             if first == 1:
-                optimizer.begin()
+                evaluated(0, optimizer.begin())
             optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=self.schedule,
                                  on_checkpoint=self.save_checkpoint if self.checkpoint_path else None,
                                  checkpoint_every=self.checkpoint_every)
@@ -194,6 +208,8 @@ class PairRun:
             self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
         finally:
             bar.close()
+            if board is not None:
+                board.close()
             self.record.update_pair(name, **self.facts(time.perf_counter() - start))
 
     def facts(self, seconds: float) -> dict:

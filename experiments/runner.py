@@ -19,12 +19,33 @@ import torch
 import yaml
 
 from experiments import distributed_run, scaling
-from experiments.config import apply_overrides, check_output_folder, load_yaml, validate_config
+from experiments.config import (
+    apply_overrides,
+    check_output_folder,
+    load_yaml,
+    validate_config,
+)
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
-from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs, summarize
-from experiments.run_record import (DEFAULT_OUTPUT_DIR, Interrupts, RunRecord, git_commit, new_output_dir, now_iso,
-                                    pick_device, run_is_live)
+from experiments.pair import (
+    FINISHED,
+    PairRun,
+    PairSpec,
+    load_history,
+    pair_specs,
+    summarize,
+)
+from experiments.run_record import (
+    DEFAULT_OUTPUT_DIR,
+    Interrupts,
+    RunRecord,
+    git_commit,
+    new_output_dir,
+    now_iso,
+    pick_device,
+    run_is_live,
+)
+from experiments.tensorboard_log import check_available
 from optimizers import results_io
 from optimizers.distributed import PeerLostError
 from optimizers.graphs import GraphError, graph_to_json
@@ -48,6 +69,8 @@ def parse_args(argv):
                                              "<output_metadir>/<timestamp>_<name>/)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides experiment.use_cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard event files per pair (as experiment.tensorboard: true)")
     return parser.parse_args(argv)
 
 
@@ -222,6 +245,10 @@ def refused(say: bool) -> int:
     return 2
 
 
+def wants_tensorboard(args, exp: dict) -> bool:
+    return bool(getattr(args, "tensorboard", False) or exp["tensorboard"])
+
+
 def load_run(args, ranks, say: bool):
     """The validated config (of the folder to resume, or the file with --set), its old manifest when
     resuming, the output folder, the device and, under torchrun, this rank's world."""
@@ -234,6 +261,8 @@ def load_run(args, ranks, say: bool):
         else:
             cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
         exp = cfg["experiment"]
+        if wants_tensorboard(args, exp):
+            check_available("--tensorboard" if args.tensorboard else "experiment.tensorboard")
         device = pick_device(args.device, exp["use_cuda"], say=say)
         if ranks is not None:
             distributed_run.check_distributable(cfg, old_manifest is not None)
@@ -389,7 +418,8 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
     record.update_pair(name, status="running")
     run = None
     try:
-        run = PairRun(spec, setup, device, out_dir, record, interrupts, world)
+        board = out_dir / "tensorboard" / name if out_dir is not None and wants_tensorboard(args, setup.exp) else None
+        run = PairRun(spec, setup, device, out_dir, record, interrupts, world, tensorboard_dir=board)
         run.train(args.quiet, resume)
     except KeyboardInterrupt:
         interrupts.stop()

@@ -231,14 +231,14 @@ class DistributedOptimizer:
         return int(checkpoint["round"])
 
     # -------------------------------------------------------------------------- training
-    def begin(self) -> None:
-        """Set up and evaluate at round 0."""
+    def begin(self) -> dict[str, torch.Tensor] | None:
+        """Set up and evaluate at round 0; returns the metrics (None on a process that does not keep them)."""
         start = time.perf_counter()
         with torch.no_grad():
             self.setup()
         self.elapsed = time.perf_counter() - start
         self.last_finite = (0, self.problem.theta.clone())
-        self.evaluate(0)
+        return self.evaluate(0)
 
     def train(self, progress: Callable[[int, dict | None], None] | None = None,
               profile_dir: str | Path | None = None, before_round: Callable[[int], None] | None = None,

@@ -60,6 +60,7 @@ COMMON_EXPERIMENT = {
     "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
+    "tensorboard": (Bool, False),  # TensorBoard event files per pair (experiments/tensorboard_log.py)
     # lossy and time-varying communication (optimizers/links.py)
     "links": ({"drop_prob": (Float, 0.0, UNIT_INTERVAL), "seed": (Int, 0, SEED_RANGE)}, {}),
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
