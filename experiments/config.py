@@ -30,6 +30,8 @@ def validate_config(raw: Any) -> dict:
     for key in raw:
         if key not in ("experiment", "problem_configs"):
             hint = did_you_mean(key, ("experiment", "problem_configs"))
+            if key == "tune":
+                hint = " (a tuning config: run it with experiments/tune.py)"
             raise ConfigError(f"{key_text(key)}: unknown top-level key{hint}; allowed: experiment, problem_configs")
     experiment = raw.get("experiment")
     if not isinstance(experiment, dict):

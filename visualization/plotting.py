@@ -208,6 +208,57 @@ def save_density_maps(folder: str | Path, image, paths: list) -> Path:
     return path
 
 
+def save_tuning_figures(folder: str | Path, rows: list[dict], tune: dict) -> list[Path]:
+    """figures/tune_<pair>.png for a tuning folder: the objective of every finished trial against its
+    number (the best so far as a line) and against each tuned parameter (pruned and failed trials apart)."""
+    import math
+
+    folder = Path(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    written = []
+    objective = tune["objective"]
+    maximize = objective["direction"] == "maximize"
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        trials = [r for r in rows if r["pair"] == pair]
+        params = [k for k in dict.fromkeys(k for r in trials for k in r) if k.startswith("param ")]
+        fig, axes = plt.subplots(1, 1 + len(params), figsize=(4.2 * (1 + len(params)), 3.6), squeeze=False)
+        done = [r for r in trials if r["state"] == "complete" and not math.isnan(r["objective"])]
+        ax = axes[0][0]
+        ax.plot([r["trial"] for r in done], [r["objective"] for r in done], "o", ms=4, label="complete")
+        best, line = None, []
+        for r in done:
+            if best is None or (r["objective"] > best if maximize else r["objective"] < best):
+                best = r["objective"]
+            line.append((r["trial"], best))
+        if line:
+            ax.step(*zip(*line), where="post", color="k", lw=1, label="best so far")
+        others = [r for r in trials if r["state"] != "complete"]
+        if others:
+            ax.plot([r["trial"] for r in others], [ax.get_ylim()[0]] * len(others), "x", color="0.5",
+                    label="pruned / failed")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"{objective['summary']} of {label(objective['metric'])}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        for ax, name in zip(axes[0][1:], params):
+            xs = [r[name] for r in done if name in r]
+            ax.plot(xs, [r["objective"] for r in done if name in r], "o", ms=4)
+            space = next((b for b in tune["space"].values() if name[len("param "):] in b), {})
+            bounds = space.get(name[len("param "):], {})
+            if "log_uniform" in bounds:
+                ax.set_xscale("log")
+            ax.set_xlabel(name[len("param "):])
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{pair}: {len(done)} complete of {len(trials)} trials", fontsize=10)
+        fig.tight_layout()
+        path = out / f"tune_{pair}.png"
+        save_figure(fig, path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dict]:
     """Per pair: final mean / min top-1 over nodes, and the first evaluated round (and megabytes sent
     per node by then) at which the mean top-1 reached ``threshold`` (None: not reached)."""

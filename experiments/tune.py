@@ -1,0 +1,12 @@
+"""Tune an experiment's pairs: ``python experiments/tune.py CONFIG.yaml [--trials N] [--workers K] ...``
+(see :mod:`experiments.tuning`)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.tuning import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
