@@ -163,3 +163,15 @@ def test_run_py_refuses_a_tuning_config_with_a_hint(tmp_path, capsys):
     assert run_main([str(config), "--output-dir", str(tmp_path / "never")]) == 2
     line = capsys.readouterr().err.strip()
     assert "tune" in line and "tune.py" in line
+
+
+def test_the_shipped_comparison_tunes_every_pair_on_one_budget():
+    from experiments.config import load_yaml
+    from experiments.tuning import validate_tuning
+
+    tune, cfg = validate_tuning(load_yaml(REPO_ROOT / "experiments" / "configs" / "mnist_algorithms_tune.yaml"))
+    assert set(tune["space"]) == set(cfg["problem_configs"])  # every pair is tuned
+    algorithms = {pc["optimizer_config"]["alg_name"] for pc in cfg["problem_configs"].values()}
+    assert algorithms == {"dinno", "dsgt", "dsgd", "choco_sgd", "extra", "next", "prox_pda"}
+    compressors = {pc["optimizer_config"].get("compressor", {}).get("name") for pc in cfg["problem_configs"].values()}
+    assert {"top_k", "qsgd"} <= compressors
