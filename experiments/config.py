@@ -58,6 +58,10 @@ def validate_config(raw: Any) -> dict:
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
     check_graph_schedule(exp)
+    ind = exp["individual_training"]
+    if ind["lr_decay_type"] != "constant" and ind["lr_finish"] is None:
+        raise ConfigError(f"experiment.individual_training.lr_finish: required when lr_decay_type is "
+                          f"{ind['lr_decay_type']}")
     kind.cross_check(cfg)
     return cfg
 

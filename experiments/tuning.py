@@ -130,8 +130,10 @@ def validate_tuning(raw: Any) -> tuple[dict, dict]:
         raise ConfigError("tune.seeds: expected at least one seed")
     metric = tune["objective"]["metric"]
     kind = KINDS[cfg["experiment"]["problem"]]
-    if metric not in METRICS or not METRICS[metric].scalar or metric not in kind.metrics:
-        allowed = [m for m in kind.metrics if m in METRICS and METRICS[m].scalar]
+    problem_class = kind.setup.problem_class
+    everything = problem_class.recorded_metrics(kind.metrics)
+    if metric not in METRICS or not METRICS[metric].scalar or metric not in everything:
+        allowed = [m for m in everything if m in METRICS and METRICS[m].scalar]
         raise ConfigError(f"tune.objective.metric: {excerpt(metric)} is not a scalar metric of "
                           f"{kind.name}; allowed: {', '.join(allowed)}")
     if tune["objective"]["direction"] is None:
@@ -144,7 +146,7 @@ def validate_tuning(raw: Any) -> tuple[dict, dict]:
             raise ConfigError(f"tune.space.{problem}: not a key of problem_configs; allowed: "
                               f"{', '.join(cfg['problem_configs'])}")
         pc = cfg["problem_configs"][problem]
-        if metric not in pc["metrics"]:
+        if metric not in problem_class.recorded_metrics(pc["metrics"]):
             raise ConfigError(f"problem_configs.{problem}.metrics: must record {metric}, the tuning objective")
         for dotted, bounds in params.items():
             trial_config(cfg, problem, {dotted: _example(bounds)}, tune["seeds"][0], tune["rounds"])

@@ -1,7 +1,8 @@
 """Training without communication: every node steps on its own data only.
 
 Used for the individual-training baseline (N nodes, no messages) and, on a one-node problem holding
-the pooled data, for the centralized baseline.
+the pooled data, for the centralized baseline. The learning rate is ``lr``, or follows ``lr_decay_type``
+from ``lr`` to ``lr_finish`` over the rounds.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ class LocalTraining(DistributedOptimizer):
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "optimizer": (("adam", "adamw", "sgd"), "adam"),
         "lr": (float, REQUIRED, POSITIVE),
+        "lr_finish": (float, None, POSITIVE),
+        "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "profile": (bool, False),
     }
 
     def setup(self) -> None:
-        self.opt = make_torch_optimizer(self.config["optimizer"], [self.problem.theta], self.config["lr"])
+        cfg = self.config
+        self.lrs = self.lr_schedule(cfg["lr"], cfg["lr_finish"], cfg["lr_decay_type"])
+        self.opt = make_torch_optimizer(cfg["optimizer"], [self.problem.theta], cfg["lr"])
 
     def round(self, k: int) -> None:
         theta = self.problem.theta
+        for group in self.opt.param_groups:
+            group["lr"] = float(self.lrs[k - 1])
         _, grads = self.problem.local_grads(theta)
         theta.grad = grads
         self.opt.step()

@@ -74,6 +74,8 @@ class SupervisedProblem:
     classification = False
     base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
                     "train_loss_moving_average")
+    # metrics recorded along with a configured one (metric -> the one it comes with)
+    recorded_with: dict[str, str] = {}
 
     def __init__(self, name: str, model: nn.Module, node_indices: Sequence[torch.Tensor],
                  train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -124,6 +126,11 @@ class SupervisedProblem:
             if robots is not None:
                 pick = pick[(pick >= robots.start) & (pick < robots.stop)] - robots.start
             self.eval_nodes = pick.to(self.device)
+
+    @classmethod
+    def recorded_metrics(cls, configured) -> tuple[str, ...]:
+        """Every metric a problem configured with ``configured`` records."""
+        return tuple(configured) + tuple(m for m, parent in cls.recorded_with.items() if parent in configured)
 
     @classmethod
     def available_metrics(cls) -> tuple[str, ...]:

@@ -120,6 +120,8 @@ class DensityProblem(SupervisedProblem):
 
     base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
                     "train_loss_moving_average", "mesh_grid_density")
+    recorded_with = {"validation_loss_wall": "validation_loss", "validation_loss_free": "validation_loss",
+                     "map_balanced_accuracy": "mesh_grid_density", "map_wall_iou": "mesh_grid_density"}
 
     def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
                  mesh_every: int | None = None, total_rounds: int | None = None,

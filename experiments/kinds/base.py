@@ -40,6 +40,8 @@ INDIVIDUAL_SCHEMA = {
     "train_solo": (Bool, False),
     "optimizer": (Choice(("adam", "adamw", "sgd")), "adam"),
     "lr": (Float, 0.005, POSITIVE),
+    "lr_finish": (Float, OPTIONAL, POSITIVE),  # with lr_decay_type: the rate the schedule ends at
+    "lr_decay_type": (Choice(("constant", "linear", "log")), "constant"),
     "epochs": (Int, 1, AT_LEAST_ONE),
     "train_batch_size": (Int, 64, AT_LEAST_ONE),
     "val_batch_size": (Int, 128, AT_LEAST_ONE),
@@ -208,7 +210,8 @@ class ExperimentSetup:
         rounds as the first pair) baseline."""
         first = first_problem(self.cfg)
         ind = self.exp["individual_training"]
-        opt_cfg = {"optimizer": ind["optimizer"], "lr": ind["lr"], "profile": False}
+        opt_cfg = {"optimizer": ind["optimizer"], "lr": ind["lr"], "lr_finish": ind["lr_finish"],
+                   "lr_decay_type": ind["lr_decay_type"], "profile": False}
         if which == "centralized":
             rounds = first["optimizer_config"]["outer_iterations"]
             kwargs = self.problem_kwargs(first, rounds)
