@@ -11,7 +11,7 @@ after every pair, while the other ranks are done.
 
 The online density problem gathers every robot's position each round (one small all_gather) so that
 every rank builds the same dynamic graph. What is not available across processes (refused with one
-line): lossy links, scaling sweeps and ``--resume`` (checkpoints are per process state).
+line): scaling sweeps and ``--resume`` (checkpoints are per process state).
 """
 
 from __future__ import annotations
@@ -60,9 +60,6 @@ def check_distributable(cfg: dict, resume: bool) -> None:
     if resume:
         raise ConfigError("--resume: not available under torchrun (checkpoints hold one process's state); "
                           "resume the run in one process or start it again")
-    if exp["links"]["drop_prob"] > 0:
-        raise ConfigError("experiment.links.drop_prob: lossy links do not run under torchrun; "
-                          "every message between processes arrives (use 0, or run in one process)")
 
 
 @dataclass

@@ -41,7 +41,7 @@ class CHOCOSGD(DistributedOptimizer):
         cfg = self.config
         self.lrs = self.lr_schedule(cfg["lr"], cfg["lr_finish"], cfg["lr_decay_type"])
         self.compressor = make_compressor(cfg["compressor"])
-        self.compression_rng = self.compressor.generator()
+        self.compression_rng = self.compressor.stream(self.network.robot_ids())
         self.public = torch.zeros_like(self.problem.theta)
 
     def round(self, k: int) -> None:

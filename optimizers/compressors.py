@@ -10,8 +10,9 @@
   and ceil(log2(s + 1)) level bits, plus the norm as one float.
 - ``sign``: sign(x) times the row's mean absolute value; n bits plus one float.
 
-Random choices come from a ``torch.Generator`` the optimizer holds as an attribute
-(``compressor.generator()``, seeded from the config) and passes to every call.
+Random choices are counter-based (:class:`optimizers.counters.CounterStream`): the optimizer holds
+``compressor.stream(robot_ids)`` as an attribute and passes it to every call, so a robot's draws depend
+on the seed, the call and its own id, never on which process hosts it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 
 import torch
 
+from optimizers.counters import CounterStream
 from optimizers.schema import AT_LEAST_ONE, REQUIRED, ConfigError, Custom, Range, Str, did_you_mean, validate_mapping
 
 FRACTION = Range(0.0, 1.0, low_open=True)
@@ -41,19 +43,22 @@ class Compressor:
     def __init__(self, **params):
         self.params = params
 
-    def generator(self) -> torch.Generator | None:
-        """A fresh generator for the random compressors (None for the deterministic ones)."""
-        return torch.Generator().manual_seed(int(self.params["seed"])) if "seed" in self.params else None
+    def stream(self, robots) -> CounterStream | None:
+        """The draws of the random compressors for the robots ``robots`` (global ids; None for the
+        deterministic compressors)."""
+        return CounterStream(int(self.params["seed"]), robots) if "seed" in self.params else None
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, stream: CounterStream | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def row_bytes(self, n: int, value_bytes: int) -> int:
         raise NotImplementedError
 
     @staticmethod
-    def _uniform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    def _uniform(x: torch.Tensor, stream: CounterStream) -> torch.Tensor:
+        if stream is None:
+            raise ValueError("a random compressor needs its stream of draws (compressor.stream(robots))")
+        return stream.uniform(x.shape[1], x.dtype, x.device)
 
     def _k(self, n: int) -> int:
         return max(1, math.ceil(self.params["fraction"] * n))
@@ -62,7 +67,7 @@ class Compressor:
 class Identity(Compressor):
     name = "identity"
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x, stream=None):
         return x.clone()
 
     def row_bytes(self, n, value_bytes):
@@ -72,7 +77,7 @@ class Identity(Compressor):
 class TopK(Compressor):
     name = "top_k"
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x, stream=None):
         idx = x.abs().topk(self._k(x.shape[1]), dim=1).indices
         return torch.zeros_like(x).scatter_(1, idx, x.gather(1, idx))
 
@@ -83,19 +88,19 @@ class TopK(Compressor):
 class RandomK(TopK):
     name = "random_k"
 
-    def __call__(self, x, generator=None):
-        idx = self._uniform(x, generator).topk(self._k(x.shape[1]), dim=1).indices  # k distinct uniform positions
+    def __call__(self, x, stream=None):
+        idx = self._uniform(x, stream).topk(self._k(x.shape[1]), dim=1).indices  # k distinct uniform positions
         return torch.zeros_like(x).scatter_(1, idx, x.gather(1, idx))
 
 
 class QSGD(Compressor):
     name = "qsgd"
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x, stream=None):
         s, n = self.params["levels"], x.shape[1]
         norm = x.norm(dim=1, keepdim=True)
         scaled = s * x.abs() / norm.clamp_min(torch.finfo(x.dtype).tiny)
-        level = scaled.floor() + (self._uniform(x, generator) < scaled - scaled.floor()).to(x.dtype)
+        level = scaled.floor() + (self._uniform(x, stream) < scaled - scaled.floor()).to(x.dtype)
         tau = 1.0 + min(n / s**2, math.sqrt(n) / s)
         return norm * x.sign() * level / (s * tau)
 
@@ -107,7 +112,7 @@ class QSGD(Compressor):
 class Sign(Compressor):
     name = "sign"
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x, stream=None):
         return x.sign() * x.abs().mean(dim=1, keepdim=True)
 
     def row_bytes(self, n, value_bytes):

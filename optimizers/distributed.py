@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
-from optimizers.network import make_operator, operator_kind
+from optimizers.network import HeldRows, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -171,12 +171,25 @@ class TorchDistributedNetwork:
         self.local_nodes = self.blocks[self.rank]
         self.num_local = self.local_nodes.stop - self.local_nodes.start
         self.bytes_sent = torch.zeros(self.num_local, dtype=torch.float64)
+        self.drop_prob = 0.0
+        self.link_seed = 0
+        self.held = HeldRows()
         self.wire_bytes_sent = 0
         self.wire_bytes_per_exchange = 0
         self.exchanges = 0
         # verify: the same graph everywhere, and every rank in the group once before the first p2p
         # exchange (NCCL requires the first call on a group to involve all ranks).
         self.set_graph(graph, verify=True)
+
+    def robot_ids(self) -> torch.Tensor:
+        """Global ids of this rank's robots (the rows its calls take)."""
+        return torch.arange(self.local_nodes.start, self.local_nodes.stop)
+
+    def set_links(self, drop_prob: float, seed: int) -> None:
+        """Drop each directed message with probability ``drop_prob`` from now on (the same messages as in
+        one process: the decisions are counter-based)."""
+        self.drop_prob = float(drop_prob)
+        self.link_seed = int(seed)
 
     def _global(self, rank: int) -> np.ndarray:
         return np.arange(self.blocks[rank].start, self.blocks[rank].stop)
@@ -215,7 +228,17 @@ class TorchDistributedNetwork:
         self._halo_rows = len(columns)
         self._rows_sent = sum(len(send) for _, _, send, _ in self._peers)
         self._adjacency = _operator(adjacency, mine, columns, self.device, self.dtype)
-        self._mixing = _operator(metropolis_weights(graph), mine, columns, self.device, self.dtype)
+        mixing = metropolis_weights(graph)
+        self._mixing = _operator(mixing, mine, columns, self.device, self.dtype)
+        # the directed edges into this rank's robots, for lossy links (global ids, halo columns)
+        column = {int(g): c for c, g in enumerate(columns)}
+        dst_local, src = np.nonzero(adjacency[mine])
+        dst = dst_local + mine.start
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
+        self._links = {"src": torch.as_tensor(src, dtype=torch.long), "dst": torch.as_tensor(dst, dtype=torch.long),
+                       "source": as_index([column[int(j)] for j in src]), "dst_local": as_index(dst_local),
+                       "ids": as_index(self.held.ids(zip(src.tolist(), dst.tolist())))}
+        self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
         degrees = adjacency[mine].sum(axis=1)
         self.degrees = torch.as_tensor(degrees, device=self.device, dtype=self.dtype)
         self._degrees_cpu = torch.as_tensor(degrees, dtype=torch.float64)
@@ -256,15 +279,24 @@ class TorchDistributedNetwork:
 
     def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
             ) -> torch.Tensor:
-        """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows.
-        (Lossy links are not implemented across processes: every message arrives.)"""
-        result = (self._mixing @ self._halo(x, row_bytes)).reshape(x.shape)
+        """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows."""
+        halo = self._halo(x, row_bytes)
+        if self.drop_prob > 0:
+            result = lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, halo,
+                                   self._links, self._edge_weight, relative=True)
+        else:
+            result = (self._mixing @ halo).reshape(x.shape)
         return result if out is None else out.copy_(result)
 
     def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
                      ) -> torch.Tensor:
         """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
-        result = (self._adjacency @ self._halo(x, row_bytes)).reshape(x.shape)
+        halo = self._halo(x, row_bytes)
+        if self.drop_prob > 0:
+            result = lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, halo,
+                                   self._links, torch.ones_like(self._edge_weight), relative=False)
+        else:
+            result = (self._adjacency @ halo).reshape(x.shape)
         return result if out is None else out.copy_(result)
 
 

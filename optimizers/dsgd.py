@@ -31,7 +31,7 @@ class DSGD(DistributedOptimizer):
     def setup(self) -> None:
         self.alpha = float(self.config["alpha0"])
         self.compressor = make_compressor(self.config["compressor"])
-        self.compression_rng = self.compressor.generator()
+        self.compression_rng = self.compressor.stream(self.network.robot_ids())
 
     def combine(self, theta) -> None:
         if self.compressor.name == "identity":

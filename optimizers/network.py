@@ -20,14 +20,16 @@ channel.
 In one process these are matrix products over the whole stack. A distributed backend answers the
 same calls by sending each local row (and its byte size) to the processes that host the
 neighbours and combining what arrives, so optimizer code never changes. The receiving side of a
-lossy link is the same for both: ``_lossy_combine`` works from (source, destination) rows.
+lossy link is the same for both: ``lossy_combine`` works from (source, destination) rows.
 
 Lossy links (``set_links(drop_prob, seed)``): every directed message is dropped independently with
-probability ``drop_prob`` (a ``torch.Generator`` seeded from the config). A receiver then uses the
-last row it received from that neighbour on that channel, or its own current row if none has
-arrived yet; so ``drop_prob = 1`` makes every node train alone (W x = x, A x = d x), and
-``drop_prob = 0`` takes the exact, lossless path. ``set_graph`` changes the graph between rounds;
-the last-received rows of an edge survive while it is absent.
+probability ``drop_prob``. The decision is counter-based: message src -> dst of exchange k on a channel
+is lost when uniform(seed, k, src, dst, channel) < drop_prob (:mod:`optimizers.counters`), so the same
+messages are lost however the robots are spread over processes. A receiver then uses the last row it
+received from that neighbour on that channel, or its own current row if none has arrived yet; so
+``drop_prob = 1`` makes every node train alone (W x = x, A x = d x), and ``drop_prob = 0`` takes the
+exact, lossless path. ``set_graph`` changes the graph between rounds; the last-received rows of an edge
+survive while it is absent.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from optimizers import state
+from optimizers import counters, state
 from optimizers.graphs import metropolis_weights
 
 # Above this many nodes a sparse product beats a dense one for sparse graphs.
@@ -52,6 +54,55 @@ _BLOCK_BYTES = 4 << 20
 
 def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return result if out is None else out.copy_(result)
+
+
+class HeldRows:
+    """What the receivers of lossy links hold: per channel, the last row each directed edge delivered."""
+
+    def __init__(self):
+        self.edge_ids: dict[tuple[int, int], int] = {}  # directed edge (src, dst), global ids -> buffer row
+        self.last_rows: dict[str, torch.Tensor] = {}     # channel -> (edges seen, n) last received rows
+        self.arrived: dict[str, torch.Tensor] = {}       # channel -> (edges seen,) anything received yet
+
+    def ids(self, edges) -> list[int]:
+        return [self.edge_ids.setdefault(edge, len(self.edge_ids)) for edge in edges]
+
+    def buffers(self, channel: str, x: torch.Tensor):
+        rows = self.last_rows.get(channel)
+        grow = len(self.edge_ids) - (0 if rows is None else len(rows))
+        if grow > 0:
+            new_rows = x.new_zeros((grow,) + x.shape[1:])
+            new_flags = torch.zeros(grow, dtype=torch.bool, device=x.device)
+            self.last_rows[channel] = new_rows if rows is None else torch.cat([rows, new_rows])
+            self.arrived[channel] = new_flags if rows is None else torch.cat([self.arrived[channel], new_flags])
+        return self.last_rows[channel], self.arrived[channel]
+
+    def state_dict(self) -> dict:
+        directed = torch.tensor(list(self.edge_ids), dtype=torch.long).reshape(-1, 2)
+        return {"edge_ids": directed, **state.capture(self, ("last_rows", "arrived"))}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.edge_ids = {tuple(e): i for i, e in enumerate(saved["edge_ids"].tolist())}
+        state.restore(self, {k: saved[k] for k in ("last_rows", "arrived")})
+
+
+def lossy_combine(held: HeldRows, channel: str, exchange: int, drop_prob: float, seed: int, x_local: torch.Tensor,
+                  sources: torch.Tensor, links: dict, weight: torch.Tensor, relative: bool) -> torch.Tensor:
+    """The receiving side of lossy links, for the local robots' rows ``x_local``: sum_j weight_ij h_ij over
+    the rows h_ij robot i holds from j, or, ``relative``, x_i + sum_j weight_ij (h_ij - x_i) (= W x when
+    every row is fresh; exactly x_i when none is). ``links`` lists the directed edges into local robots:
+    "src"/"dst" global ids, "source" the row of ``sources`` holding src's message, "dst_local" the local
+    row of dst, "ids" their buffer rows."""
+    ids, source, dst = links["ids"], links["source"], links["dst_local"]
+    rows, arrived = held.buffers(channel, x_local)
+    draws = counters.uniform(seed, exchange, links["src"], links["dst"], counters.code(channel))
+    delivered = (draws >= drop_prob).to(x_local.device)
+    rows[ids[delivered]] = sources[source[delivered]]
+    arrived[ids[delivered]] = True
+    held_rows = torch.where(arrived[ids].unsqueeze(1), rows[ids], x_local[dst])
+    if relative:
+        return x_local.clone().index_add_(0, dst, weight.unsqueeze(1) * (held_rows - x_local[dst]))
+    return torch.zeros_like(x_local).index_add_(0, dst, weight.unsqueeze(1) * held_rows)
 
 
 def graph_product(operator: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,15 +198,18 @@ class InProcessNetwork:
         self.bytes_sent = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.exchanges = 0
         self.drop_prob = 0.0
-        self.edge_ids: dict[tuple[int, int], int] = {}  # directed edge (src, dst) -> buffer row
-        self.last_rows: dict[str, torch.Tensor] = {}     # channel -> (edges seen, n) last received rows
-        self.arrived: dict[str, torch.Tensor] = {}       # channel -> (edges seen,) anything received yet
+        self.link_seed = 0
+        self.held = HeldRows()
         self.set_graph(graph)
+
+    def robot_ids(self) -> torch.Tensor:
+        """Global ids of the robots whose rows this network's calls take (all of them here)."""
+        return torch.arange(self.num_nodes)
 
     def set_links(self, drop_prob: float, seed: int) -> None:
         """Drop each directed message with probability ``drop_prob`` from now on."""
         self.drop_prob = float(drop_prob)
-        self.link_generator = torch.Generator().manual_seed(int(seed))
+        self.link_seed = int(seed)
 
     def set_graph(self, graph: nx.Graph) -> None:
         """Use a new communication graph (same node set) from now on."""
@@ -172,29 +226,26 @@ class InProcessNetwork:
         self._degrees_cpu = torch.as_tensor(adjacency.sum(axis=1), dtype=torch.float64)
         self.is_connected = self.num_nodes == 1 or nx.is_connected(graph)
         dst, src = np.nonzero(adjacency)  # message src -> dst
-        for edge in zip(src.tolist(), dst.tolist()):
-            self.edge_ids.setdefault(edge, len(self.edge_ids))
         as_index = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
-        self._src, self._dst = as_index(src), as_index(dst)
-        self._edge_rows = as_index([self.edge_ids[e] for e in zip(src.tolist(), dst.tolist())])
+        self._links = {"src": torch.as_tensor(src, dtype=torch.long), "dst": torch.as_tensor(dst, dtype=torch.long),
+                       "source": as_index(src), "dst_local": as_index(dst),
+                       "ids": as_index(self.held.ids(zip(src.tolist(), dst.tolist())))}
         self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
 
     def state_dict(self) -> dict:
-        """Byte counters, the graph in use (it changes when the graph is dynamic) and, with lossy links,
-        the last rows each node received and the drop generator."""
+        """Byte counters, the exchange count (lost messages are a function of it), the graph in use (it
+        changes when the graph is dynamic) and, with lossy links, the last rows each node received."""
         edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
-        directed = torch.tensor(list(self.edge_ids), dtype=torch.long).reshape(-1, 2)
         return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "edge_ids": directed, **state.capture(self, ("last_rows", "arrived", "link_generator"))}
+                "held": self.held.state_dict()}
 
     def load_state_dict(self, saved: dict) -> None:
-        self.edge_ids = {tuple(e): i for i, e in enumerate(saved["edge_ids"].tolist())}
+        self.held.load_state_dict(saved["held"])
         graph = nx.Graph()
         graph.add_nodes_from(self.graph.nodes(data=True))
         graph.add_edges_from(saved["edges"].tolist())
         graph.graph.update(self.graph.graph)
         self.set_graph(graph)
-        state.restore(self, {k: saved[k] for k in ("last_rows", "arrived", "link_generator") if k in saved})
         self.bytes_sent.copy_(saved["bytes_sent"])
         self.exchanges = int(saved["exchanges"])
 
@@ -213,7 +264,7 @@ class InProcessNetwork:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return _into(self._lossy_combine(x, channel, self._edge_weight, relative=True), out)
+            return _into(self._lossy(x, channel, self._edge_weight, relative=True), out)
         return graph_product(self._mixing, x, out)
 
     def neighbor_sum(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
@@ -221,31 +272,12 @@ class InProcessNetwork:
         """``A x``: sum of the neighbours' rows for each node."""
         self._count(x, row_bytes)
         if self.drop_prob > 0:
-            return _into(self._lossy_combine(x, channel, torch.ones_like(self._edge_weight), relative=False), out)
+            return _into(self._lossy(x, channel, torch.ones_like(self._edge_weight), relative=False), out)
         return graph_product(self._adjacency, x, out)
 
-    def _lossy_combine(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
-        """sum_j weight_ij h_ij over the rows h_ij node i holds from j, or, ``relative``,
-        x_i + sum_j weight_ij (h_ij - x_i) (= W x when every row is fresh; exactly x_i when none is)."""
-        ids, src, dst = self._edge_rows, self._src, self._dst
-        rows, arrived = self._buffers(channel, x)
-        delivered = (torch.rand(len(ids), generator=self.link_generator) >= self.drop_prob).to(self.device)
-        rows[ids[delivered]] = x[src[delivered]]
-        arrived[ids[delivered]] = True
-        held = torch.where(arrived[ids].unsqueeze(1), rows[ids], x[dst])
-        if relative:
-            return x.clone().index_add_(0, dst, edge_weight.unsqueeze(1) * (held - x[dst]))
-        return torch.zeros_like(x).index_add_(0, dst, edge_weight.unsqueeze(1) * held)
-
-    def _buffers(self, channel: str, x: torch.Tensor):
-        rows = self.last_rows.get(channel)
-        grow = len(self.edge_ids) - (0 if rows is None else len(rows))
-        if grow > 0:
-            new_rows = x.new_zeros((grow,) + x.shape[1:])
-            new_flags = torch.zeros(grow, dtype=torch.bool, device=x.device)
-            self.last_rows[channel] = new_rows if rows is None else torch.cat([rows, new_rows])
-            self.arrived[channel] = new_flags if rows is None else torch.cat([self.arrived[channel], new_flags])
-        return self.last_rows[channel], self.arrived[channel]
+    def _lossy(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
+        return lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, x, self._links,
+                             edge_weight, relative)
 
     def mixing_matrix(self) -> torch.Tensor:
         m = self._mixing

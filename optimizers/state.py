@@ -1,7 +1,8 @@
 """Checkpointable state of training objects, as plain data that ``torch.load(weights_only=True)`` reads.
 
 ``capture(obj, names)`` records the named attributes of ``obj``: tensors, numbers, strings, numpy arrays,
-``torch.Generator`` states, ``torch.optim`` optimizers and lists / tuples / dicts of these.
+``torch.Generator`` states, ``torch.optim`` optimizers, objects with ``state_dict`` / ``load_state_dict``
+and lists / tuples / dicts of these.
 ``restore(obj, state)`` puts them back: generators and optimizers are loaded into the objects ``obj``
 already holds (so a freshly set-up object continues exactly where the captured one stopped).
 """
@@ -16,6 +17,7 @@ import torch
 _GENERATOR = "__generator_state__"
 _OPTIMIZER = "__optimizer_state__"
 _NDARRAY = "__ndarray__"
+_STATEFUL = "__state_dict__"
 
 
 def _encode(value: Any) -> Any:
@@ -25,6 +27,8 @@ def _encode(value: Any) -> Any:
         return {_GENERATOR: value.get_state()}
     if isinstance(value, torch.optim.Optimizer):
         return {_OPTIMIZER: value.state_dict()}
+    if hasattr(value, "state_dict") and hasattr(value, "load_state_dict") and not isinstance(value, torch.nn.Module):
+        return {_STATEFUL: _encode(value.state_dict())}
     if isinstance(value, np.ndarray):
         return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
@@ -44,6 +48,9 @@ def _decode(stored: Any, current: Any) -> Any:
         return current
     if isinstance(stored, dict) and _OPTIMIZER in stored:
         current.load_state_dict(stored[_OPTIMIZER])
+        return current
+    if isinstance(stored, dict) and _STATEFUL in stored:
+        current.load_state_dict(_decode(stored[_STATEFUL], None))
         return current
     if isinstance(stored, dict) and _NDARRAY in stored:
         return stored[_NDARRAY].numpy()

@@ -16,15 +16,8 @@ from typing import Sequence
 import torch
 
 from optimizers import state
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift-multiply), element-wise on int64 tensors holding 32-bit values."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
-    return (x >> 16) ^ x
+from optimizers.counters import MASK32 as _MASK32
+from optimizers.counters import mix32 as _mix32
 
 
 def shuffle_keys(seed: int, robots: torch.Tensor, epochs: torch.Tensor, width: int) -> torch.Tensor:

@@ -193,13 +193,31 @@ def test_more_processes_than_robots_is_refused_with_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_lossy_links_are_refused_under_torchrun(tmp_path):
+def test_lossy_links_and_random_compression_under_torchrun_match_one_process(tmp_path):
+    """Lost messages and random compressors draw counter-based per (seed, exchange, edge / robot), so
+    two processes lose the same messages and compress the same way as one."""
+    cfg = tiny_mnist_config(rounds=12)
+    cfg["experiment"]["links"] = {"drop_prob": 0.3, "seed": 5}
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    cfg["experiment"]["centralized"] = False
+    cfg["problem_configs"]["p2"]["optimizer_config"]["compressor"] = {"name": "random_k", "fraction": 0.2, "seed": 1}
+    cfg["problem_configs"]["p4"] = {**cfg["problem_configs"]["p2"], "problem_name": "choco",
+                                    "optimizer_config": {"alg_name": "choco_sgd", "outer_iterations": 12, "lr": 0.01,
+                                                         "consensus_stepsize": 0.5,
+                                                         "compressor": {"name": "qsgd", "levels": 8, "seed": 2}}}
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    done = torchrun(2, config, tmp_path / "k2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS + ("choco",), 1e-9)
+
+
+def test_a_refused_config_under_torchrun_prints_its_one_line(tmp_path):
     config = write_config(tiny_mnist_config(), tmp_path)
-    done = torchrun(2, config, tmp_path / "out", "--set", "experiment.links.drop_prob=0.2", timeout=120)
+    done = torchrun(2, config, tmp_path / "out", "--set", "experiment.graph.num_nodes=0", timeout=120)
     assert done.returncode != 0  # torchrun reports a failed worker as 1, whatever its status
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
-        "error: experiment.links.drop_prob: lossy links do not run under torchrun; every message between "
-        "processes arrives (use 0, or run in one process)"]
+        "error: experiment.graph.num_nodes: must be at least 1, got 0"]
     assert not (tmp_path / "out").exists()
 
 
