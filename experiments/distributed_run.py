@@ -10,8 +10,8 @@ rank trains its own robots alone); ``centralized`` (one model on the pooled data
 after every pair, while the other ranks are done.
 
 The online density problem gathers every robot's position each round (one small all_gather) so that
-every rank builds the same dynamic graph. What is not available across processes (refused with one
-line): scaling sweeps and ``--resume`` (checkpoints are per process state).
+every rank builds the same dynamic graph. Checkpoints hold every rank's block (gathered on rank 0), so a
+run resumes on any number of processes. Scaling sweeps run in one process (refused with one line).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.nn.utils import parameters_to_vector
 from optimizers.schema import ConfigError
 from optimizers.dist_launch import RankEnv, init_distributed, rank_env
 from optimizers.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
-                                   ranks_text, robot_blocks, silent_ranks)
+                                   collective, ranks_text, robot_blocks, silent_ranks)
 from problems.base import RobotBlock
 
 
@@ -52,14 +52,6 @@ def wait_for_launcher(limit_s: float = 120.0) -> None:
             time.sleep(0.2)
     except KeyboardInterrupt:  # the launcher's SIGTERM
         pass
-
-
-def check_distributable(cfg: dict, resume: bool) -> None:
-    """Refuse, with one line, what the distributed mode does not run."""
-    exp = cfg["experiment"]
-    if resume:
-        raise ConfigError("--resume: not available under torchrun (checkpoints hold one process's state); "
-                          "resume the run in one process or start it again")
 
 
 @dataclass
@@ -101,6 +93,20 @@ class World:
 
     def network(self, graph: nx.Graph, dtype: torch.dtype) -> TorchDistributedNetwork:
         return TorchDistributedNetwork(graph, device=self.device, dtype=dtype)
+
+    def gather_parts(self, part) -> list | None:
+        """Every rank's ``part`` (any picklable state) on rank 0, in rank order; None on the others."""
+        parts = [None] * self.world_size if self.writer else None
+        with collective("gathering a checkpoint"):
+            dist.gather_object(part, parts, dst=0)
+        return parts
+
+    def share(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        with collective("sharing a checkpoint"):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def rank_metrics(self, network: TorchDistributedNetwork) -> RankMetrics:
         """What combines a problem's per-block metrics on rank 0 over ``network``'s processes."""

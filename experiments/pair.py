@@ -19,10 +19,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from optimizers import BASELINES, OPTIMIZERS, results_io
+from optimizers import BASELINES, OPTIMIZERS, results_io, state
 from optimizers.base import DivergedError
 from optimizers.links import Chain, configure_network
-from optimizers.network import InProcessNetwork
+from optimizers.network import InProcessNetwork, team_network_state
 from problems.metrics import CSV_COLUMNS, SUMMARY
 
 FINISHED = ("completed", "diverged")
@@ -98,6 +98,27 @@ def format_ranges(metrics: dict) -> str:
     return ", ".join(parts)
 
 
+GLOBAL_PROBLEM_STATE = ("history", "stack_plans")  # kept by rank 0 / the same everywhere, not per robot
+
+
+def block_checkpoint(saved: dict, start: int, stop: int, total: int) -> dict:
+    """The state of robots start..stop-1 (of ``total``) from a checkpoint of any split into blocks."""
+    if "parts" not in saved:  # a checkpoint of one process, before checkpoints held blocks
+        saved = {"round": saved["round"], "parts": [{"robots": [0, stop - start, stop - start], "state": saved}]}
+    parts = sorted(((p["robots"][0], p["robots"][1], p["state"]) for p in saved["parts"]), key=lambda p: p[0])
+    first = parts[0][2]
+
+    def rows(key, drop=()):
+        team = state.join_blocks([(s, e, {k: v for k, v in st[key].items() if k not in drop}) for s, e, st in parts])
+        return state.take_block(team, start, stop, total)
+
+    problem = rows("problem", GLOBAL_PROBLEM_STATE)
+    problem.update({k: first["problem"][k] for k in GLOBAL_PROBLEM_STATE if k in first["problem"]})
+    network = team_network_state([(s, e, st["network"]) for s, e, st in parts])
+    network["bytes_sent"] = network["bytes_sent"][start:stop].clone()
+    return {"round": saved["round"], "optimizer": rows("optimizer"), "problem": problem, "network": network}
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -135,9 +156,17 @@ class PairRun:
         self.schedule = schedule if schedule is not None and schedule.hooks else None
         self.optimizer = optimizer_cls(self.problem, self.network, opt_cfg)
         self.checkpoint_every = exp["checkpoint_every"]
-        self.checkpoint_path = (out_dir / f"{self.name}_checkpoint.pt"
-                                if checkpoints and out_dir is not None and world is None else None)
+        # the robots this process trains, of the team's: checkpoints hold every block's part
+        self.world = world if sharded else None
+        if self.world is not None:
+            block = world.blocks[world.rank]
+            self.block = (block.start, block.stop, setup.graph.number_of_nodes())
+        else:
+            self.block = (0, self.problem.num_nodes, self.problem.num_nodes)
+        self.checkpointing = checkpoints and (out_dir is not None or self.world is not None)
+        self.checkpoint_path = out_dir / f"{self.name}_checkpoint.pt" if out_dir is not None else None
         self.rounds_done = 0
+        self.final: dict = {}  # the team's final (and last finite) parameters, once every rank finished
         writes = tensorboard_dir is not None and (world is None or world.writer)
         self.tensorboard_dir = tensorboard_dir if writes else None
 
@@ -146,21 +175,31 @@ class PairRun:
         return self.interrupts.deferred() if self.interrupts is not None else nullcontext()
 
     def save_checkpoint(self, k: int) -> None:
+        """Every block's state after round ``k`` in one file (under torch.distributed, gathered on rank 0,
+        which writes it: the file is complete or absent, never a mix of rounds)."""
         with self._deferred():
-            checkpoint = self.optimizer.checkpoint(k)
-            if self.schedule is not None:
-                checkpoint["graph_schedule"] = self.schedule.state_dict()
-            results_io.torch_save(checkpoint, self.checkpoint_path)
+            part = {"robots": list(self.block), "state": self.optimizer.checkpoint(k)}
+            parts = [part] if self.world is None else self.world.gather_parts(part)
+            if parts is None or self.checkpoint_path is None:
+                return
+            saved = {"round": k, "parts": parts,
+                     "graph_schedule": self.schedule.state_dict() if self.schedule is not None else None}
+            results_io.torch_save(saved, self.checkpoint_path)
             self.record.update_pair(self.name, checkpoint_round=k)
 
     def resume_point(self) -> int:
-        """The first round to run: after the pair's checkpoint when there is one, else 1."""
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+        """The first round to run: after the pair's checkpoint when there is one, else 1. The checkpoint
+        may come from another number of processes: each block takes its robots' rows of it."""
+        saved = None
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            saved = torch.load(self.checkpoint_path, weights_only=True)
+        if self.world is not None:
+            saved = self.world.share(saved)
+        if saved is None:
             return 1
-        checkpoint = torch.load(self.checkpoint_path, weights_only=True)
-        first = self.optimizer.resume(checkpoint) + 1
+        first = self.optimizer.resume(block_checkpoint(saved, *self.block)) + 1
         if self.schedule is not None:
-            self.schedule.load_state_dict(checkpoint["graph_schedule"])
+            self.schedule.load_state_dict(saved["graph_schedule"])
         self.rounds_done = first - 1
         return first
 
@@ -199,18 +238,30 @@ class PairRun:
             if first == 1:
                 evaluated(0, optimizer.begin())
             optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=self.schedule,
-                                 on_checkpoint=self.save_checkpoint if self.checkpoint_path else None,
+                                 on_checkpoint=self.save_checkpoint if self.checkpointing else None,
                                  checkpoint_every=self.checkpoint_every)
             self.record.update_pair(name, status="completed")
+            self.final = {"theta": self.team_rows(self.problem.theta)}
         except DivergedError as exc:
             bar.write(f"  [{name}] diverged: {exc}")
             optimizer.evaluate(exc.round_index)
             self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
+            round_index, theta = optimizer.last_finite
+            self.final = {"theta": self.team_rows(self.problem.theta),
+                          "last_finite": (round_index, self.team_rows(theta))}
         finally:
             bar.close()
             if board is not None:
                 board.close()
             self.record.update_pair(name, **self.facts(time.perf_counter() - start))
+
+    def team_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Every robot's rows of a per-robot tensor (gathered on rank 0 across processes; None elsewhere)."""
+        if self.world is None:
+            return rows.detach().cpu()
+        from optimizers.distributed import gather_rows
+        team = gather_rows(rows.detach(), self.network)
+        return None if team is None else team.cpu()
 
     def facts(self, seconds: float) -> dict:
         stack = self.problem.stack
@@ -239,10 +290,16 @@ class PairRun:
             rows = history_rows(history)
             if rows:
                 results_io.write_csv(out / f"{name}_metrics.csv", rows)
-            results_io.torch_save(self.problem.theta.detach().cpu(), out / f"{name}_final_params.pt")
-            last_finite = self.optimizer.last_finite if status == "diverged" else None
+            # every robot's parameters; across processes only after a finish every rank reached together
+            final = self.final if self.world is not None else {
+                "theta": self.problem.theta.detach().cpu(),
+                "last_finite": None if self.optimizer.last_finite is None else
+                (self.optimizer.last_finite[0], self.optimizer.last_finite[1].detach().cpu())}
+            if final.get("theta") is not None:
+                results_io.torch_save(final["theta"], out / f"{name}_final_params.pt")
+            last_finite = final.get("last_finite") if status == "diverged" else None
             if last_finite is not None:
-                results_io.torch_save({"round": last_finite[0], "theta": last_finite[1].detach().cpu()},
+                results_io.torch_save({"round": last_finite[0], "theta": last_finite[1]},
                                       out / f"{name}_last_finite_params.pt")
                 self.record.update_pair(name, last_finite_round=last_finite[0])
             if status in FINISHED and self.checkpoint_path is not None:

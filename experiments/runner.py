@@ -265,7 +265,6 @@ def load_run(args, ranks, say: bool):
             check_available("--tensorboard" if args.tensorboard else "experiment.tensorboard")
         device = pick_device(args.device, exp["use_cuda"], say=say)
         if ranks is not None:
-            distributed_run.check_distributable(cfg, old_manifest is not None)
             world = distributed_run.join(exp, device)
             device = world.device
     except (ConfigError, GraphError, DataError) as exc:
@@ -330,7 +329,7 @@ def run_pairs(args, cfg, setup, device, specs, out_dir, record: RunRecord, inter
     interrupted = False
     lost_peer = None
     if world is not None and not world.writer:
-        return run_rank_pairs(args, setup, device, specs, record, interrupts, world)
+        return run_rank_pairs(args, setup, device, specs, record, interrupts, world, resume)
     where = "" if world is None else f", {world.world_size} processes ({world.backend})"
     print(f"experiment {exp['name']}: {len(specs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
           f"device {device}{where}, data: {record.manifest['data'].get('source', '')}")
@@ -392,11 +391,14 @@ def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], inte
     return status
 
 
-def run_rank_pairs(args, setup, device, specs, record: RunRecord, interrupts: Interrupts, world) -> int:
+def run_rank_pairs(args, setup, device, specs, record: RunRecord, interrupts: Interrupts, world,
+                   resume: bool = False) -> int:
     """A rank other than 0: its share of every pair, nothing written or printed (rank 0 reports)."""
     try:
         for spec in specs:
-            run_one(args, setup, device, spec, None, record, interrupts, False, world)
+            if resume and record.pair(spec.name)["status"] in FINISHED:
+                continue
+            run_one(args, setup, device, spec, None, record, interrupts, resume, world)
     except KeyboardInterrupt:
         lost_peer = world.lost_peer(interrupts)
         if lost_peer is not None:
@@ -419,7 +421,9 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
     run = None
     try:
         board = out_dir / "tensorboard" / name if out_dir is not None and wants_tensorboard(args, setup.exp) else None
-        run = PairRun(spec, setup, device, out_dir, record, interrupts, world, tensorboard_dir=board)
+        writes = args.output_dir is not None or args.resume is not None or setup.exp["writeout"]
+        run = PairRun(spec, setup, device, out_dir, record, interrupts, world, checkpoints=writes,
+                      tensorboard_dir=board)
         run.train(args.quiet, resume)
     except KeyboardInterrupt:
         interrupts.stop()

@@ -191,6 +191,25 @@ class TorchDistributedNetwork:
         self.drop_prob = float(drop_prob)
         self.link_seed = int(seed)
 
+    def state_dict(self) -> dict:
+        """This rank's part: its robots' byte counters and the rows they hold from lossy links; the exchange
+        count and the graph in use (the same on every rank)."""
+        edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
+        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
+                "held": self.held.state_dict(), "wire_bytes_sent": self.wire_bytes_sent}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """From a team state (:func:`optimizers.network.team_network_state`) cut to this rank's robots."""
+        self.held.load_state_dict(saved["held"])
+        graph = nx.Graph()
+        graph.add_nodes_from(self.graph.nodes(data=True))
+        graph.add_edges_from(saved["edges"].tolist())
+        graph.graph.update(self.graph.graph)
+        self.set_graph(graph)
+        self.bytes_sent.copy_(saved["bytes_sent"])
+        self.exchanges = int(saved["exchanges"])
+        self.wire_bytes_sent = int(saved.get("wire_bytes_sent", 0))
+
     def _global(self, rank: int) -> np.ndarray:
         return np.arange(self.blocks[rank].start, self.blocks[rank].stop)
 
@@ -301,7 +320,7 @@ class TorchDistributedNetwork:
 
 
 @contextmanager
-def _collective(what: str, group=None):
+def collective(what: str, group=None):
     """A collective that fails because a peer died or hung raises PeerLostError (one line)."""
     try:
         yield
@@ -316,7 +335,7 @@ def gather_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst: int = 0)
     padded = x.new_zeros((longest, *x.shape[1:]), device=device)
     padded[:x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in network.blocks] if network.rank == dst else None
-    with _collective("gather_rows", network.group):
+    with collective("gather_rows", network.group):
         dist.gather(padded, parts, dst=dst, group=network.group)
     if parts is None:
         return None
@@ -327,13 +346,13 @@ def gather_variable_rows(x: torch.Tensor, network: TorchDistributedNetwork, dst:
     """Like :func:`gather_rows` for blocks of any number of rows (e.g. only the evaluated robots)."""
     device = _comm_device()
     counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in network.blocks]
-    with _collective("gather_rows", network.group):
+    with collective("gather_rows", network.group):
         dist.all_gather(counts, torch.tensor([x.shape[0]], dtype=torch.int64, device=device), group=network.group)
     sizes = [int(c.item()) for c in counts]
     padded = x.new_zeros((max(sizes), *x.shape[1:]), device=device)
     padded[:x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in sizes] if network.rank == dst else None
-    with _collective("gather_rows", network.group):
+    with collective("gather_rows", network.group):
         dist.gather(padded, parts, dst=dst, group=network.group)
     if parts is None:
         return None
@@ -361,7 +380,7 @@ class RankMetrics:
         padded = x.new_zeros((longest, *x.shape[1:]), device=_comm_device())
         padded[:x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in network.blocks]
-        with _collective("all_rows", network.group):
+        with collective("all_rows", network.group):
             dist.all_gather(parts, padded, group=network.group)
         return torch.cat([p[:b.stop - b.start] for p, b in zip(parts, network.blocks)]).to(x.device)
 
@@ -381,7 +400,7 @@ class RankMetrics:
         # bytes this pair handed to torch.distributed so far, one entry per rank
         sent = torch.tensor([float(self.network.wire_bytes_sent)], dtype=torch.float64, device=_comm_device())
         parts = [torch.empty_like(sent) for _ in self.network.blocks] if self.network.rank == 0 else None
-        with _collective("gather of byte counts", self.network.group):
+        with collective("gather of byte counts", self.network.group):
             dist.gather(sent, parts, dst=0, group=self.network.group)
         if parts is not None:
             combined["wire_bytes_sent"] = torch.cat(parts).cpu()
@@ -393,7 +412,7 @@ def consensus_error(theta: torch.Tensor, num_nodes: int, group=None) -> torch.Te
     as ``problems.base.consensus_distances(theta)[0]`` in one process (the mean from reduced sums)."""
     unit = theta / theta.norm(dim=1, keepdim=True).clamp_min(1e-30)
     total = unit.sum(dim=0).to(_comm_device())
-    with _collective("consensus_error", group):
+    with collective("consensus_error", group):
         dist.all_reduce(total, group=group)
     return (unit - total.to(unit.device) / num_nodes).norm(dim=1)
 
@@ -401,7 +420,7 @@ def consensus_error(theta: torch.Tensor, num_nodes: int, group=None) -> torch.Te
 def any_rank(flag: bool, group=None) -> bool:
     """True on every rank when ``flag`` is true on at least one (e.g. a local divergence)."""
     t = torch.tensor([int(bool(flag))], device=_comm_device())
-    with _collective("any_rank", group):
+    with collective("any_rank", group):
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())
 
@@ -418,7 +437,7 @@ def check_identical(tensor: torch.Tensor, what: str, group=None) -> None:
     """Raise one line naming the ranks whose ``tensor`` differs from rank 0's (checksums compared)."""
     mine = torch.tensor([checksum(tensor)], dtype=torch.int64, device=_comm_device())
     sums = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    with _collective(f"the check that {what} is identical on every rank", group):
+    with collective(f"the check that {what} is identical on every rank", group):
         dist.all_gather(sums, mine, group=group)
     differ = [r for r, s in enumerate(sums) if not torch.equal(s, sums[0])]
     if differ:

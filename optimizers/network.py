@@ -86,6 +86,41 @@ class HeldRows:
         state.restore(self, {k: saved[k] for k in ("last_rows", "arrived")})
 
 
+def join_held(parts: list[dict]) -> dict:
+    """The held rows of every block (each holds the edges into its own robots) as one ``HeldRows`` state."""
+    edges = [p["edge_ids"] for p in parts]
+    joined = {"edge_ids": torch.cat(edges) if edges else torch.zeros(0, 2, dtype=torch.long),
+              "last_rows": {}, "arrived": {}}
+    for channel in dict.fromkeys(c for p in parts for c in p["last_rows"]):
+        kept = [p for p in parts if channel in p["last_rows"]]
+        rows = [p["last_rows"][channel] for p in kept]
+        flags = [p["arrived"][channel] for p in kept]
+        width = rows[0].shape[1:]
+        # a block that has not used the channel yet holds none of its edges' rows: nothing arrived there
+        full_rows, full_flags = [], []
+        for p in parts:
+            count = len(p["edge_ids"])
+            if channel in p["last_rows"]:
+                r, f = p["last_rows"][channel], p["arrived"][channel]
+                full_rows.append(torch.cat([r, r.new_zeros((count - len(r),) + width)]))
+                full_flags.append(torch.cat([f, f.new_zeros(count - len(f))]))
+            else:
+                full_rows.append(rows[0].new_zeros((count,) + width))
+                full_flags.append(flags[0].new_zeros(count))
+        joined["last_rows"][channel] = torch.cat(full_rows)
+        joined["arrived"][channel] = torch.cat(full_flags)
+    return joined
+
+
+def team_network_state(parts: list[tuple[int, int, dict]]) -> dict:
+    """One network state for the team from every block's ``state_dict()`` (per-robot byte counters in
+    robot order, every block's held rows; the exchange count and the graph are the same in every block)."""
+    parts = sorted(parts, key=lambda p: p[0])
+    first = parts[0][2]
+    return {**first, "bytes_sent": torch.cat([p[2]["bytes_sent"] for p in parts]),
+            "held": join_held([p[2]["held"] for p in parts])}
+
+
 def lossy_combine(held: HeldRows, channel: str, exchange: int, drop_prob: float, seed: int, x_local: torch.Tensor,
                   sources: torch.Tensor, links: dict, weight: torch.Tensor, relative: bool) -> torch.Tensor:
     """The receiving side of lossy links, for the local robots' rows ``x_local``: sum_j weight_ij h_ij over

@@ -76,3 +76,45 @@ def restore(obj: Any, state: dict[str, Any]) -> None:
             current.copy_(value)  # keep tensors that others hold a reference to (e.g. theta)
         else:
             setattr(obj, name, value)
+
+
+# ----------------------------------------------------------------- state of a block of robots
+# Under torch.distributed each process holds a block of the robots: rows start..stop-1 of the team's
+# per-robot tensors. A checkpoint keeps every block's state; resuming on another number of processes
+# joins the blocks into the team's state and takes each new block's rows. Per robot is any tensor whose
+# first dimension is the block's number of robots (parameters, duals, trackers, Adam moments, batch
+# streams); anything else (round counters, step sizes, schedules) is the same in every block.
+
+
+def _per_robot(value: Any, rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows
+
+
+def join_blocks(parts: list[tuple[int, int, Any]]) -> Any:
+    """The team's state from ``(start, stop, state)`` of every block (in any order): per-robot tensors
+    concatenated in robot order, everything else from the first block."""
+    parts = sorted(parts, key=lambda p: p[0])
+    values = [p[2] for p in parts]
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if all(_per_robot(v, stop - start) for start, stop, v in parts):
+            return torch.cat(values)
+        return first
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
+        return {k: join_blocks([(s, e, v[k]) for s, e, v in parts if isinstance(v, dict) and k in v])
+                for k in keys}
+    if isinstance(first, (list, tuple)) and all(isinstance(v, type(first)) and len(v) == len(first) for v in values):
+        return type(first)(join_blocks([(s, e, v[i]) for s, e, v in parts]) for i in range(len(first)))
+    return first
+
+
+def take_block(team: Any, start: int, stop: int, total: int) -> Any:
+    """The rows start..stop-1 of every per-robot tensor of the team's state ``team`` (``total`` robots)."""
+    if isinstance(team, torch.Tensor):
+        return team[start:stop].clone() if _per_robot(team, total) else team
+    if isinstance(team, dict):
+        return {k: take_block(v, start, stop, total) for k, v in team.items()}
+    if isinstance(team, (list, tuple)):
+        return type(team)(take_block(v, start, stop, total) for v in team)
+    return team

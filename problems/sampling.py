@@ -94,10 +94,15 @@ class NodeBatchSampler:
             self.upcoming[rows] = self._permutations(rows, self.epochs[rows] + 1)
         return torch.gather(self.table, 1, local)
 
-    _stream_state = ("position", "epochs", "samples_seen", "current", "upcoming")
+    # the permutations are a function of the epochs (counter-based), so they are not saved: the state is
+    # the same whatever the block's widest robot, and a robot's rows can move to another block
+    _stream_state = ("position", "epochs", "samples_seen")
 
     def state_dict(self) -> dict:
         return state.capture(self, self._stream_state)
 
     def load_state_dict(self, saved: dict) -> None:
-        state.restore(self, saved)
+        state.restore(self, {k: saved[k] for k in self._stream_state})
+        every = torch.arange(self.num_nodes, device=self.device)
+        self.current = self._permutations(every, self.epochs)
+        self.upcoming = self._permutations(every, self.epochs + 1)

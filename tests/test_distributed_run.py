@@ -57,10 +57,10 @@ def write_config(cfg: dict, folder: Path) -> Path:
     return path
 
 
-def torchrun(k: int, config: Path, out: Path | None, *extra: str, timeout: float = 300,
+def torchrun(k: int, config: Path | None, out: Path | None, *extra: str, timeout: float = 300,
              wait: bool = True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}",
-           str(REPO / "experiments" / "run.py"), str(config), "--quiet", *extra]
+           str(REPO / "experiments" / "run.py"), *([str(config)] if config is not None else []), "--quiet", *extra]
     if out is not None:
         cmd += ["--output-dir", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -306,3 +306,81 @@ def test_ctrl_c_on_the_launcher_ends_every_rank_and_keeps_the_results(tmp_path):
     assert [p["status"] for p in manifest["pairs"]] == ["interrupted", "not started", "not started"]
     rows = pd.read_csv(out / "dinno_metrics.csv")
     assert len(rows) >= 5 and (out / "summary.csv").is_file()
+
+
+def checkpointed_config(rounds: int) -> dict:
+    """Every kind of state a checkpoint must carry: Adam moments and duals (DiNNO), trackers (DSGT),
+    random compression draws (DSGD random-k), rows held from lossy links, batch streams and metrics."""
+    cfg = tiny_mnist_config(rounds=rounds)
+    exp = cfg["experiment"]
+    exp.update(execution="loop", centralized=True, checkpoint_every=3)
+    exp["individual_training"]["train_solo"] = False
+    exp["links"] = {"drop_prob": 0.2, "seed": 7}
+    cfg["problem_configs"]["p2"]["optimizer_config"]["compressor"] = {"name": "random_k", "fraction": 0.3,
+                                                                      "seed": 3}
+    return cfg
+
+
+def same_results(a: Path, b: Path, names) -> None:
+    """Parameters and every metric bit for bit, except the consensus error: across processes it is
+    summed from the blocks' parts (one all_reduce), which rounds differently (within 1e-12 here)."""
+    for name in names:
+        x, y = pd.read_csv(a / f"{name}_metrics.csv"), pd.read_csv(b / f"{name}_metrics.csv")
+        rounded = [c for c in x.columns if c == "consensus_error"]
+        pd.testing.assert_frame_equal(x.drop(columns=rounded), y.drop(columns=rounded), check_exact=True)
+        for column in rounded:
+            assert (x[column] - y[column]).abs().max() <= 1e-12, name
+        assert torch.equal(torch.load(a / f"{name}_final_params.pt", weights_only=True),
+                           torch.load(b / f"{name}_final_params.pt", weights_only=True)), name
+
+
+def interrupt_after(launcher, out: Path, pair: str, round_index: int) -> None:
+    """Ctrl-C on the whole job once ``pair`` has a checkpoint after ``round_index`` or later."""
+    try:
+        wait_for_pairs(out, lambda pairs: any(p["problem_name"] == pair and p.get("checkpoint_round", 0) >= round_index
+                                              for p in pairs), f"{pair} never reached round {round_index}")
+        os.killpg(launcher.pid, signal.SIGINT)
+        launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("resume_on", [3, 1])
+def test_a_run_of_two_processes_resumes_on_another_number_bit_for_bit(tmp_path, resume_on):
+    cfg = checkpointed_config(rounds=150)
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    out = tmp_path / "out"
+    interrupt_after(torchrun(2, config, out, wait=False), out, "dsgd", 9)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and (out / "dsgd_checkpoint.pt").is_file()
+    if resume_on == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert main(["--resume", str(out), "--quiet"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        done = torchrun(resume_on, None, None, "--resume", str(out))
+        assert done.returncode == 0, done.stderr[-2000:]
+    same_results(tmp_path / "k1", out, PAIRS + ("centralized",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1
+
+
+def test_a_one_process_run_resumes_under_torchrun(tmp_path):
+    cfg = checkpointed_config(rounds=150)
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    alone = subprocess.Popen([sys.executable, str(REPO / "experiments" / "run.py"), str(config), "--output-dir",
+                              str(out), "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    interrupt_after(alone, out, "dsgd", 9)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    done = torchrun(2, None, None, "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    same_results(tmp_path / "k1", out, PAIRS + ("centralized",))
