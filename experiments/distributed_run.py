@@ -16,9 +16,11 @@ run resumes on any number of processes. Scaling sweeps run in one process (refus
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import networkx as nx
 import torch
@@ -39,6 +41,25 @@ def torchrun_env() -> RankEnv | None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return env if env is not None and env.world_size > 1 else None
+
+
+def run_folder_note(output_metadir: Path, run_id: str) -> Path:
+    """Where rank 0 notes the output folder of a torchrun job, so that restarted workers find it."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:100] or "job"
+    return Path(output_metadir) / ".torchrun" / f"{safe}.json"
+
+
+def restarted_run(args, env, output_metadir: Path) -> Path | None:
+    """The folder of the run a restarted worker (torchrun --max-restarts) continues: ``--output-dir``,
+    or the one rank 0 noted for this job; None when this is not a restart or nothing was written."""
+    if env is None or env.restart == 0 or args.resume is not None:
+        return None
+    if args.output_dir:
+        folder = Path(args.output_dir).resolve()
+    else:
+        note = run_folder_note(output_metadir, env.run_id)
+        folder = Path(json.loads(note.read_text())["output_dir"]) if note.is_file() else None
+    return folder if folder is not None and (folder / "manifest.json").is_file() else None
 
 
 def wait_for_launcher(limit_s: float = 120.0) -> None:
@@ -63,6 +84,7 @@ class World:
     device: torch.device
     backend: str
     blocks: list[slice] | None = None
+    env: RankEnv | None = None
 
     @property
     def writer(self) -> bool:
@@ -134,4 +156,4 @@ def join(exp: dict, device: torch.device) -> World:
         env, device = init_distributed(exp["backend"], exp["dist_timeout_s"], device)
     except ValueError as exc:
         raise ConfigError(f"experiment.backend: {exc}") from None
-    return World(env.rank, env.world_size, device, dist.get_backend())
+    return World(env.rank, env.world_size, device, dist.get_backend(), env=env)

@@ -206,6 +206,7 @@ def _main(argv, interrupts: Interrupts) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     say = ranks is None or ranks.rank == 0  # every rank read the same command line: one line is enough
+    restart = continue_after_restart(args, ranks)
     if (args.resume is None) == (args.config is None):
         if say:
             problem = "no CONFIG file given" if args.config is None else "give either a CONFIG file or --resume"
@@ -228,7 +229,7 @@ def _main(argv, interrupts: Interrupts) -> int:
     specs = pair_specs(cfg)
     if world is not None and not world.writer:
         specs = [s for s in specs if s.name != "centralized"]  # rank 0 runs it, after the pairs
-    record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts)
+    record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts, restart)
     try:
         return run_pairs(args, cfg, setup, device, specs, out_dir, record, interrupts, old_manifest is not None,
                          world)
@@ -296,10 +297,43 @@ def build_setup(args, cfg, device, world, out_dir):
     return setup, out_dir
 
 
-def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts) -> RunRecord:
+def continue_after_restart(args, ranks) -> dict | None:
+    """A worker that torchrun restarted (--max-restarts) after a rank was lost continues the run's folder
+    from its last complete checkpoints, as with --resume. Returns what the manifest records of it."""
+    if ranks is None or ranks.restart == 0 or args.config is None:
+        return None
+    try:
+        raw = load_yaml(args.config) or {}
+        metadir = (raw.get("experiment") or {}).get("output_metadir")
+        folder = distributed_run.restarted_run(args, ranks, resolve_path(metadir, DEFAULT_OUTPUT_DIR))
+    except (ConfigError, OSError, ValueError, AttributeError):
+        return None
+    if folder is None:
+        return None  # nothing was written before the loss: the run starts again
+    args.resume, args.config, args.output_dir = str(folder), None, None
+    return {"at": now_iso(), "restart": ranks.restart}
+
+
+def note_run_folder(args, exp: dict, world, out_dir: Path) -> None:
+    """Rank 0 of a new torchrun job notes its output folder, so that restarted workers find it."""
+    if world is None or not world.writer or world.env.restart or args.output_dir:
+        return
+    note = distributed_run.run_folder_note(resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR), world.env.run_id)
+    note.parent.mkdir(parents=True, exist_ok=True)
+    results_io.write_json(note, {"output_dir": str(out_dir), "started": now_iso()})
+
+
+def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts,
+                restart: dict | None = None) -> RunRecord:
     """The run's manifest (continued when resuming), with config.yaml and graph.json for a new run."""
     if old_manifest is not None:
         manifest = old_manifest
+        if restart is not None:  # which rank was lost (as the survivors reported it) and from which round
+            lost = sorted({p["error"] for p in manifest["pairs"] if "lost" in str(p.get("error", ""))})
+            restart.update(lost=lost or ["unknown: rank 0 stopped before it could say"],
+                           from_rounds={p["problem_name"]: p.get("checkpoint_round", 0) for p in manifest["pairs"]
+                                        if p["status"] not in FINISHED})
+            manifest.setdefault("restarts", []).append(restart)
         manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
         manifest["status"] = "running"
         manifest.pop("finished", None)
@@ -315,6 +349,7 @@ def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, i
             out_dir.mkdir(parents=True, exist_ok=True)
             results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
             results_io.write_json(out_dir / "graph.json", graph_to_json(setup.graph))
+            note_run_folder(args, cfg["experiment"], world, out_dir)
         record = RunRecord(out_dir / "manifest.json" if out_dir is not None else None, manifest)
         record.save()
     if out_dir is not None:

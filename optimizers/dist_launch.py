@@ -32,6 +32,8 @@ class RankEnv:
     rank: int
     world_size: int
     local_rank: int
+    restart: int = 0  # how many times torchrun restarted the workers (--max-restarts)
+    run_id: str = ""  # the job's id: the same for every restart of one torchrun job
 
 
 def rank_env(environ=os.environ) -> RankEnv | None:
@@ -48,7 +50,8 @@ def rank_env(environ=os.environ) -> RankEnv | None:
     if world < 1 or not 0 <= rank < world or local < 0:
         raise ValueError(f"need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0 (got RANK={rank}, "
                          f"WORLD_SIZE={world}, LOCAL_RANK={local})")
-    return RankEnv(rank, world, local)
+    restart = int(environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return RankEnv(rank, world, local, restart, environ.get("TORCHELASTIC_RUN_ID", ""))
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -79,12 +82,25 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     backend = resolve_backend(backend, device)
     if backend == "nccl":
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # a timed-out wait raises, not aborts
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, store=_attempt_store(env),
                             timeout=timedelta(seconds=timeout_s),
                             device_id=device if backend == "nccl" else None)
     global _heartbeat
     _heartbeat = start_heartbeat()  # lets the others name this rank if it dies or hangs
     return env, device
+
+
+def _attempt_store(env: RankEnv):
+    """After a restart (torchrun --max-restarts), the job's store with this attempt's own key prefix.
+    torchrun serves one store for every attempt, so the keys the lost attempt's ranks left there (the
+    backend's addresses among them) would otherwise be read by the new ranks before they overwrite them.
+    None for a first attempt: the usual env:// rendezvous."""
+    if not env.restart:
+        return None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
+                          is_master=not agent and env.rank == 0, timeout=timedelta(seconds=300))
+    return dist.PrefixStore(f"nndt/attempt_{env.restart}", store)
 
 
 _heartbeat = None  # set to stop this rank's heartbeat

@@ -58,8 +58,8 @@ def write_config(cfg: dict, folder: Path) -> Path:
 
 
 def torchrun(k: int, config: Path | None, out: Path | None, *extra: str, timeout: float = 300,
-             wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}",
+             wait: bool = True, launcher: tuple = ()):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}", *launcher,
            str(REPO / "experiments" / "run.py"), *([str(config)] if config is not None else []), "--quiet", *extra]
     if out is not None:
         cmd += ["--output-dir", str(out)]
@@ -384,3 +384,42 @@ def test_a_one_process_run_resumes_under_torchrun(tmp_path):
     done = torchrun(2, None, None, "--resume", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     same_results(tmp_path / "k1", out, PAIRS + ("centralized",))
+
+
+def worker_of_rank(launcher: subprocess.Popen, rank: int):
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "run.py" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_with_the_uninterrupted_numbers(tmp_path):
+    cfg = checkpointed_config(rounds=150)
+    # a survivor waiting on the lost rank gives up before torchrun's 30 s grace for stopping workers ends
+    cfg["experiment"]["dist_timeout_s"] = 10
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    out = tmp_path / "out"
+    job = torchrun(2, config, out, wait=False, launcher=("--max-restarts=1",))
+    try:
+        wait_for_pairs(out, lambda pairs: any(p["problem_name"] == "dsgd" and p.get("checkpoint_round", 0) >= 9
+                                              for p in pairs), "dsgd never reached a checkpoint")
+        victim = worker_of_rank(job, 1)
+        assert victim is not None
+        victim.kill()  # kill -9 of rank 1 mid-run
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
+    same_results(tmp_path / "k1", out, PAIRS + ("centralized",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    (restart,) = manifest["restarts"]
+    assert restart["restart"] == 1 and restart["from_rounds"]["dsgd"] >= 9
+    assert any("rank 1" in line for line in restart["lost"]), restart
