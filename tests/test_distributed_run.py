@@ -310,12 +310,14 @@ def test_ctrl_c_on_the_launcher_ends_every_rank_and_keeps_the_results(tmp_path):
 
 def checkpointed_config(rounds: int) -> dict:
     """Every kind of state a checkpoint must carry: Adam moments and duals (DiNNO), trackers (DSGT),
-    random compression draws (DSGD random-k), rows held from lossy links, batch streams and metrics."""
+    random compression draws (DSGD random-k), rows held from lossy links, a random graph schedule,
+    batch streams and metrics."""
     cfg = tiny_mnist_config(rounds=rounds)
     exp = cfg["experiment"]
     exp.update(execution="loop", centralized=True, checkpoint_every=3)
     exp["individual_training"]["train_solo"] = False
     exp["links"] = {"drop_prob": 0.2, "seed": 7}
+    exp["graph_schedule"] = {"random_edges_per_round": 4, "seed": 2}
     cfg["problem_configs"]["p2"]["optimizer_config"]["compressor"] = {"name": "random_k", "fraction": 0.3,
                                                                       "seed": 3}
     return cfg
@@ -423,3 +425,35 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_with_the_uninte
     (restart,) = manifest["restarts"]
     assert restart["restart"] == 1 and restart["from_rounds"]["dsgd"] >= 9
     assert any("rank 1" in line for line in restart["lost"]), restart
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_hosts_of_two_processes_give_the_one_process_numbers(tmp_path):
+    """Two torchrun agents on this machine stand for two hosts (c10d rendezvous on localhost)."""
+    cfg = checkpointed_config(rounds=12)
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    hosts = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2",
+                               "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=two_hosts",
+                               str(REPO / "experiments" / "run.py"), str(config), "--quiet", "--output-dir",
+                               str(tmp_path / "k4")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) for _ in range(2)]
+    try:
+        outputs = [h.communicate(timeout=600) for h in hosts]
+    finally:
+        for h in hosts:
+            if h.poll() is None:
+                os.killpg(h.pid, signal.SIGKILL)
+    assert [h.returncode for h in hosts] == [0, 0], [o[1][-1500:] for o in outputs]
+    manifest = json.loads((tmp_path / "k4" / "manifest.json").read_text())
+    assert manifest["distributed"]["world_size"] == 4
+    same_results(tmp_path / "k1", tmp_path / "k4", PAIRS + ("centralized",))
