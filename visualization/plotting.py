@@ -247,7 +247,9 @@ def save_tuning_figures(folder: str | Path, rows: list[dict], tune: dict) -> lis
             space = next((b for b in tune["space"].values() if name[len("param "):] in b), {})
             bounds = space.get(name[len("param "):], {})
             if "log_uniform" in bounds:
+                from matplotlib.ticker import NullFormatter
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a narrow range
             ax.set_xlabel(name[len("param "):])
             ax.grid(alpha=0.3)
         fig.suptitle(f"{pair}: {len(done)} complete of {len(trials)} trials", fontsize=10)
