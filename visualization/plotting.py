@@ -155,8 +155,9 @@ def save_map_quality_figure(results: dict[str, dict], path: Path) -> Path:
 
 
 def save_density_maps(folder: str | Path, image, paths: list) -> Path:
-    """figures/density_maps.png: the floor plan with every robot's path, then each pair's final map
-    (robot 0's) with its validation loss and map quality."""
+    """figures/density_maps.png, laid out like the original paper's figure: the floor plan with every
+    robot's path, each method's final map (robot 0's for the distributed methods) with its validation
+    loss and map quality, then three robots trained alone (the first, a middle and the last robot)."""
     import math
 
     import numpy as np
@@ -165,37 +166,44 @@ def save_density_maps(folder: str | Path, image, paths: list) -> Path:
     out = folder / "figures"
     out.mkdir(exist_ok=True)
     results = load_results(folder)
-    maps = {name: res for name, res in results.items() if res.get("mesh_grid_density")}
+    panels, alone = [], []  # (title, mesh (H', W'), results, node)
+    for name, res in results.items():
+        if not res.get("mesh_grid_density"):
+            continue
+        mesh = torch.as_tensor(res["mesh_grid_density"][-1])
+        if name == "individual":
+            robots = sorted({0, mesh.shape[0] // 2, mesh.shape[0] - 1})
+            alone += [(f"robot {i} alone", mesh[i], res, i) for i in robots]
+        else:
+            panels.append((f"{name}: robot 0's map" if mesh.shape[0] > 1 else f"{name}: map", mesh[0], res, 0))
+    panels += alone
     ny, nx_ = image.shape
     extent = (-nx_ / 2, nx_ / 2, ny / 2, -ny / 2)
-    panels = 1 + len(maps)
-    cols = min(panels, 3)
-    rows = math.ceil(panels / cols)
+    count = 1 + len(panels)
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
     aspect = ny / nx_
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, (4.6 * aspect + 0.7) * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, (4.2 * aspect + 0.8) * rows), squeeze=False)
     ax = axes[0][0]
     ax.imshow(image, cmap="gray", extent=extent, vmin=0, vmax=1)
     colors = plt.cm.tab10(np.arange(len(paths)) % 10)
     for i, path in enumerate(paths):
         ax.plot(path[:, 0], path[:, 1], color=colors[i], lw=1.2, label=f"robot {i}")
         ax.plot(path[0, 0], path[0, 1], "o", color=colors[i], ms=4)
-    ax.set_title("ground truth and robot paths")
+    ax.set_title("ground truth and robot paths", fontsize=9)
     ax.legend(fontsize=6, loc="upper right", ncol=2)
-    for idx, (name, res) in enumerate(maps.items(), start=1):
+    for idx, (title, mesh, res, node) in enumerate(panels, start=1):
         ax = axes[idx // cols][idx % cols]
-        mesh = torch.as_tensor(res["mesh_grid_density"][-1])
+        ax.imshow(mesh.numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
         val = res.get("validation_loss")
-        node = 0
-        ax.imshow(mesh[node].numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
-        title = f"{name}: robot {node}'s map" if mesh.shape[0] > 1 else f"{name}: map"
         if val:
-            title += f"\nmean val. loss {float(torch.as_tensor(val[-1]).mean()):.4f}"
+            title += f"\nval. loss {float(torch.as_tensor(val[-1]).reshape(-1)[node]):.4f}"
         if res.get("map_balanced_accuracy"):
-            acc = float(torch.as_tensor(res["map_balanced_accuracy"][-1])[node])
-            iou = float(torch.as_tensor(res["map_wall_iou"][-1])[node])
+            acc = float(torch.as_tensor(res["map_balanced_accuracy"][-1]).reshape(-1)[node])
+            iou = float(torch.as_tensor(res["map_wall_iou"][-1]).reshape(-1)[node])
             title += f"\nmap bal. acc. {acc:.3f}, wall IoU {iou:.3f}"
         ax.set_title(title, fontsize=9)
-    for idx in range(panels, rows * cols):
+    for idx in range(count, rows * cols):
         axes[idx // cols][idx % cols].axis("off")
     for row in axes:
         for ax in row:
