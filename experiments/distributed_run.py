@@ -11,7 +11,7 @@ after every pair, while the other ranks are done.
 
 The online density problem gathers every robot's position each round (one small all_gather) so that
 every rank builds the same dynamic graph. Checkpoints hold every rank's block (gathered on rank 0), so a
-run resumes on any number of processes. Scaling sweeps run in one process (refused with one line).
+run resumes on any number of processes. Scaling sweeps run each trial sharded the same way.
 """
 
 from __future__ import annotations

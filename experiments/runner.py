@@ -213,11 +213,7 @@ def _main(argv, interrupts: Interrupts) -> int:
             print(f"error: {problem} ({USAGE})", file=sys.stderr)
         return refused(say)
     if scaling.handles(args):  # scaling studies: their own sweep over graphs (experiments/scaling.py)
-        if ranks is not None:
-            if say:
-                print("error: scaling sweeps run in one process, not under torchrun", file=sys.stderr)
-            return refused(say)
-        return scaling.main(args, interrupts)
+        return scaling.main(args, interrupts, ranks)
     try:
         cfg, old_manifest, out_dir, device, world = load_run(args, ranks, say)
     except Stop as stop:

@@ -168,17 +168,24 @@ class TrialFolder:
         return result
 
 
-def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, quiet: bool = True) -> list[tuple]:
+def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, quiet: bool = True,
+                      world=None) -> list[tuple]:
     """Train every pair of ``specs`` in the trial's partial folder, continuing an interrupted attempt:
-    finished pairs are kept, the others continue from their checkpoints. Returns (pair, history) each."""
-    record = folder.open([{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"}
-                          for s in specs])
+    finished pairs are kept, the others continue from their checkpoints. Returns (pair, history) each.
+    Under torch.distributed (``world``) every rank trains its block; rank 0 keeps the folder."""
+    pairs = [{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"} for s in specs]
+    writer = world is None or world.writer
+    record = folder.open(pairs) if writer else RunRecord(None, {"pairs": pairs})
+    if world is not None:  # the other ranks skip what rank 0's record says is finished
+        statuses = world.share({p["problem_name"]: p["status"] for p in record.manifest["pairs"]})
+        for name, status in statuses.items():
+            record.pair(name)["status"] = status
     out = []
     for spec in specs:
         pair = record.pair(spec.name)
         if pair["status"] not in FINISHED:
             record.update_pair(spec.name, status="running")
-            run = PairRun(spec, setup, device, folder.partial, record, interrupts)
+            run = PairRun(spec, setup, device, folder.partial if writer else None, record, interrupts, world)
             try:
                 run.train(quiet=quiet, resume=True)
             except KeyboardInterrupt:
@@ -189,18 +196,20 @@ def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, qui
                 record.update_pair(spec.name, status="failed", error=f"{type(exc).__name__}: {exc}")
                 print(f"pair {spec.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             run.write_results()
-        out.append((record.pair(spec.name), load_history(folder.partial, spec.name)))
+        out.append((record.pair(spec.name), load_history(folder.partial, spec.name) if writer else {}))
     return out
 
 
-def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts) -> float | None:
+def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts, world=None) -> float | None:
     """Fixed ``scaling.target_accuracy``, else ``target_fraction`` of a centralized run's final top-1
-    accuracy (kinds without an accuracy: no target)."""
+    accuracy (kinds without an accuracy: no target). Under torch.distributed rank 0 runs the reference."""
     scaling = cfg["experiment"]["scaling"]
     if scaling["target_accuracy"] is not None:
         return scaling["target_accuracy"]
     if "top1_accuracy" not in setup.problem_class.available_metrics():
         return None
+    if world is not None:
+        return world.share(target_accuracy(out_dir, cfg, setup, device, interrupts) if world.writer else None)
     folder = TrialFolder(out_dir / "reference")
     reference = folder.done()
     if reference is None:
@@ -211,14 +220,21 @@ def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts) -> floa
     return scaling["target_fraction"] * reference["top1_accuracy"]
 
 
-def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float | None, interrupts) -> list[dict]:
+def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float | None, interrupts,
+              world=None) -> list[dict]:
     folder = TrialFolder(out_dir / f"trial_{plan['trial']:02d}")
-    done = folder.done()
+    writer = world is None or world.writer
+    done = folder.done() if writer else None
+    if world is not None:
+        done = world.share(done)
     if done is not None:
         return done["rows"]
     specs = [s for s in pair_specs(cfg) if not s.is_baseline]
+    trained = train_trial_pairs(folder, setup, specs, device, interrupts, world=world)
+    if not writer:
+        return []
     rows = []
-    for pair, history in train_trial_pairs(folder, setup, specs, device, interrupts):
+    for pair, history in trained:
         rows.append(pair_row(plan, setup.graph, pair, history, target))
         print(f"  {pair['problem_name']}: {pair['status']}, {pair.get('rounds_completed', 0)} rounds in "
               f"{pair.get('seconds', 0.0):.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
@@ -240,9 +256,10 @@ def handles(args) -> bool:
         return False
 
 
-def prepare(args):
+def prepare(args, make_folder: bool = True):
     """The sweep's validated config (as given and filled in), its kind, device, trial plan, shared data
-    and output folder; everything is checked, on the largest team, before anything is written."""
+    and output folder (a new one only when ``make_folder``: under torchrun rank 0 names it); everything
+    is checked, on the largest team, before anything is written."""
     resume = args.resume is not None
     if resume:
         if args.overrides or args.config:
@@ -263,54 +280,82 @@ def prepare(args):
     if not resume:
         if args.output_dir:
             out_dir = Path(args.output_dir).resolve()
-            if out_dir.exists() and any(out_dir.iterdir()):
+            if make_folder and out_dir.exists() and any(out_dir.iterdir()):
                 raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder "
                                   f"(or --resume it)")
-        else:
+        elif make_folder:
             out_dir = new_output_dir(resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR), exp["name"])
+        else:
+            out_dir = None
     return raw, cfg, kind, device, plan, data, out_dir
 
 
 def run_trials(out_dir: Path, cfg: dict, kind, device, plan: list[dict], data, manifest: dict, interrupts,
-               rows: list[dict]) -> None:
+               rows: list[dict], world=None) -> None:
     """Every trial in turn (complete ones read back), its rows appended to ``rows``; scaling.csv is
-    rewritten after each."""
+    rewritten after each. Under torch.distributed each trial runs sharded over the ranks; rank 0 writes."""
     exp = cfg["experiment"]
+    writer = world is None or world.writer
     base_model = target = None
     for plan_item in plan:
-        graph = trial_graph(out_dir, plan_item, exp)
+        graph = trial_graph(out_dir, plan_item, exp) if writer else None
+        if world is not None:  # every rank on rank 0's graph (read back from the folder when resuming)
+            graph = graph_from_json(world.share(graph_to_json(graph) if writer else None))
         setup = kind.setup(trial_config(cfg, plan_item), device, graph=graph, data=data, base_model=base_model)
         if base_model is None:
-            base_model = setup.base_model = shared_base_model(out_dir, setup)
-            manifest["data"] = setup.describe()
-            results_io.write_json(out_dir / "manifest.json", manifest)
-            target = target_accuracy(out_dir, cfg, setup, device, interrupts)
-        print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
-              f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
-        rows += run_trial(out_dir, cfg, plan_item, setup, device, target, interrupts)
-        results_io.write_csv(out_dir / "scaling.csv", rows, fieldnames=list(CSV_FIELDS))
+            base_model = setup.base_model = shared_base_model(out_dir, setup) if writer else setup.base_model
+            if writer:
+                manifest["data"] = setup.describe()
+                results_io.write_json(out_dir / "manifest.json", manifest)
+        if world is not None:
+            world.host(setup)  # this rank's block of this trial's robots; the base model checked identical
+        if plan_item["trial"] == 0:
+            target = target_accuracy(out_dir, cfg, setup, device, interrupts, world)
+        if writer:
+            print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
+                  f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
+        rows += run_trial(out_dir, cfg, plan_item, setup, device, target, interrupts, world)
+        if writer:
+            results_io.write_csv(out_dir / "scaling.csv", rows, fieldnames=list(CSV_FIELDS))
 
 
-def main(args, interrupts) -> int:
+def main(args, interrupts, ranks=None) -> int:
+    """Run or resume a sweep; under torchrun (``ranks``) every trial runs sharded and rank 0 writes."""
+    say = ranks is None or ranks.rank == 0
+    world = None
     try:
-        raw, cfg, kind, device, plan, data, out_dir = prepare(args)
+        raw, cfg, kind, device, plan, data, out_dir = prepare(args, make_folder=say)
+        if ranks is not None:
+            from experiments import distributed_run
+            world = distributed_run.join(cfg["experiment"], device)
+            device = world.device
+            out_dir = Path(world.share(str(out_dir) if world.writer else None))
     except (ConfigError, GraphError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if say:
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            from experiments import distributed_run
+            distributed_run.wait_for_launcher()  # rank 0 says it; nothing must stop it first
         return 2
     exp = cfg["experiment"]
     resume = args.resume is not None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+    writer = world is None or world.writer
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     manifest = {"kind": "scaling", "name": exp["name"], "status": "running", "const": exp["scaling"]["const"],
                 "problem": kind.name, "started": dt.datetime.now().isoformat(timespec="seconds"),
                 "resumed": resume, "seed": exp["seed"], "device": str(device), "git_commit": git_commit(),
                 "torch": torch.__version__, "trials": plan}
-    print(f"scaling study {exp['name']}: {len(plan)} trial(s) x {len(cfg['problem_configs'])} pair(s), "
-          f"N = {', '.join(str(p['num_nodes']) for p in plan)}; results: {out_dir}")
+    if world is not None:
+        manifest["distributed"] = {"backend": world.backend, "world_size": world.world_size}
+    if writer:
+        print(f"scaling study {exp['name']}: {len(plan)} trial(s) x {len(cfg['problem_configs'])} pair(s), "
+              f"N = {', '.join(str(p['num_nodes']) for p in plan)}; results: {out_dir}")
     rows: list[dict] = []
     try:
-        run_trials(out_dir, cfg, kind, device, plan, data, manifest, interrupts, rows)
+        run_trials(out_dir, cfg, kind, device, plan, data, manifest, interrupts, rows, world)
         status = "failed" if any(r["status"] != "completed" for r in rows) else "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -318,6 +363,8 @@ def main(args, interrupts) -> int:
         print(f"error: {exc}", file=sys.stderr)
         status = "failed"
     interrupts.stop()
+    if not writer:
+        return 130 if status == "interrupted" else 0
     manifest.update(status=status, finished=dt.datetime.now().isoformat(timespec="seconds"))
     try:
         from visualization.plotting import save_scaling_figures

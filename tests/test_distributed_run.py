@@ -457,3 +457,31 @@ def test_two_hosts_of_two_processes_give_the_one_process_numbers(tmp_path):
     manifest = json.loads((tmp_path / "k4" / "manifest.json").read_text())
     assert manifest["distributed"]["world_size"] == 4
     same_results(tmp_path / "k1", tmp_path / "k4", PAIRS + ("centralized",))
+
+
+def test_a_scaling_sweep_under_torchrun_matches_one_process(tmp_path):
+    sweep = {
+        "experiment": {"name": "sweep", "dataset": "mnist_subset", "validation_size": 100, "seed": 1,
+                       "dtype": "float64", "execution": "loop",
+                       "links": {"drop_prob": 0.2, "seed": 4},
+                       "scaling": {"const": "fiedler", "min_N": 4, "max_N": 5, "target_fied": 0.5,
+                                   "num_trials": 2, "target_fraction": 0.5}},
+        "problem_configs": {
+            "p1": {"problem_name": "dsgd", "train_batch_size": 8, "metrics_config": {"evaluate_frequency": 3},
+                   "optimizer_config": {"alg_name": "dsgd", "outer_iterations": 6, "alpha0": 0.05}},
+            "p2": {"problem_name": "dinno", "train_batch_size": 8, "metrics_config": {"evaluate_frequency": 3},
+                   "optimizer_config": {"alg_name": "dinno", "outer_iterations": 6, "rho_init": 0.3,
+                                        "primal_lr_start": 0.005}},
+        },
+    }
+    config = write_config(sweep, tmp_path)
+    one_process(config, tmp_path / "k1")
+    done = torchrun(2, config, tmp_path / "k2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for trial in ("trial_00", "trial_01"):
+        same_results(tmp_path / "k1" / trial, tmp_path / "k2" / trial, ("dsgd", "dinno"))
+    one, many = pd.read_csv(tmp_path / "k1" / "scaling.csv"), pd.read_csv(tmp_path / "k2" / "scaling.csv")
+    keep = ["trial", "num_nodes", "fiedler", "problem_name", "status", "rounds", "final_top1_mean",
+            "final_validation_loss_mean", "target_accuracy", "rounds_to_target", "bytes_sent_per_node"]
+    pd.testing.assert_frame_equal(one[keep], many[keep], check_exact=True)
+    assert json.loads((tmp_path / "k2" / "manifest.json").read_text())["distributed"]["world_size"] == 2
