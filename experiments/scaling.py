@@ -365,6 +365,11 @@ def main(args, interrupts, ranks=None) -> int:
     interrupts.stop()
     if not writer:
         return 130 if status == "interrupted" else 0
+    return finish_sweep(out_dir, manifest, rows, status)
+
+
+def finish_sweep(out_dir: Path, manifest: dict, rows: list[dict], status: str) -> int:
+    """The manifest's final status, the figures and the printed table; returns the exit status."""
     manifest.update(status=status, finished=dt.datetime.now().isoformat(timespec="seconds"))
     try:
         from visualization.plotting import save_scaling_figures

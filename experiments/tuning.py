@@ -459,6 +459,16 @@ def _main(argv, interrupts: Interrupts) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    started = start(args)
+    if isinstance(started, int):
+        return started
+    tuner, tune, out_dir, manifest, storage, trials = started
+    return run_studies(args, tuner, tune, out_dir, manifest, storage, trials, interrupts)
+
+
+def start(args):
+    """The tuner of a new or resumed folder, or an exit status (a refused command line, a helper process
+    of --workers that has done its share)."""
     try:
         out_dir, raw, manifest = prepare(args)
         tune, cfg = validate_tuning(raw)
@@ -479,9 +489,15 @@ def _main(argv, interrupts: Interrupts) -> int:
     except ImportError as exc:
         print(f"error: tuning needs the optuna package (pip install optuna==5.1.0): {exc}", file=sys.stderr)
         return 2
+    return tuner, tune, out_dir, manifest, storage, trials
+
+
+def run_studies(args, tuner: Tuner, tune: dict, out_dir: Path, manifest: dict, storage, trials: int,
+                interrupts: Interrupts) -> int:
+    """Every study to ``trials`` finished trials (with helper processes), then the outputs."""
     resume = args.resume is not None
     if not resume:
-        results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+        results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(tuner.raw, sort_keys=False))
         manifest["tensorboard"] = bool(args.tensorboard)
     else:
         manifest.setdefault("resumed", []).append({"at": now_iso(), "trials": trials})
