@@ -178,6 +178,7 @@ class PairRun:
         """Every block's state after round ``k`` in one file (under torch.distributed, gathered on rank 0,
         which writes it: the file is complete or absent, never a mix of rounds)."""
         with self._deferred():
+            start = time.perf_counter()
             part = {"robots": list(self.block), "state": self.optimizer.checkpoint(k)}
             parts = [part] if self.world is None else self.world.gather_parts(part)
             if parts is None or self.checkpoint_path is None:
@@ -185,7 +186,8 @@ class PairRun:
             saved = {"round": k, "parts": parts,
                      "graph_schedule": self.schedule.state_dict() if self.schedule is not None else None}
             results_io.torch_save(saved, self.checkpoint_path)
-            self.record.update_pair(self.name, checkpoint_round=k)
+            self.record.update_pair(self.name, checkpoint_round=k, checkpoint_bytes=self.checkpoint_path.stat().st_size,
+                                    checkpoint_seconds=round(time.perf_counter() - start, 4))
 
     def resume_point(self) -> int:
         """The first round to run: after the pair's checkpoint when there is one, else 1. The checkpoint
