@@ -58,6 +58,10 @@ def validate_config(raw: Any) -> dict:
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
     check_graph_schedule(exp)
+    links = exp["links"]
+    if links["model"] == "distance" and links["distance"]["radius"] is None and kind.name not in ("density", "online_density"):
+        raise ConfigError("experiment.links.distance.radius: required for links.model distance on a graph "
+                          "without a radius (the density kinds' disk graphs have one)")
     ind = exp["individual_training"]
     if ind["lr_decay_type"] != "constant" and ind["lr_finish"] is None:
         raise ConfigError(f"experiment.individual_training.lr_finish: required when lr_decay_type is "

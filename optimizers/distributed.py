@@ -50,7 +50,8 @@ import torch
 import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
-from optimizers.network import HeldRows, lossy_combine, make_operator, operator_kind
+from optimizers.link_models import IndependentLoss
+from optimizers.network import HeldRows, link_state, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -171,8 +172,7 @@ class TorchDistributedNetwork:
         self.local_nodes = self.blocks[self.rank]
         self.num_local = self.local_nodes.stop - self.local_nodes.start
         self.bytes_sent = torch.zeros(self.num_local, dtype=torch.float64)
-        self.drop_prob = 0.0
-        self.link_seed = 0
+        self.link_model = None  # None: every message arrives
         self.held = HeldRows()
         self.wire_bytes_sent = 0
         self.wire_bytes_per_exchange = 0
@@ -185,22 +185,27 @@ class TorchDistributedNetwork:
         """Global ids of this rank's robots (the rows its calls take)."""
         return torch.arange(self.local_nodes.start, self.local_nodes.stop)
 
+    def set_link_model(self, model) -> None:
+        """Lose messages as ``model`` says from now on (the same messages as in one process: the decisions
+        are counter-based)."""
+        self.link_model = model
+
     def set_links(self, drop_prob: float, seed: int) -> None:
-        """Drop each directed message with probability ``drop_prob`` from now on (the same messages as in
-        one process: the decisions are counter-based)."""
-        self.drop_prob = float(drop_prob)
-        self.link_seed = int(seed)
+        self.set_link_model(IndependentLoss(seed, drop_prob) if drop_prob > 0 else None)
 
     def state_dict(self) -> dict:
         """This rank's part: its robots' byte counters and the rows they hold from lossy links; the exchange
         count and the graph in use (the same on every rank)."""
         edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
         return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "held": self.held.state_dict(), "wire_bytes_sent": self.wire_bytes_sent}
+                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held),
+                "wire_bytes_sent": self.wire_bytes_sent}
 
     def load_state_dict(self, saved: dict) -> None:
         """From a team state (:func:`optimizers.network.team_network_state`) cut to this rank's robots."""
         self.held.load_state_dict(saved["held"])
+        if self.link_model is not None and saved.get("link_model"):
+            self.link_model.load_state(saved["link_model"])
         graph = nx.Graph()
         graph.add_nodes_from(self.graph.nodes(data=True))
         graph.add_edges_from(saved["edges"].tolist())
@@ -300,8 +305,8 @@ class TorchDistributedNetwork:
             ) -> torch.Tensor:
         """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows."""
         halo = self._halo(x, row_bytes)
-        if self.drop_prob > 0:
-            result = lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, halo,
+        if self.link_model is not None:
+            result = lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, halo,
                                    self._links, self._edge_weight, relative=True)
         else:
             result = (self._mixing @ halo).reshape(x.shape)
@@ -311,8 +316,8 @@ class TorchDistributedNetwork:
                      ) -> torch.Tensor:
         """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
         halo = self._halo(x, row_bytes)
-        if self.drop_prob > 0:
-            result = lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, halo,
+        if self.link_model is not None:
+            result = lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, halo,
                                    self._links, torch.ones_like(self._edge_weight), relative=False)
         else:
             result = (self._adjacency @ halo).reshape(x.shape)

@@ -1,7 +1,7 @@
 """Unreliable and changing links for every optimizer: ``experiment.links`` and ``experiment.graph_schedule``.
 
-- ``links: {drop_prob: p, seed: s}``: every directed message is lost with probability p (see
-  ``InProcessNetwork.set_links`` for what the receiver does then).
+- ``links: {model: ..., drop_prob: p, seed: s, bursty: {...}, distance: {...}}``: how messages are lost
+  (:mod:`optimizers.link_models`; see ``InProcessNetwork`` for what the receiver does then).
 - ``graph_schedule: {graphs: [graph, ...]}``: round k uses graphs[(k - 1) mod len] (each built like
   ``experiment.graph``, seeded with experiment.seed + its position in the list);
   ``graph_schedule: {random_edges_per_round: m, seed: s}``: round k uses m edges of
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from optimizers.graphs import disk_graph, graph_from_config
+from optimizers.link_models import make_link_model
 
 
 class GraphSchedule:
@@ -114,8 +115,9 @@ class Chain:
 def configure_network(network, experiment: dict, base: nx.Graph) -> GraphSchedule | None:
     """Apply ``experiment.links`` and ``experiment.graph_schedule``; returns the per-round hook or None."""
     links = experiment.get("links") or {}
-    if links.get("drop_prob"):
-        network.set_links(links["drop_prob"], links.get("seed", 0))
+    model = make_link_model(links) if links else None
+    if model is not None:
+        network.set_link_model(model)
     schedule = experiment.get("graph_schedule") or {}
     if schedule.get("graphs"):
         graphs = [graph_from_config(g, seed=experiment.get("seed", 0) + i) for i, g in enumerate(schedule["graphs"])]

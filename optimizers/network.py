@@ -22,13 +22,12 @@ same calls by sending each local row (and its byte size) to the processes that h
 neighbours and combining what arrives, so optimizer code never changes. The receiving side of a
 lossy link is the same for both: ``lossy_combine`` works from (source, destination) rows.
 
-Lossy links (``set_links(drop_prob, seed)``): every directed message is dropped independently with
-probability ``drop_prob``. The decision is counter-based: message src -> dst of exchange k on a channel
-is lost when uniform(seed, k, src, dst, channel) < drop_prob (:mod:`optimizers.counters`), so the same
-messages are lost however the robots are spread over processes. A receiver then uses the last row it
-received from that neighbour on that channel, or its own current row if none has arrived yet; so
-``drop_prob = 1`` makes every node train alone (W x = x, A x = d x), and ``drop_prob = 0`` takes the
-exact, lossless path. ``set_graph`` changes the graph between rounds; the last-received rows of an edge
+Lossy links (``set_link_model(model)``, a model of :mod:`optimizers.link_models`; ``set_links(drop_prob,
+seed)`` for independent losses): the model decides, counter-based on (seed, exchange, src, dst, channel),
+which directed messages are lost, so the same messages are lost however the robots are spread over
+processes. A receiver then uses the last row it received from that neighbour on that channel, or its own
+current row if none has arrived yet; so losing every message makes every node train alone (W x = x,
+A x = d x), and no model takes the exact, lossless path. ``set_graph`` changes the graph between rounds; the last-received rows of an edge
 survive while it is absent.
 """
 
@@ -40,8 +39,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from optimizers import counters, state
+from optimizers import state
 from optimizers.graphs import metropolis_weights
+from optimizers.link_models import IndependentLoss, join_link_states
 
 # Above this many nodes a sparse product beats a dense one for sparse graphs.
 _SPARSE_MIN_NODES = 32
@@ -114,27 +114,36 @@ def join_held(parts: list[dict]) -> dict:
 
 def team_network_state(parts: list[tuple[int, int, dict]]) -> dict:
     """One network state for the team from every block's ``state_dict()`` (per-robot byte counters in
-    robot order, every block's held rows; the exchange count and the graph are the same in every block)."""
+    robot order, every block's held rows and link memory; the exchange count and the graph are the same in
+    every block)."""
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
     return {**first, "bytes_sent": torch.cat([p[2]["bytes_sent"] for p in parts]),
-            "held": join_held([p[2]["held"] for p in parts])}
+            "held": join_held([p[2]["held"] for p in parts]),
+            "link_model": join_link_states([p[2].get("link_model", {}) for p in parts])}
 
 
-def lossy_combine(held: HeldRows, channel: str, exchange: int, drop_prob: float, seed: int, x_local: torch.Tensor,
+def link_state(model, held: HeldRows) -> dict:
+    """What ``model`` remembers per link, numbered like ``held``'s rows ({} without a model)."""
+    return {} if model is None else model.state(len(held.edge_ids))
+
+
+def lossy_combine(held: HeldRows, channel: str, exchange: int, link_model, graph: nx.Graph, x_local: torch.Tensor,
                   sources: torch.Tensor, links: dict, weight: torch.Tensor, relative: bool) -> torch.Tensor:
     """The receiving side of lossy links, for the local robots' rows ``x_local``: sum_j weight_ij h_ij over
     the rows h_ij robot i holds from j, or, ``relative``, x_i + sum_j weight_ij (h_ij - x_i) (= W x when
-    every row is fresh; exactly x_i when none is). ``links`` lists the directed edges into local robots:
+    every row is fresh; exactly x_i when none is). h_ij of a lost message is the last row received from j,
+    or x_i itself when the model leaves failed edges out of the exchange (symmetric links). ``links`` lists the directed edges into local robots:
     "src"/"dst" global ids, "source" the row of ``sources`` holding src's message, "dst_local" the local
     row of dst, "ids" their buffer rows."""
     ids, source, dst = links["ids"], links["source"], links["dst_local"]
     rows, arrived = held.buffers(channel, x_local)
-    draws = counters.uniform(seed, exchange, links["src"], links["dst"], counters.code(channel))
-    delivered = (draws >= drop_prob).to(x_local.device)
+    lost = link_model.lost(exchange, links["src"], links["dst"], ids, channel, graph)
+    delivered = (~lost).to(x_local.device)
     rows[ids[delivered]] = sources[source[delivered]]
     arrived[ids[delivered]] = True
-    held_rows = torch.where(arrived[ids].unsqueeze(1), rows[ids], x_local[dst])
+    fallback = delivered if link_model.absent_when_lost else arrived[ids]  # the edge left out, or held rows
+    held_rows = torch.where(fallback.unsqueeze(1), rows[ids], x_local[dst])
     if relative:
         return x_local.clone().index_add_(0, dst, weight.unsqueeze(1) * (held_rows - x_local[dst]))
     return torch.zeros_like(x_local).index_add_(0, dst, weight.unsqueeze(1) * held_rows)
@@ -232,8 +241,7 @@ class InProcessNetwork:
         self.local_nodes = slice(0, self.num_nodes)
         self.bytes_sent = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.exchanges = 0
-        self.drop_prob = 0.0
-        self.link_seed = 0
+        self.link_model = None  # None: every message arrives
         self.held = HeldRows()
         self.set_graph(graph)
 
@@ -241,10 +249,13 @@ class InProcessNetwork:
         """Global ids of the robots whose rows this network's calls take (all of them here)."""
         return torch.arange(self.num_nodes)
 
+    def set_link_model(self, model) -> None:
+        """Lose messages as ``model`` (:mod:`optimizers.link_models`) says from now on (None: none)."""
+        self.link_model = model
+
     def set_links(self, drop_prob: float, seed: int) -> None:
-        """Drop each directed message with probability ``drop_prob`` from now on."""
-        self.drop_prob = float(drop_prob)
-        self.link_seed = int(seed)
+        """Drop each directed message independently with probability ``drop_prob`` from now on."""
+        self.set_link_model(IndependentLoss(seed, drop_prob) if drop_prob > 0 else None)
 
     def set_graph(self, graph: nx.Graph) -> None:
         """Use a new communication graph (same node set) from now on."""
@@ -272,10 +283,12 @@ class InProcessNetwork:
         changes when the graph is dynamic) and, with lossy links, the last rows each node received."""
         edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
         return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "held": self.held.state_dict()}
+                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held)}
 
     def load_state_dict(self, saved: dict) -> None:
         self.held.load_state_dict(saved["held"])
+        if self.link_model is not None and saved.get("link_model"):
+            self.link_model.load_state(saved["link_model"])
         graph = nx.Graph()
         graph.add_nodes_from(self.graph.nodes(data=True))
         graph.add_edges_from(saved["edges"].tolist())
@@ -298,7 +311,7 @@ class InProcessNetwork:
             ) -> torch.Tensor:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)
-        if self.drop_prob > 0:
+        if self.link_model is not None:
             return _into(self._lossy(x, channel, self._edge_weight, relative=True), out)
         return graph_product(self._mixing, x, out)
 
@@ -306,12 +319,12 @@ class InProcessNetwork:
                      ) -> torch.Tensor:
         """``A x``: sum of the neighbours' rows for each node."""
         self._count(x, row_bytes)
-        if self.drop_prob > 0:
+        if self.link_model is not None:
             return _into(self._lossy(x, channel, torch.ones_like(self._edge_weight), relative=False), out)
         return graph_product(self._adjacency, x, out)
 
     def _lossy(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
-        return lossy_combine(self.held, channel, self.exchanges, self.drop_prob, self.link_seed, x, x, self._links,
+        return lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, x, self._links,
                              edge_weight, relative)
 
     def mixing_matrix(self) -> torch.Tensor:

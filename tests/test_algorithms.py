@@ -451,3 +451,70 @@ def test_ordered_row_sums_of_a_block_of_rows_equal_the_whole_product_bit_for_bit
                                                               for j in g.neighbors(i)})
         block = make_operator("ordered", w[rows][:, columns], "cpu", dtype) @ x[columns]
         assert torch.equal(block, whole[rows])
+
+
+def test_symmetric_links_keep_dinnos_duals_summing_to_zero_and_reach_the_optimum():
+    """With acknowledged links (an edge delivers both ways or is left out) DiNNO's dual increments stay
+    antisymmetric: the duals sum to zero and the fixed point is the optimum, as without losses."""
+    from optimizers.link_models import SymmetricLoss
+    from tests.test_optimizers import least_squares_problem
+
+    cfg = {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd",
+           "primal_lr_start": 0.05, "lr_decay_type": "constant", "outer_iterations": 300}
+    problem, optimum, g = least_squares_problem()
+    net = InProcessNetwork(g, dtype=DT)
+    net.set_link_model(SymmetricLoss(0, 0.3))
+    opt = DiNNO(problem, net, cfg)
+    with torch.no_grad():
+        opt.setup()
+        for k in range(1, 301):
+            opt.round(k)
+            assert float(opt.duals.sum(0).norm()) < 1e-9, k
+    error = float(((problem.theta - optimum).norm(dim=1) / optimum.norm()).max())
+    assert error < 1e-6
+
+
+def test_link_models_lose_what_they_promise():
+    from optimizers.link_models import BurstyLoss, DistanceLoss, IndependentLoss, SymmetricLoss
+
+    g = nx.complete_graph(4)
+    src = torch.tensor([i for i in range(4) for j in range(4) if i != j])
+    dst = torch.tensor([j for i in range(4) for j in range(4) if i != j])
+    ids = torch.arange(len(src))
+    sym = SymmetricLoss(3, 0.4)
+    rate = []
+    for k in range(1, 400):
+        lost = sym.lost(k, src, dst, ids, "theta", g)
+        both = {(int(s), int(d)): bool(x) for s, d, x in zip(src, dst, lost)}
+        assert all(both[(s, d)] == both[(d, s)] for s, d in both)  # both directions or neither
+        rate.append(float(lost.double().mean()))
+    assert abs(sum(rate) / len(rate) - 0.4) < 0.02
+    indep = IndependentLoss(3, 0.4)
+    assert not torch.equal(indep.lost(5, src, dst, ids, "theta", g), indep.lost(5, dst, src, ids, "theta", g))
+    # Gilbert-Elliott: the long-run loss its parameters give, and losses in runs (positive correlation)
+    ge = BurstyLoss(1, enter_bad=0.1, leave_bad=0.2, loss_good=0.05, loss_bad=0.8)
+    assert abs(ge.mean_loss() - 0.3) < 1e-12
+    one = torch.tensor([0]), torch.tensor([1]), torch.tensor([0])
+    series = torch.tensor([bool(ge.lost(k, *one, "x", g)) for k in range(1, 20001)], dtype=torch.float64)
+    assert abs(float(series.mean()) - 0.3) < 0.02
+    after_loss = float(series[1:][series[:-1] > 0].mean())
+    assert after_loss > 0.5  # independent losses would give 0.3 here
+    # its chains resume exactly from their state
+    a, b = BurstyLoss(2, 0.1, 0.2, 0.05, 0.8), BurstyLoss(2, 0.1, 0.2, 0.05, 0.8)
+    first = [a.lost(k, src, dst, ids, "x", g) for k in range(1, 50)]
+    b.load_state(a.state(len(ids)))
+    c = BurstyLoss(2, 0.1, 0.2, 0.05, 0.8)
+    straight = [c.lost(k, src, dst, ids, "x", g) for k in range(1, 80)]
+    assert all(torch.equal(x, y) for x, y in zip(first, straight[:49]))
+    assert all(torch.equal(b.lost(k, src, dst, ids, "x", g), straight[k - 1]) for k in range(50, 80))
+    # distance: max_loss (d / R)^power, 0 next to each other, max_loss at the radius
+    dist = DistanceLoss(0, radius=10.0, power=4.0, max_loss=1.0)
+    p = dist.probability(torch.tensor([0.0, 5.0, 10.0, 20.0], dtype=torch.float64), 10.0)
+    assert torch.allclose(p, torch.tensor([0.0, 0.0625, 1.0, 1.0], dtype=torch.float64))
+    line = nx.Graph()
+    line.add_node(0, pos=(0.0, 0.0))
+    line.add_node(1, pos=(5.0, 0.0))
+    line.add_edge(0, 1)
+    draws = torch.stack([dist.lost(k, torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), "x", line)
+                         for k in range(1, 8001)]).double()
+    assert abs(float(draws.mean()) - 0.0625) < 0.01

@@ -485,3 +485,16 @@ def test_a_scaling_sweep_under_torchrun_matches_one_process(tmp_path):
             "final_validation_loss_mean", "target_accuracy", "rounds_to_target", "bytes_sent_per_node"]
     pd.testing.assert_frame_equal(one[keep], many[keep], check_exact=True)
     assert json.loads((tmp_path / "k2" / "manifest.json").read_text())["distributed"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("model", ["bursty", "symmetric"])
+def test_link_models_under_torchrun_match_one_process(tmp_path, model):
+    cfg = tiny_mnist_config(rounds=10)
+    cfg["experiment"]["links"] = {"model": model, "drop_prob": 0.3, "seed": 5}
+    cfg["experiment"]["individual_training"]["train_solo"] = False
+    cfg["experiment"]["centralized"] = False
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    done = torchrun(2, config, tmp_path / "k2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS, 1e-9)

@@ -48,6 +48,19 @@ INDIVIDUAL_SCHEMA = {
     "verbose": (Bool, True),
 }
 
+# how radio links lose messages (optimizers/link_models.py)
+LINKS_SCHEMA = {
+    "model": (Choice(("independent", "symmetric", "bursty", "distance")), "independent"),
+    "drop_prob": (Float, 0.0, UNIT_INTERVAL),  # independent and symmetric
+    "seed": (Int, 0, SEED_RANGE),
+    # bursty: Gilbert-Elliott; the defaults lose 30% of the messages in the long run, in bursts
+    "bursty": ({"enter_bad": (Float, 0.1, UNIT_INTERVAL), "leave_bad": (Float, 0.2, UNIT_INTERVAL),
+                "loss_good": (Float, 0.05, UNIT_INTERVAL), "loss_bad": (Float, 0.8, UNIT_INTERVAL)}, {}),
+    # distance: loss max_loss (d / radius)^power; radius defaults to the disk graph's
+    "distance": ({"radius": (Float, OPTIONAL, POSITIVE), "power": (Float, 4.0, POSITIVE),
+                  "max_loss": (Float, 1.0, UNIT_INTERVAL)}, {}),
+}
+
 COMMON_EXPERIMENT = {
     "name": (Name, REQUIRED),
     "problem": (Str, OPTIONAL),  # a registered kind (checked against the registry before the schema)
@@ -64,7 +77,7 @@ COMMON_EXPERIMENT = {
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
     "tensorboard": (Bool, False),  # TensorBoard event files per pair (experiments/tensorboard_log.py)
     # lossy and time-varying communication (optimizers/links.py)
-    "links": ({"drop_prob": (Float, 0.0, UNIT_INTERVAL), "seed": (Int, 0, SEED_RANGE)}, {}),
+    "links": (LINKS_SCHEMA, {}),
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
