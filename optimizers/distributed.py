@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
 from optimizers.link_models import IndependentLoss
-from optimizers.network import HeldRows, link_state, lossy_combine, make_operator, operator_kind
+from optimizers.network import HeldRows, held_state, link_state, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -203,7 +203,7 @@ class TorchDistributedNetwork:
 
     def load_state_dict(self, saved: dict) -> None:
         """From a team state (:func:`optimizers.network.team_network_state`) cut to this rank's robots."""
-        self.held.load_state_dict(saved["held"])
+        self.held.load_state_dict(held_state(saved))
         if self.link_model is not None and saved.get("link_model"):
             self.link_model.load_state(saved["link_model"])
         graph = nx.Graph()

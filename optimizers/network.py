@@ -112,6 +112,14 @@ def join_held(parts: list[dict]) -> dict:
     return joined
 
 
+def held_state(network: dict) -> dict:
+    """The held rows of a saved network state; checkpoints of earlier versions kept them at its top level."""
+    if "held" in network:
+        return network["held"]
+    return {"edge_ids": network.get("edge_ids", torch.zeros(0, 2, dtype=torch.long)),
+            "last_rows": network.get("last_rows", {}), "arrived": network.get("arrived", {})}
+
+
 def team_network_state(parts: list[tuple[int, int, dict]]) -> dict:
     """One network state for the team from every block's ``state_dict()`` (per-robot byte counters in
     robot order, every block's held rows and link memory; the exchange count and the graph are the same in
@@ -119,7 +127,7 @@ def team_network_state(parts: list[tuple[int, int, dict]]) -> dict:
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
     return {**first, "bytes_sent": torch.cat([p[2]["bytes_sent"] for p in parts]),
-            "held": join_held([p[2]["held"] for p in parts]),
+            "held": join_held([held_state(p[2]) for p in parts]),
             "link_model": join_link_states([p[2].get("link_model", {}) for p in parts])}
 
 
@@ -286,7 +294,7 @@ class InProcessNetwork:
                 "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held)}
 
     def load_state_dict(self, saved: dict) -> None:
-        self.held.load_state_dict(saved["held"])
+        self.held.load_state_dict(held_state(saved))
         if self.link_model is not None and saved.get("link_model"):
             self.link_model.load_state(saved["link_model"])
         graph = nx.Graph()

@@ -291,3 +291,28 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
     monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
     same_results(tmp_path / "reference", out, ["choco"])
+
+
+def test_a_checkpoint_with_the_earlier_network_layout_still_resumes():
+    """Checkpoints once kept the lossy links' held rows at the network state's top level."""
+    import networkx as nx
+    from optimizers.network import InProcessNetwork
+
+    def lossy():
+        net = InProcessNetwork(nx.cycle_graph(4))
+        net.set_links(0.5, seed=3)
+        return net
+
+    net, x = lossy(), torch.arange(8.0).reshape(4, 2)
+    for _ in range(3):
+        net.mix(x)
+    saved = net.state_dict()
+    flat = {**{k: v for k, v in saved.items() if k != "held"}, **saved["held"]}
+    now, earlier = lossy(), lossy()
+    now.load_state_dict(saved)
+    earlier.load_state_dict(flat)
+    assert earlier.held.edge_ids == now.held.edge_ids and len(now.held.edge_ids) == 8
+    for channel in now.held.last_rows:
+        assert torch.equal(earlier.held.last_rows[channel], now.held.last_rows[channel])
+        assert torch.equal(earlier.held.arrived[channel], now.held.arrived[channel])
+    assert torch.equal(earlier.mix(x + 1), now.mix(x + 1))
