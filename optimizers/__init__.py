@@ -8,9 +8,11 @@ from optimizers.extra import EXTRA
 from optimizers.local import LocalTraining
 from optimizers.next import NEXT
 from optimizers.prox_pda import ProxPDA
+from optimizers.relaxed_admm import RelaxedADMM
 from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
-OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA)}
+OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA,
+                                                   RelaxedADMM)}
 BASELINES = {LocalTraining.alg_name: LocalTraining}
 
 
@@ -33,5 +35,5 @@ def validate_optimizer_config(prefix: str, data) -> dict:
 
 OPTIMIZER_CONFIG = Custom(validate_optimizer_config)  # the schema kind of a problem's ``optimizer_config``
 
-__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "LocalTraining", "OPTIMIZERS",
+__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "LocalTraining", "OPTIMIZERS",
            "BASELINES", "OPTIMIZER_CONFIG", "validate_optimizer_config"]

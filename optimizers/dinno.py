@@ -47,18 +47,34 @@ class DiNNO(DistributedOptimizer):
             raise ConfigError(f"{prefix}.primal_lr_finish: required when lr_decay_type is {config['lr_decay_type']}")
 
     def setup(self) -> None:
+        self.rho = float(self.config["rho_init"])
+        self.duals = torch.zeros_like(self.problem.theta)
+        self.setup_primal()
+
+    def setup_primal(self) -> None:
+        """The primal learning rate of every round, and the primal optimizer when it persists."""
         cfg = self.config
-        theta = self.problem.theta
-        self.rho = float(cfg["rho_init"])
-        self.duals = torch.zeros_like(theta)
         start = cfg["primal_lr_start"] if cfg["primal_lr_start"] is not None else cfg["primal_lr"]
         if start is None:
-            raise ValueError("dinno needs primal_lr_start (or the older constant primal_lr)")
+            raise ValueError(f"{self.alg_name} needs primal_lr_start (or the older constant primal_lr)")
         finish = cfg["primal_lr_finish"] if cfg["primal_lr_finish"] is not None else start
         self.lrs = learning_rates(cfg["lr_decay_type"], start, finish, self.outer_iterations)
         self.primal_opt = None
         if cfg["persistant_primal_opt"]:
-            self.primal_opt = make_torch_optimizer(cfg["primal_optimizer"], [theta], self.lrs[0])
+            self.primal_opt = make_torch_optimizer(cfg["primal_optimizer"], [self.problem.theta], self.lrs[0])
+
+    def primal_update(self, k: int, penalty_grad) -> None:
+        """Round k's ``primal_iterations`` optimizer steps on f_i plus the penalty whose gradient is given."""
+        cfg = self.config
+        opt = self.primal_opt
+        if opt is None:  # a new optimizer every round; the same one reset in place is identical and cheaper
+            opt = self.__dict__.get("_round_opt")
+            if opt is None:
+                opt = self._round_opt = make_torch_optimizer(cfg["primal_optimizer"], [self.problem.theta],
+                                                             float(self.lrs[k - 1]))
+            else:
+                reset_torch_optimizer(opt)
+        self.primal_steps(opt, float(self.lrs[k - 1]), int(cfg["primal_iterations"]), penalty_grad)
 
     def round(self, k: int) -> None:
         cfg = self.config
@@ -81,12 +97,4 @@ class DiNNO(DistributedOptimizer):
             grad = torch.mul(degree, x, out=self.workspace("penalty", theta))
             return grad.sub_(pull).mul_(2.0 * rho).add_(self.duals)
 
-        opt = self.primal_opt
-        if opt is None:  # a new optimizer every round; the same one reset in place is identical and cheaper
-            opt = self.__dict__.get("_round_opt")
-            if opt is None:
-                opt = self._round_opt = make_torch_optimizer(cfg["primal_optimizer"], [theta],
-                                                             float(self.lrs[k - 1]))
-            else:
-                reset_torch_optimizer(opt)
-        self.primal_steps(opt, float(self.lrs[k - 1]), int(cfg["primal_iterations"]), penalty_grad)
+        self.primal_update(k, penalty_grad)

@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
 from optimizers.link_models import IndependentLoss
-from optimizers.network import HeldRows, held_state, link_state, lossy_combine, make_operator, operator_kind
+from optimizers.network import EdgeExchange, HeldRows, held_state, link_state, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -153,7 +153,7 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-class TorchDistributedNetwork:
+class TorchDistributedNetwork(EdgeExchange):
     """This rank's block of the robots; ``mix`` and ``neighbor_sum`` exchange rows with the ranks
     that host neighbours. Every rank must call every method in the same order (they are collective)."""
 
@@ -263,6 +263,7 @@ class TorchDistributedNetwork:
                        "source": as_index([column[int(j)] for j in src]), "dst_local": as_index(dst_local),
                        "ids": as_index(self.held.ids(zip(src.tolist(), dst.tolist())))}
         self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
+        self._set_edge_slots(adjacency)
         degrees = adjacency[mine].sum(axis=1)
         self.degrees = torch.as_tensor(degrees, device=self.device, dtype=self.dtype)
         self._degrees_cpu = torch.as_tensor(degrees, dtype=torch.float64)
@@ -296,6 +297,9 @@ class TorchDistributedNetwork:
         self.wire_bytes_sent += self.wire_bytes_per_exchange
         self.exchanges += 1
         return halo
+
+    def _send(self, rows: torch.Tensor, row_bytes) -> torch.Tensor:
+        return self._halo(rows, row_bytes)
 
     def anywhere(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one (all ranks must call it)."""

@@ -7,6 +7,15 @@ message (its row of ``x``) to every neighbour, and gets back a combination of wh
 - ``mix(x, channel, row_bytes, out=None)``: ``W x`` with Metropolis weights W,
 - ``neighbor_sum(x, channel, row_bytes, out=None)``: ``A x`` with the adjacency matrix A.
 
+Algorithms that keep one variable per edge end (relaxed ADMM) use two more calls:
+
+- ``edge_exchange(messages, channel, row_bytes)``: one message per directed edge, ``messages[e]`` from the
+  local robot ``in_edges()[e]`` back to the neighbour whose edge e is; returns, for every edge e into a local
+  robot, the message that neighbour sent over it and whether it arrived (a lost one is simply not there),
+- ``edge_rows(channel, like)`` / ``keep_edge_rows(channel, rows)``: rows the receiving end of each edge keeps
+  across rounds (and checkpoints), aligned with ``in_edges()``; a row never kept before comes back flagged
+  as fresh.
+
 ``out`` (optional, shaped like ``x`` and not overlapping it) receives the result: an optimizer that
 keeps its own buffers saves allocating (and page-faulting) a new stack-sized tensor every exchange.
 
@@ -157,6 +166,57 @@ def lossy_combine(held: HeldRows, channel: str, exchange: int, link_model, graph
     return torch.zeros_like(x_local).index_add_(0, dst, weight.unsqueeze(1) * held_rows)
 
 
+def edge_slots(adjacency: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """For each directed edge src -> dst: dst's place among src's neighbours in ascending id order."""
+    places = np.cumsum(adjacency != 0, axis=1) - 1
+    return places[src, dst]
+
+
+class EdgeExchange:
+    """Per-edge messages and per-edge rows, for a network that lists the directed edges into its robots in
+    ``_links`` (sorted by receiver, then sender) and sends rows with ``_send(rows, row_bytes)``."""
+
+    def _set_edge_slots(self, adjacency: np.ndarray) -> None:
+        links, src, dst = self._links, self._links["src"].numpy(), self._links["dst"].numpy()
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
+        links["slot_back"] = as_index(edge_slots(adjacency, dst, src))  # where dst packs its message to src
+        links["slot_from"] = as_index(edge_slots(adjacency, src, dst))  # where src packed its message to dst
+        self._max_degree = max(1, int((adjacency != 0).sum(axis=1).max(initial=0)))
+
+    def in_edges(self) -> torch.Tensor:
+        """The local row of the receiving robot of every directed edge into a local robot."""
+        return self._links["dst_local"]
+
+    def edge_exchange(self, messages: torch.Tensor, channel: str, row_bytes=None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each robot sends every neighbour its own message (one row per edge and direction; a robot's
+        messages travel packed in one row per robot, in its neighbours' id order)."""
+        links, n = self._links, messages.shape[1]
+        packed = messages.new_zeros((len(self.bytes_sent), self._max_degree, n))
+        packed[links["dst_local"], links["slot_back"]] = messages
+        if row_bytes is None:
+            row_bytes = n * messages.element_size()
+        sources = self._send(packed.reshape(len(packed), -1), row_bytes).reshape(-1, self._max_degree, n)
+        received = sources[links["source"], links["slot_from"]]
+        if self.link_model is None:
+            return received, torch.ones(len(received), dtype=torch.bool, device=received.device)
+        lost = self.link_model.lost(self.exchanges, links["src"], links["dst"], links["ids"], channel, self.graph)
+        return received, (~lost).to(received.device)
+
+    def edge_rows(self, channel: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows kept on ``channel`` at the receiving end of every edge into a local robot (rows shaped
+        like ``like``'s), and which of them were never kept (zeros)."""
+        rows, kept = self.held.buffers(channel, like)
+        ids = self._links["ids"]
+        return rows[ids], ~kept[ids]
+
+    def keep_edge_rows(self, channel: str, rows: torch.Tensor) -> None:
+        held, kept = self.held.buffers(channel, rows)
+        ids = self._links["ids"]
+        held[ids] = rows
+        kept[ids] = True
+
+
 def graph_product(operator: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``operator @ x`` into ``out`` (allocated when None), for a dense or sparse CSR ``operator``.
 
@@ -238,7 +298,7 @@ def _as_operator(matrix: np.ndarray, device, dtype):
     return make_operator(operator_kind(matrix), matrix, device, dtype)
 
 
-class InProcessNetwork:
+class InProcessNetwork(EdgeExchange):
     """All nodes in this process; communication is a product with a graph-shaped matrix."""
 
     def __init__(self, graph: nx.Graph, device: str | torch.device = "cpu",
@@ -285,6 +345,7 @@ class InProcessNetwork:
                        "source": as_index(src), "dst_local": as_index(dst),
                        "ids": as_index(self.held.ids(zip(src.tolist(), dst.tolist())))}
         self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
+        self._set_edge_slots(adjacency)
 
     def state_dict(self) -> dict:
         """Byte counters, the exchange count (lost messages are a function of it), the graph in use (it
@@ -310,6 +371,10 @@ class InProcessNetwork:
             row_bytes = x[0].numel() * x.element_size()
         self.bytes_sent += self._degrees_cpu * torch.as_tensor(row_bytes, dtype=torch.float64)
         self.exchanges += 1
+
+    def _send(self, rows: torch.Tensor, row_bytes) -> torch.Tensor:
+        self._count(rows, row_bytes)
+        return rows
 
     def anywhere(self, flag: bool) -> bool:
         """True when ``flag`` is true in any process hosting robots (here: this one)."""

@@ -493,8 +493,11 @@ def test_link_models_under_torchrun_match_one_process(tmp_path, model):
     cfg["experiment"]["links"] = {"model": model, "drop_prob": 0.3, "seed": 5}
     cfg["experiment"]["individual_training"]["train_solo"] = False
     cfg["experiment"]["centralized"] = False
+    cfg["problem_configs"]["p4"] = {**cfg["problem_configs"]["p1"], "problem_name": "radmm",
+                                    "optimizer_config": {"alg_name": "relaxed_admm", "outer_iterations": 10,
+                                                         "rho": 0.5, "primal_iterations": 2, "primal_lr_start": 0.005}}
     config = write_config(cfg, tmp_path)
     one_process(config, tmp_path / "k1")
     done = torchrun(2, config, tmp_path / "k2")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS, 1e-9)
+    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS + ("radmm",), 1e-9)

@@ -282,6 +282,11 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
         "metrics_config": {"evaluate_frequency": 4},
         "optimizer_config": {"alg_name": "choco_sgd", "outer_iterations": 12, "lr": 0.01, "consensus_stepsize": 0.5,
                              "compressor": {"name": "random_k", "fraction": 0.2, "seed": 3}}}}
+    # relaxed ADMM keeps a row per edge end; the schedule brings edges it has never seen
+    cfg["problem_configs"]["radmm"] = {**cfg["problem_configs"]["choco"], "problem_name": "radmm",
+                                       "optimizer_config": {"alg_name": "relaxed_admm", "outer_iterations": 12,
+                                                            "rho": 0.5, "primal_iterations": 2,
+                                                            "primal_lr_start": 0.005}}
     cfg_path = write_config(tmp_path, cfg)
     assert run(cfg_path, tmp_path / "reference") == 0
     crash_once(monkeypatch, ChocoSGD, 8)
@@ -290,7 +295,7 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
     assert manifest_of(out)["pairs"][0]["checkpoint_round"] == 6
     monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
-    same_results(tmp_path / "reference", out, ["choco"])
+    same_results(tmp_path / "reference", out, ["choco", "radmm"])
 
 
 def test_a_checkpoint_with_the_earlier_network_layout_still_resumes():
