@@ -579,3 +579,15 @@ def test_relaxed_admm_reaches_the_optimum_where_dinno_does_not(model):
             opt.round(k)
     error = float(((problem.theta - optimum).norm(dim=1) / optimum.norm()).max())
     assert error < 1e-6
+
+
+@pytest.mark.parametrize("primal", ["sgd", "adam"])
+def test_lossless_relaxed_admm_at_one_half_is_dinno_at_half_the_rho(primal):
+    """With every message delivered and alpha = 1/2, s_i = sum_j z_ij follows DiNNO's
+    rho_D (d_i x_i + (A x)_i) - lambda_i with rho = 2 rho_D: the same iterates."""
+    steps = {"primal_iterations": 3, "primal_optimizer": primal, "primal_lr_start": 0.05, "lr_decay_type": "constant"}
+    dinno, _ = run_stack(DiNNO, {"rho_init": 0.35, **steps}, rounds=8)
+    relaxed, _ = run_stack(RelaxedADMM, {"rho": 0.7, "relaxation": 0.5, **steps}, rounds=8)
+    assert torch.allclose(relaxed, dinno, atol=1e-12, rtol=0)
+    other, _ = run_stack(RelaxedADMM, {"rho": 0.7, "relaxation": 0.8, **steps}, rounds=8)
+    assert not torch.allclose(other, dinno, atol=1e-4)
