@@ -151,12 +151,13 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
     ``OnlineTrajectoryLidarDataset(lidar, waypoints, spline_res, num_scans_in_window, round_density=True)``
 
     The scans of every trajectory pose are computed once. The window holds the poses
-    ``start, start + 1, ...`` and :meth:`advance` moves it on. With ``window_step=None`` (the original
-    research code's rule) windows of ``num_scans_in_window`` poses do not overlap: they start at pose
+    ``start, start + 1, ...`` and :meth:`advance` moves it on. With ``window_step=None`` (the default)
+    windows of ``num_scans_in_window`` poses do not overlap: they start at pose
     0, the last one of the loop is the short tail ``[k * num_scans_in_window, P)``, then the window
     starts again at pose 0. With an integer ``window_step`` the window is always
     ``num_scans_in_window`` poses long (indices modulo the number of poses) and slides on by
-    ``window_step`` poses. The robot's current position is the window's last pose.
+    ``window_step`` poses (1: the original research code's rule). The robot's current position is the
+    window's last pose.
 
     While a window is active, ``len(ds)``/``ds[i]`` index the window's points only;
     :meth:`window_points` returns them as one (M, 3) tensor (cached per window), and ``inputs`` /
@@ -186,7 +187,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
 
     @property
     def window_length(self) -> int:
-        """Poses in the current window (shorter only for the tail window of the original's rule)."""
+        """Poses in the current window (shorter only for the tail window of the default rule)."""
         if self.window_step is None:
             return min(self.num_scans_in_window, self.num_poses - self.start_index)
         return self.num_scans_in_window

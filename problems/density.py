@@ -190,11 +190,11 @@ class WindowSampler:
     (padded to ``P_max``). Each robot reads its window's points through a random permutation; when it
     has used them all once (an epoch) its window moves on and a new permutation starts. How it moves:
 
-    * ``step=None`` (the original's rule): windows of ``window`` poses that do not overlap, starting at
+    * ``step=None`` (the default): windows of ``window`` poses that do not overlap, starting at
       pose 0; the last window of the loop is the short tail ``[k * window, P)``, then it starts again
       at pose 0.
     * ``step=s``: a sliding window of ``window`` consecutive poses (modulo the trajectory) that moves
-      on by ``s`` poses.
+      on by ``s`` poses; ``s = 1`` is the original code's rule.
 
     A batch that outlasts a window continues in the next one. Batches are gathers for all robots;
     the only loop is over the window changes inside one batch. The order inside a window is a
