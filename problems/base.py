@@ -190,8 +190,8 @@ class SupervisedProblem:
             xb = self.val_x[start:start + self.val_batch_size]
             yb = self.val_y[start:start + self.val_batch_size]
 
-            def per_sample(out, yb=yb):
-                target = yb.unsqueeze(0).expand(out.shape[0], *yb.shape)
+            def per_sample(out, rows, yb=yb):
+                target = yb[rows].unsqueeze(0).expand(out.shape[0], *yb[rows].shape)
                 rows = [self.per_sample_loss(out, target)]
                 if self.classification:
                     rows.append(self.correct(out, target))

@@ -142,7 +142,7 @@ class DensityProblem(SupervisedProblem):
         parts = []
         for start in range(0, self.mesh_points.shape[0], self.val_batch_size):
             xb = self.mesh_points[start:start + self.val_batch_size]
-            parts.append(self.stack.evaluate(theta, xb, lambda out: out.reshape(out.shape[0], -1)))
+            parts.append(self.stack.evaluate(theta, xb, lambda out, _rows: out.reshape(out.shape[0], -1)))
         return torch.cat(parts, dim=1).reshape(theta.shape[0], *self.mesh_shape)
 
     def _mesh_due(self, round_index: int | None) -> bool:

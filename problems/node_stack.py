@@ -41,6 +41,9 @@ EXECUTIONS = ("auto", "grouped", "vmap", "loop")
 
 # Per-node samples per chunk that the automatic chunking aims for.
 DEFAULT_SAMPLES_PER_CHUNK = 4096
+# Evaluation blocks: at most this many nodes, and about this many bytes in the largest activation.
+EVAL_BLOCK_NODES = 16
+EVAL_BLOCK_BYTES = 4 << 20
 # Smaller chunk sizes (nodes) that the automatic choice also measures.
 INTERMEDIATE_CHUNKS = (16, 64, 256)
 
@@ -112,17 +115,19 @@ class _GroupedForward:
         layout = "shared" if shared_input else "nodes"
         for layer, names in zip(self.layers, self.layer_params):
             if isinstance(layer, nn.Conv2d):
-                x = self._to_channels(x, layout, k)
-                layout = "channels"
                 weight = params[names["weight"]]
                 weight = weight.reshape(k * weight.shape[1], *weight.shape[2:])
                 bias = params[names["bias"]].reshape(-1) if "bias" in names else None
-                x = nn.functional.conv2d(x, weight, bias, layer.stride, layer.padding,
-                                         layer.dilation, layer.groups * k)
+                # every node's filters on one shared input are one ordinary convolution with k times
+                # the filters (no copy of the input per node)
+                groups = 1 if layout == "shared" and layer.groups == 1 else layer.groups * k
+                x = self._to_channels(x, layout, k, layer.groups)
+                layout = "channels"
+                x = nn.functional.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, groups)
             elif isinstance(layer, _POOLING):
                 x = self._to_channels(x, layout, k)
                 layout = "channels"
-                x = layer(x)
+                x = _tiled_max_pool(x, layer) if _is_tiled_max_pool(layer, x) else layer(x)
             elif isinstance(layer, nn.Flatten):
                 if layout == "channels":
                     batch = x.shape[0]
@@ -159,8 +164,9 @@ class _GroupedForward:
         return x
 
     @staticmethod
-    def _to_channels(x: torch.Tensor, layout: str, k: int) -> torch.Tensor:
-        if layout == "channels":
+    def _to_channels(x: torch.Tensor, layout: str, k: int, conv_groups: int | None = None) -> torch.Tensor:
+        """``x`` in the channels layout; a shared input that feeds an ungrouped convolution stays as it is."""
+        if layout == "channels" or (layout == "shared" and conv_groups == 1):
             return x
         if layout == "shared":  # (B, C, H, W) -> (B, k*C, H, W)
             return x.repeat(1, k, 1, 1)
@@ -175,6 +181,27 @@ class _GroupedForward:
             return x.unsqueeze(0).expand(k, *x.shape)
         batch = x.shape[0]
         return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> bool:
+    """A max-pool over non-overlapping square tiles, outside autograd (where the strided maximum of
+    ``_tiled_max_pool`` gives the same values much faster than the CPU max_pool2d kernel)."""
+    if not isinstance(layer, nn.MaxPool2d) or x.requires_grad or layer.return_indices or layer.ceil_mode:
+        return False
+    size, stride = layer.kernel_size, layer.stride if layer.stride is not None else layer.kernel_size
+    return (isinstance(size, int) and size == stride and layer.padding == 0 and layer.dilation == 1
+            and x.dim() == 4 and x.shape[-1] >= size and x.shape[-2] >= size)
+
+
+def _tiled_max_pool(x: torch.Tensor, layer: nn.MaxPool2d) -> torch.Tensor:
+    size = layer.kernel_size
+    rows, cols = x.shape[-2] // size * size, x.shape[-1] // size * size
+    out = None
+    for i in range(size):
+        for j in range(size):
+            tile = x[..., i:rows:size, j:cols:size]
+            out = tile.clone() if out is None else torch.maximum(out, tile, out=out)
+    return out
 
 
 # Layers whose behaviour depends on train/eval mode or on running buffers: the stack keeps only
@@ -272,6 +299,7 @@ class NodeStack:
         self.execution = ("grouped" if grouped_ok else "vmap") if self.autotune else execution
         self.chunk_size = chunk_size
         self._grouped = _GroupedForward(self.template, self.slots) if grouped_ok else None
+        self._activation_width: dict[tuple, int] = {}
         self.plans: dict[tuple, tuple[str, int]] = {}
         self.plan_sources: dict[tuple, str] = {}
         self.plan_cache = plan_cache
@@ -401,11 +429,45 @@ class NodeStack:
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, x: torch.Tensor,
-                 fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``fn(outputs (k, B, ...))`` for every node on a shared input batch, concatenated over nodes."""
-        parts = [fn(self.forward(theta[block], x, shared_input=True))
-                 for block in self.chunks(x.shape[0]) if block.start < theta.shape[0]]  # theta: maybe a sample
+                 fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+        """``fn(outputs (k, S, ...), rows)`` for the ``theta.shape[0]`` nodes on a shared input batch ``x``
+        (B, ...), where ``rows`` says which S samples of ``x`` these are and ``fn`` returns them along its
+        last axis: (num nodes, ..., B).
+
+        The work goes in blocks of k nodes x S samples whose largest activation stays near
+        ``EVAL_BLOCK_BYTES``: a block that stays in the cache runs several times faster than whole batches."""
+        nodes, samples = self.eval_block(x)
+        parts = []
+        for start in range(0, theta.shape[0], nodes):
+            params = self.param_dict(theta[start:start + nodes])
+            rows = [slice(s, s + samples) for s in range(0, x.shape[0], samples)]
+            parts.append(torch.cat([fn(self.forward_params(params, x[r], shared_input=True), r) for r in rows],
+                                   dim=-1))
         return torch.cat(parts, dim=0)
+
+    def eval_block(self, x: torch.Tensor) -> tuple[int, int]:
+        """(nodes, samples) per evaluation block for inputs shaped like ``x``'s samples."""
+        key = tuple(x.shape[1:])
+        width = self._activation_width.get(key)
+        if width is None:
+            width = self._activation_width[key] = largest_activation(self.template, x[:1])
+        per_block = max(1, EVAL_BLOCK_BYTES // (width * x.element_size()))
+        nodes = min(self.num_nodes, EVAL_BLOCK_NODES, per_block)
+        return nodes, max(1, per_block // nodes)
+
+
+def largest_activation(model: nn.Module, sample: torch.Tensor) -> int:
+    """Elements of the largest output of any layer of ``model`` for one input sample (batch of 1)."""
+    sizes = [sample.numel()]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+             for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
 
 
 def _timed(fn, device: torch.device) -> float:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from problems.mnist import mnist_cnn
+from problems import node_stack
 from problems.node_stack import NodeStack, auto_chunk, flatten_parameters, supports_grouped
 from problems.sampling import NodeBatchSampler
 
@@ -77,17 +78,46 @@ def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
         NodeStack(NotSequential(), 2, execution="grouped")
 
 
-@pytest.mark.parametrize("model_fn", [lambda: nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 1), nn.Sigmoid()),
-                                      NotSequential])
-def test_shared_input_evaluation_matches_per_node_modules(model_fn):
+@pytest.mark.parametrize("model_fn,sample", [
+    (lambda: nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 1), nn.Sigmoid()), (2,)),
+    (NotSequential, (2,)),
+    (mnist_cnn, (1, 28, 28)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.MaxPool2d(3), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)),
+     (2, 11, 11))])
+@pytest.mark.parametrize("block_bytes", [256, 1 << 30])
+def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, block_bytes, monkeypatch):
+    """Blocks of nodes and samples (small ones: several of each), the shared input's convolution as one
+    ordinary convolution, tiled max-pools: every node's outputs as its own module gives them."""
+    monkeypatch.setattr(node_stack, "EVAL_BLOCK_BYTES", block_bytes)
     torch.manual_seed(2)
     stack, theta = perturbed_stack(model_fn(), 5, "auto", chunk_size=2)
-    x = torch.randn(9, 2, dtype=DT)
-    out = stack.evaluate(theta, x, lambda o: o)
+    x = torch.randn(9, *sample, dtype=DT)
+    seen = []
+
+    def keep(out, rows):
+        seen.append(rows)
+        return out.movedim(1, -1)
+
+    out = stack.evaluate(theta, x, keep)
+    if block_bytes == 256:
+        assert len(seen) > 2 and {r.start for r in seen} != {0}
     for i in range(5):
         model = copy.deepcopy(stack.template)
         nn.utils.vector_to_parameters(theta[i].clone(), model.parameters())
-        assert torch.allclose(out[i], model(x), atol=1e-12)
+        assert torch.allclose(out[i], model(x).movedim(0, -1), atol=1e-12)
+
+
+@pytest.mark.parametrize("size,side", [(2, 24), (2, 7), (3, 11)])
+def test_tiled_max_pool_is_max_pool2d_bit_for_bit(size, side):
+    x = torch.randn(4, 6, side, side).relu()  # ties at zero
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 2, 1, 1] = float("-inf")
+    layer = nn.MaxPool2d(size)
+    assert node_stack._is_tiled_max_pool(layer, x)
+    torch.testing.assert_close(node_stack._tiled_max_pool(x, layer), nn.functional.max_pool2d(x, size),
+                               rtol=0, atol=0, equal_nan=True)
+    assert not node_stack._is_tiled_max_pool(nn.MaxPool2d(3, stride=2), x)
+    assert not node_stack._is_tiled_max_pool(layer, x.clone().requires_grad_(True))
 
 
 def test_every_node_starts_from_the_base_model_which_stays_untouched():
