@@ -98,8 +98,10 @@ def supports_grouped(model: nn.Module) -> bool:
 class _GroupedForward:
     """Forward of an ``nn.Sequential`` for a block of nodes with grouped kernels.
 
-    Activations live in one of two layouts: ``"nodes"`` = (k, B, *features) for linear
-    layers, ``"channels"`` = (B, k * C, H, W) for convolution and pooling.
+    Activations live in one of three layouts: ``"nodes"`` = (k, B, *features) for linear
+    layers, ``"channels"`` = (B, k * C, H, W) for convolution and pooling, and ``"filters"`` =
+    (k * C, B, H, W), what a convolution of one input shared by every node gives when it runs as a
+    single matrix product of all the nodes' filters with the input's patches.
     """
 
     def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot]):
@@ -109,12 +111,22 @@ class _GroupedForward:
         for idx, layer in enumerate(self.layers):
             names = [f"{idx}.{n}" for n, _ in layer.named_parameters()]
             self.layer_params.append({n.split(".", 1)[1]: by_name[n].name for n in names})
+        self._columns = None  # (shared input, its patches as columns) of the last shared-input convolution
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool) -> torch.Tensor:
         k = next(iter(params.values())).shape[0]
         layout = "shared" if shared_input else "nodes"
-        for layer, names in zip(self.layers, self.layer_params):
-            if isinstance(layer, nn.Conv2d):
+        relu_after_pool, next_layer = False, 0
+        for index, (layer, names) in enumerate(zip(self.layers, self.layer_params)):
+            if index < next_layer:  # taken by a shared-input convolution
+                continue
+            if isinstance(layer, nn.ReLU) and layout in ("channels", "filters") and self._max_pool_next(index, x):
+                relu_after_pool = True  # max(relu(a), relu(b)) = relu(max(a, b)) on a quarter of the values
+                continue
+            if isinstance(layer, nn.Conv2d) and layout == "shared" and _is_plain_conv(layer):
+                x, next_layer = self._shared_conv(x, index, params)
+                layout = "filters"
+            elif isinstance(layer, nn.Conv2d):
                 weight = params[names["weight"]]
                 weight = weight.reshape(k * weight.shape[1], *weight.shape[2:])
                 bias = params[names["bias"]].reshape(-1) if "bias" in names else None
@@ -128,8 +140,14 @@ class _GroupedForward:
                 x = self._to_channels(x, layout, k)
                 layout = "channels"
                 x = _tiled_max_pool(x, layer) if _is_tiled_max_pool(layer, x) else layer(x)
+                if relu_after_pool:
+                    x = x.relu_()
+                    relu_after_pool = False
             elif isinstance(layer, nn.Flatten):
-                if layout == "channels":
+                if layout == "filters":  # (k*C, B, H, W) -> (k, B, C*H*W)
+                    x = x.reshape(k, x.shape[0] // k, x.shape[1], -1).transpose(1, 2).reshape(k, x.shape[1], -1)
+                    layout = "nodes"
+                elif layout == "channels":
                     batch = x.shape[0]
                     x = x.reshape(batch, k, -1).transpose(0, 1)
                     layout = "nodes"
@@ -139,7 +157,7 @@ class _GroupedForward:
                     x = torch.flatten(x, layer.start_dim + 1, layer.end_dim)
             elif isinstance(layer, nn.Linear):
                 weight = params[names["weight"]]
-                if layout == "channels":
+                if layout in ("channels", "filters"):
                     raise ValueError("nn.Linear directly after a convolution needs an nn.Flatten")
                 if layout == "shared":
                     x = x.unsqueeze(0).expand(k, *x.shape)
@@ -163,11 +181,56 @@ class _GroupedForward:
         x = self._to_nodes(x, layout, k)
         return x
 
+    def release(self) -> None:
+        """Forget the cached patches of the last shared input."""
+        self._columns = None
+
+    def _shared_conv(self, x: torch.Tensor, index: int, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Every node's filters of convolution ``index`` on one input batch (B, C_in, H, W) shared by all nodes,
+        as matrix products of all the filters with the input's patches: (k * C_out, B, H_out, W_out), and
+        the index of the next layer to run. A non-overlapping max-pool after it (with a ReLU between or
+        not) is taken along outside autograd: one product per position in the pooling tile, on the patches
+        of those positions only, folded with a running maximum; the bias (and the ReLU) come after the
+        maximum, which gives the same values."""
+        layer, names = self.layers[index], self.layer_params[index]
+        weight, bias = params[names["weight"]], params.get(names.get("bias"))
+        if self._columns is None or self._columns[0] is not x:  # the same input for every chunk of nodes
+            self._columns = (x, {})
+        cache = self._columns[1]
+        filters = weight.reshape(weight.shape[0] * weight.shape[1], -1)
+        sizes = conv_output_size(layer, x.shape[2:])
+        relu = index + 2 < len(self.layers) and isinstance(self.layers[index + 1], nn.ReLU)
+        pool = self.layers[index + 1 + relu] if index + 1 + relu < len(self.layers) else None
+        tiled = pool is not None and _is_tiled_max_pool(pool, x) and min(sizes) >= pool.kernel_size
+        if not tiled:
+            if index not in cache:
+                cache[index] = shared_conv_columns(x, layer, 1, sizes)[0]
+            out = filters @ cache[index] if bias is None else torch.addmm(bias.reshape(-1, 1), filters, cache[index])
+            return out.view(filters.shape[0], x.shape[0], *sizes), index + 1
+        tile = pool.kernel_size
+        pooled = [size // tile for size in sizes]
+        if index not in cache:
+            cache[index] = shared_conv_columns(x, layer, tile, pooled)
+        out = filters @ cache[index][0]
+        for columns in cache[index][1:]:
+            torch.maximum(out, filters @ columns, out=out)
+        if bias is not None:
+            out.add_(bias.reshape(-1, 1))
+        if relu:
+            out.relu_()
+        return out.view(filters.shape[0], x.shape[0], *pooled), index + 2 + relu
+
+    def _max_pool_next(self, index: int, x: torch.Tensor) -> bool:
+        following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+        return following is not None and _is_tiled_max_pool(following, x)
+
     @staticmethod
     def _to_channels(x: torch.Tensor, layout: str, k: int, conv_groups: int | None = None) -> torch.Tensor:
         """``x`` in the channels layout; a shared input that feeds an ungrouped convolution stays as it is."""
         if layout == "channels" or (layout == "shared" and conv_groups == 1):
             return x
+        if layout == "filters":  # (k*C, B, H, W) -> (B, k*C, H, W)
+            return x.transpose(0, 1).contiguous()
         if layout == "shared":  # (B, C, H, W) -> (B, k*C, H, W)
             return x.repeat(1, k, 1, 1)
         # (k, B, C, H, W) -> (B, k*C, H, W)
@@ -179,8 +242,40 @@ class _GroupedForward:
             return x
         if layout == "shared":
             return x.unsqueeze(0).expand(k, *x.shape)
+        if layout == "filters":  # (k*C, B, ...) -> (k, B, C, ...)
+            return x.reshape(k, x.shape[0] // k, *x.shape[1:]).transpose(1, 2)
         batch = x.shape[0]
         return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+def _is_plain_conv(layer: nn.Conv2d) -> bool:
+    """An ungrouped convolution with numeric zero padding (what ``_shared_conv`` computes)."""
+    return layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+
+
+def conv_output_size(layer: nn.Conv2d, size: Sequence[int]) -> list[int]:
+    return [(s + 2 * pad - dil * (kernel - 1) - 1) // stride + 1 for s, pad, dil, kernel, stride in
+            zip(size, layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+
+
+def shared_conv_columns(x: torch.Tensor, layer: nn.Conv2d, tile: int, positions: Sequence[int]) -> list[torch.Tensor]:
+    """The patches of an input batch (B, C_in, H, W) that ``layer``'s filters see, as columns
+    (C_in * kh * kw, B * P_h * P_w): one matrix per offset (a, b) in a tile x tile pooling tile, holding the
+    patches of the output positions (tile * i + a, tile * j + b) for the P_h x P_w tiles (tile 1: every
+    output position)."""
+    pad_h, pad_w = layer.padding
+    padded = nn.functional.pad(x, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x
+    step = [tile * stride for stride in layer.stride]
+    extent = [(p - 1) * s + dil * (kernel - 1) + 1
+              for p, s, dil, kernel in zip(positions, step, layer.dilation, layer.kernel_size)]
+    matrices = []
+    for a in range(tile):
+        for b in range(tile):
+            top, left = a * layer.stride[0], b * layer.stride[1]
+            view = padded[:, :, top:top + extent[0], left:left + extent[1]]
+            patches = nn.functional.unfold(view, layer.kernel_size, layer.dilation, 0, step)
+            matrices.append(patches.transpose(0, 1).reshape(patches.shape[1], -1))
+    return matrices
 
 
 def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> bool:
@@ -189,18 +284,17 @@ def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> bool:
     if not isinstance(layer, nn.MaxPool2d) or x.requires_grad or layer.return_indices or layer.ceil_mode:
         return False
     size, stride = layer.kernel_size, layer.stride if layer.stride is not None else layer.kernel_size
-    return (isinstance(size, int) and size == stride and layer.padding == 0 and layer.dilation == 1
+    return (isinstance(size, int) and size >= 2 and size == stride and layer.padding == 0 and layer.dilation == 1
             and x.dim() == 4 and x.shape[-1] >= size and x.shape[-2] >= size)
 
 
 def _tiled_max_pool(x: torch.Tensor, layer: nn.MaxPool2d) -> torch.Tensor:
     size = layer.kernel_size
     rows, cols = x.shape[-2] // size * size, x.shape[-1] // size * size
-    out = None
-    for i in range(size):
-        for j in range(size):
-            tile = x[..., i:rows:size, j:cols:size]
-            out = tile.clone() if out is None else torch.maximum(out, tile, out=out)
+    tiles = [x[..., i:rows:size, j:cols:size] for i in range(size) for j in range(size)]
+    out = torch.maximum(tiles[0], tiles[1])
+    for tile in tiles[2:]:
+        torch.maximum(out, tile, out=out)
     return out
 
 
@@ -437,13 +531,16 @@ class NodeStack:
         The work goes in blocks of k nodes x S samples whose largest activation stays near
         ``EVAL_BLOCK_BYTES``: a block that stays in the cache runs several times faster than whole batches."""
         nodes, samples = self.eval_block(x)
-        parts = []
-        for start in range(0, theta.shape[0], nodes):
-            params = self.param_dict(theta[start:start + nodes])
-            rows = [slice(s, s + samples) for s in range(0, x.shape[0], samples)]
-            parts.append(torch.cat([fn(self.forward_params(params, x[r], shared_input=True), r) for r in rows],
-                                   dim=-1))
-        return torch.cat(parts, dim=0)
+        chunks = [self.param_dict(theta[start:start + nodes]) for start in range(0, theta.shape[0], nodes)]
+        parts: list[list[torch.Tensor]] = [[] for _ in chunks]
+        for start in range(0, x.shape[0], samples):  # one block of samples for every chunk of nodes in turn
+            rows = slice(start, start + samples)
+            block = x[rows]
+            for part, params in zip(parts, chunks):
+                part.append(fn(self.forward_params(params, block, shared_input=True), rows))
+        if self._grouped is not None:
+            self._grouped.release()
+        return torch.cat([torch.cat(part, dim=-1) for part in parts], dim=0)
 
     def eval_block(self, x: torch.Tensor) -> tuple[int, int]:
         """(nodes, samples) per evaluation block for inputs shaped like ``x``'s samples."""

@@ -83,7 +83,10 @@ def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
     (NotSequential, (2,)),
     (mnist_cnn, (1, 28, 28)),
     (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.MaxPool2d(3), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)),
-     (2, 11, 11))])
+     (2, 11, 11)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=2), nn.ReLU(), nn.Conv2d(3, 2, 2),
+                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), (2, 11, 12)),
+    (lambda: nn.Sequential(nn.Conv2d(1, 3, 2, bias=False), nn.Softmax(dim=1)), (1, 4, 5))])
 @pytest.mark.parametrize("block_bytes", [256, 1 << 30])
 def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, block_bytes, monkeypatch):
     """Blocks of nodes and samples (small ones: several of each), the shared input's convolution as one
