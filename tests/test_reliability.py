@@ -20,6 +20,7 @@ from optimizers import results_io
 from experiments.run_record import run_is_live
 from experiments.runner import main
 from optimizers.dinno import DiNNO
+from optimizers.local import LocalTraining
 from problems.node_stack import NodeStack
 from tests.conftest import REPO_ROOT
 from tests.test_density import make_plan, tiny_online_config
@@ -115,7 +116,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_numbers_bit_for_bit(tmp_path
     same_results(reference, out, ["dinno", "dsgd", "dsgt", "centralized"])
 
 
-def test_a_crashed_online_density_pair_resumes_with_its_windows_positions_and_graph(tmp_path, monkeypatch):
+@pytest.mark.parametrize("crashing", ["dinno", "centralized"])
+def test_a_crashed_online_density_pair_resumes_with_its_windows_positions_and_graph(tmp_path, monkeypatch, crashing):
     plan = make_plan(tmp_path / "plan")
     cfg = tiny_online_config(plan, rounds=16)
     cfg["experiment"]["execution"] = "grouped"
@@ -125,10 +127,10 @@ def test_a_crashed_online_density_pair_resumes_with_its_windows_positions_and_gr
     reference = tmp_path / "reference"
     assert main([str(cfg_path), "--output-dir", str(reference), "--quiet"]) == 0
 
-    crash_once(monkeypatch, DiNNO, 11)
+    crash_once(monkeypatch, DiNNO if crashing == "dinno" else LocalTraining, 11)
     out = tmp_path / "crashed"
     assert main([str(cfg_path), "--output-dir", str(out), "--quiet"]) == 1
-    pair = next(p for p in manifest_of(out)["pairs"] if p["problem_name"] == "dinno")
+    pair = next(p for p in manifest_of(out)["pairs"] if p["problem_name"] == crashing)
     assert pair["status"] == "failed" and pair["checkpoint_round"] == 9
     monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
