@@ -591,3 +591,18 @@ def test_lossless_relaxed_admm_at_one_half_is_dinno_at_half_the_rho(primal):
     assert torch.allclose(relaxed, dinno, atol=1e-12, rtol=0)
     other, _ = run_stack(RelaxedADMM, {"rho": 0.7, "relaxation": 0.8, **steps}, rounds=8)
     assert not torch.allclose(other, dinno, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"rho": float("nan")}, "optimizer_config.rho: expected a finite number, got nan"),
+    ({"rho": 0}, "optimizer_config.rho: must be greater than 0, got 0.0"),
+    ({"rho": 1, "relaxation": 1.0}, "optimizer_config.relaxation: must be in (0, 1), got 1.0"),
+    ({"relaxation": 0.5}, "optimizer_config.rho"),
+])
+def test_relaxed_admm_refuses_bad_keys_with_one_line(bad, message):
+    from optimizers import ConfigError, validate_optimizer_config
+
+    with pytest.raises(ConfigError) as refused:
+        validate_optimizer_config("p.optimizer_config", {"alg_name": "relaxed_admm", "outer_iterations": 5,
+                                                         "primal_lr_start": 0.01, **bad})
+    assert message in str(refused.value) and "\n" not in str(refused.value)
