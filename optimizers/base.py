@@ -33,11 +33,14 @@ class DivergedError(RuntimeError):
 
 
 def make_torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """An element-wise optimizer over stacked node parameters: exactly N independent optimizers."""
+    """An element-wise optimizer over stacked node parameters: exactly N independent optimizers.
+    Adam(W) takes torch's fused kernel on CPU and CUDA (one pass over the stack instead of about ten)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ValueError(f"unknown primal optimizer {name!r}; allowed: adam, adamw, sgd")

@@ -126,6 +126,10 @@ class _GroupedForward:
             if isinstance(layer, nn.Conv2d) and layout == "shared" and _is_plain_conv(layer):
                 x, next_layer = self._shared_conv(x, index, params)
                 layout = "filters"
+            elif (isinstance(layer, nn.Conv2d) and layout == "nodes" and _is_plain_conv(layer) and not x.requires_grad
+                  and (fused := self._node_conv(x, index, params))[0] is not None):
+                x, next_layer = fused
+                layout = "channels"
             elif isinstance(layer, nn.Conv2d):
                 weight = params[names["weight"]]
                 weight = weight.reshape(k * weight.shape[1], *weight.shape[2:])
@@ -162,7 +166,12 @@ class _GroupedForward:
                 if layout == "shared":
                     x = x.unsqueeze(0).expand(k, *x.shape)
                     layout = "nodes"
-                if "bias" in names:
+                if x.dim() == 3 and weight.requires_grad:
+                    # (W x^T)^T: the weight's gradient comes out in the weight's own layout, not transposed
+                    x_t = x.transpose(1, 2)
+                    x = (torch.bmm(weight, x_t) if "bias" not in names else
+                         torch.baddbmm(params[names["bias"]].unsqueeze(-1), weight, x_t)).transpose(1, 2)
+                elif "bias" in names:
                     bias = params[names["bias"]].unsqueeze(1)
                     x = torch.baddbmm(bias, x, weight.transpose(1, 2)) if x.dim() == 3 else \
                         torch.matmul(x, weight.transpose(1, 2).unsqueeze(1)) + bias.unsqueeze(1)
@@ -220,6 +229,25 @@ class _GroupedForward:
             out.relu_()
         return out.view(filters.shape[0], x.shape[0], *pooled), index + 2 + relu
 
+    def _node_conv(self, x: torch.Tensor, index: int, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Convolution ``index`` and the non-overlapping max-pool after it (with a ReLU between or not) of each
+        node's own input batch (k, B, C_in, H, W), an input that needs no gradient (the data), as one
+        ``_ConvMaxPool``: (B, k * C_out, P_h, P_w) in the channels layout, and the index of the next layer to
+        run; (None, index) when no such max-pool follows."""
+        layer, names = self.layers[index], self.layer_params[index]
+        relu = index + 2 < len(self.layers) and isinstance(self.layers[index + 1], nn.ReLU)
+        pool = self.layers[index + 1 + relu] if index + 1 + relu < len(self.layers) else None
+        sizes = conv_output_size(layer, x.shape[3:])
+        if pool is None or not _is_tiled_max_pool(pool, x[0]) or min(sizes) < pool.kernel_size:
+            return None, index
+        weight, bias = params[names["weight"]], params.get(names.get("bias"))
+        k = weight.shape[0]
+        filters = weight.reshape(k * weight.shape[1], *weight.shape[2:])
+        inputs = self._to_channels(x, "nodes", k)
+        out = _ConvMaxPool.apply(filters, None if bias is None else bias.reshape(-1), inputs, layer,
+                                 pool.kernel_size, relu)
+        return out, index + 2 + relu
+
     def _max_pool_next(self, index: int, x: torch.Tensor) -> bool:
         following = self.layers[index + 1] if index + 1 < len(self.layers) else None
         return following is not None and _is_tiled_max_pool(following, x)
@@ -246,6 +274,61 @@ class _GroupedForward:
             return x.reshape(k, x.shape[0] // k, *x.shape[1:]).transpose(1, 2)
         batch = x.shape[0]
         return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+class _ConvMaxPool(torch.autograd.Function):
+    """Per-node convolution of inputs that need no gradient, then a non-overlapping max-pool, the bias and a
+    ReLU if asked, in the channels layout: x (B, k * C_in, H, W), filters (k * C_out, C_in, kh, kw), bias
+    (k * C_out,) or None -> (B, k * C_out, P_h, P_w). The backward sends each output's gradient to the
+    position that won the pool (the first of equal ones, as max_pool2d does) and computes the filters'
+    gradient as one grouped convolution of the input with that gradient (no patch matrices)."""
+
+    @staticmethod
+    def forward(ctx, filters, bias, x, layer, tile, relu):
+        k = filters.shape[0] // layer.out_channels
+        full = nn.functional.conv2d(x, filters, None, layer.stride, layer.padding, layer.dilation, k)
+        rows, cols = full.shape[-2] // tile * tile, full.shape[-1] // tile * tile
+        out = full[..., 0:rows:tile, 0:cols:tile].clone()
+        winner = torch.zeros(out.shape, dtype=torch.uint8, device=out.device)
+        for position in range(1, tile * tile):
+            a, b = divmod(position, tile)
+            candidate = full[..., a:rows:tile, b:cols:tile]
+            better = candidate > out
+            winner.mul_(better.logical_not()).add_(better, alpha=position)  # masked_fill_ is several times slower
+            torch.maximum(out, candidate, out=out)
+        if bias is not None:
+            out.add_(bias.view(-1, 1, 1))
+        if relu:
+            out.relu_()
+        ctx.layer, ctx.tile, ctx.relu, ctx.has_bias = layer, tile, relu, bias is not None
+        ctx.full_size = full.shape
+        ctx.save_for_backward(out, winner, x, filters)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, winner, x, filters = ctx.saved_tensors
+        layer, tile = ctx.layer, ctx.tile
+        if ctx.relu:
+            grad = grad * (out > 0)
+        rows, cols = grad.shape[-2] * tile, grad.shape[-1] * tile
+        covered = rows == ctx.full_size[-2] and cols == ctx.full_size[-1]
+        size = (ctx.full_size[1], ctx.full_size[0], *ctx.full_size[2:])  # (k * C_out, B, ...): the kernels' layout
+        grad_full = (grad.new_empty(size) if covered else grad.new_zeros(size)).transpose(0, 1)
+        for position in range(tile * tile):
+            a, b = divmod(position, tile)
+            torch.mul(grad, winner == position, out=grad_full[..., a:rows:tile, b:cols:tile])
+        batch, k_in = x.shape[:2]
+        c_in, (kh, kw) = filters.shape[1], filters.shape[2:]
+        k = k_in // c_in
+        # d filters[n, o, i] = sum over b of the correlation of x[b, n, i] with grad_full[b, n, o]
+        inputs = x.reshape(batch, k, c_in, *x.shape[2:]).permute(2, 1, 0, 3, 4).reshape(c_in, k * batch, *x.shape[2:])
+        kernels = grad_full.reshape(batch, k, -1, *grad_full.shape[2:]).permute(1, 2, 0, 3, 4)
+        kernels = kernels.reshape(-1, batch, *grad_full.shape[2:])
+        grad_filters = nn.functional.conv2d(inputs, kernels, None, layer.dilation, layer.padding, layer.stride, k)
+        grad_filters = grad_filters[..., :kh, :kw].transpose(0, 1).reshape(filters.shape)
+        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias else None
+        return grad_filters, grad_bias, None, None, None, None
 
 
 def _is_plain_conv(layer: nn.Conv2d) -> bool:

@@ -23,3 +23,24 @@ def test_eval_time_runs_and_prints_its_ratio_last(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"evaluation / matmul-rate time: \d+\.\d\d", lines[-1])
     assert any(line.strip().startswith("whole-batch blocks") for line in lines)
+
+
+def test_round_time_judges_each_local_step_against_the_centralized_step(capsys):
+    from benchmarks import round_time
+
+    def row(nodes, batch, optimizer, stack_ms, central_ms=10.0):
+        return {"setting": f"N={nodes} B={batch}", "num_nodes": nodes, "batch": batch, "optimizer": optimizer,
+                "requested": "auto", "stack_ms": stack_ms, "central_ms": central_ms, "loop_ms": 4 * stack_ms}
+
+    rows = [row(100, 8, "dinno", 29.0),  # two primal steps: 1.45x per step
+            row(100, 8, "dsgd", 16.0), row(100, 8, "dsgt", 14.0),
+            row(10, 64, "dsgd", 11.0), row(10, 64, "dinno", 40.0)]  # DiNNO at N = 10 has no per-step target
+    assert round_time.per_step_ratio(rows[0]) == 29.0 / 2 / 10.0
+    assert not round_time.check_targets(rows, "auto")
+    out = capsys.readouterr().out
+    assert "PASS  N=100 B=8 dinno: stack per step <= 1.5x centralized step  (1.45x)" in out
+    assert "FAIL  N=100 B=8 dsgd: stack per step <= 1.5x centralized step  (1.60x)" in out
+    assert "PASS  N=10 B=64 dsgd: stack per step <= 1.2x centralized step  (1.10x)" in out
+    assert "N=10 B=64 dinno: stack per step" not in out
+    rows[1]["stack_ms"] = 15.0
+    assert round_time.check_targets(rows, "auto")

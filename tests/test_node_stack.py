@@ -69,6 +69,33 @@ def test_cnn_losses_and_grads_match_per_node_modules(execution, chunk):
     assert torch.allclose(grads, ref_grads, atol=1e-10)
 
 
+@pytest.mark.parametrize("model_fn,sample", [
+    (lambda: mnist_cnn(3, 5, 16), (1, 28, 28)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(3 * 3 * 3, 4), nn.LogSoftmax(-1)), (2, 7, 7)),  # 7 x 7: a row and column left over
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=2, dilation=2), nn.ReLU(), nn.MaxPool2d(3),
+                           nn.Flatten(), nn.Linear(3 * 2 * 2, 4), nn.LogSoftmax(-1)), (2, 13, 14)),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 3, 2), nn.ReLU(),
+                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 4), nn.LogSoftmax(-1)), (1, 12, 12))])
+def test_fused_convolution_and_max_pool_gradients_match_per_node_modules(model_fn, sample, monkeypatch):
+    """Each node's own batch through the first convolution + (ReLU) + max-pool as one fused step, whose
+    backward routes each gradient to the pool's winner: gradients as each node's module gives them,
+    also where the pool's candidates tie (constant regions, as a digit's blank background)."""
+    calls = []
+    original = node_stack._ConvMaxPool.apply
+    monkeypatch.setattr(node_stack._ConvMaxPool, "apply", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(3)
+    stack, theta = perturbed_stack(model_fn(), 5, "grouped")
+    x = torch.randn(5, 4, *sample, dtype=DT)
+    x[:, :2, ..., : sample[-1] // 2] = 0.25  # ties in every tile there
+    y = torch.randint(0, 4, (5, 4))
+    losses, grads = stack.loss_and_grad(theta, x, y, nll)
+    ref_losses, ref_grads = reference_loss_and_grad(stack, theta, x, y, nll)
+    assert calls, "the fused convolution and max-pool did not run"
+    torch.testing.assert_close(losses, ref_losses, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
+
+
 def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
     assert NodeStack(mnist_cnn(), 2).execution == "grouped"
     fourier = nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
