@@ -8,11 +8,13 @@ from optimizers.extra import EXTRA
 from optimizers.local import LocalTraining
 from optimizers.next import NEXT
 from optimizers.prox_pda import ProxPDA
+from optimizers.push_digging import PushDIGing
 from optimizers.relaxed_admm import RelaxedADMM
+from optimizers.sgp import SGP
 from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
 OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA,
-                                                   RelaxedADMM)}
+                                                   RelaxedADMM, SGP, PushDIGing)}
 BASELINES = {LocalTraining.alg_name: LocalTraining}
 
 
@@ -35,5 +37,5 @@ def validate_optimizer_config(prefix: str, data) -> dict:
 
 OPTIMIZER_CONFIG = Custom(validate_optimizer_config)  # the schema kind of a problem's ``optimizer_config``
 
-__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "LocalTraining", "OPTIMIZERS",
+__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "SGP", "PushDIGing", "LocalTraining", "OPTIMIZERS",
            "BASELINES", "OPTIMIZER_CONFIG", "validate_optimizer_config"]

@@ -212,7 +212,7 @@ class DistributedOptimizer:
 
     # ----------------------------------------------------------------------- checkpoints
     # Attributes that are wiring or derived from the configuration, not state that evolves in training.
-    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace",
+    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace", "pusher",
                   "_grads_take_out", "_round_opt")
 
     def state_dict(self) -> dict[str, Any]:

@@ -187,6 +187,10 @@ class EdgeExchange:
         """The local row of the receiving robot of every directed edge into a local robot."""
         return self._links["dst_local"]
 
+    def in_edge_ends(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global ids (sender, receiver) of every directed edge into a local robot, aligned with ``in_edges()``."""
+        return self._links["src"], self._links["dst"]
+
     def edge_exchange(self, messages: torch.Tensor, channel: str, row_bytes=None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each robot sends every neighbour its own message (one row per edge and direction; a robot's

@@ -496,8 +496,12 @@ def test_link_models_under_torchrun_match_one_process(tmp_path, model):
     cfg["problem_configs"]["p4"] = {**cfg["problem_configs"]["p1"], "problem_name": "radmm",
                                     "optimizer_config": {"alg_name": "relaxed_admm", "outer_iterations": 10,
                                                          "rho": 0.5, "primal_iterations": 2, "primal_lr_start": 0.005}}
+    # push-sum: running sums per edge, out-neighbours drawn per round from the whole team's graph
+    cfg["problem_configs"]["p5"] = {**cfg["problem_configs"]["p1"], "problem_name": "pushdig",
+                                    "optimizer_config": {"alg_name": "push_diging", "outer_iterations": 10,
+                                                         "alpha": 0.005, "out_neighbors": 1, "direction_seed": 3}}
     config = write_config(cfg, tmp_path)
     one_process(config, tmp_path / "k1")
     done = torchrun(2, config, tmp_path / "k2")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS + ("radmm",), 1e-9)
+    assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS + ("radmm", "pushdig"), 1e-9)

@@ -289,6 +289,10 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
                                        "optimizer_config": {"alg_name": "relaxed_admm", "outer_iterations": 12,
                                                             "rho": 0.5, "primal_iterations": 2,
                                                             "primal_lr_start": 0.005}}
+    # push-sum keeps running sums per edge and draws out-neighbours per round
+    cfg["problem_configs"]["sgp"] = {**cfg["problem_configs"]["choco"], "problem_name": "sgp",
+                                     "optimizer_config": {"alg_name": "sgp", "outer_iterations": 12, "lr": 0.01,
+                                                          "out_neighbors": 1, "direction_seed": 2}}
     cfg_path = write_config(tmp_path, cfg)
     assert run(cfg_path, tmp_path / "reference") == 0
     crash_once(monkeypatch, ChocoSGD, 8)
@@ -297,7 +301,7 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
     assert manifest_of(out)["pairs"][0]["checkpoint_round"] == 6
     monkeypatch.undo()
     assert main(["--resume", str(out), "--quiet"]) == 0
-    same_results(tmp_path / "reference", out, ["choco", "radmm"])
+    same_results(tmp_path / "reference", out, ["choco", "radmm", "sgp"])
 
 
 def test_a_checkpoint_with_the_earlier_network_layout_still_resumes():
