@@ -104,6 +104,8 @@ class _GroupedForward:
     single matrix product of all the nodes' filters with the input's patches.
     """
 
+    fuse_conv_pool = True  # each node's own input: convolution + max-pool as one _ConvMaxPool (False: as before)
+
     def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot]):
         self.layers = list(model)
         by_name = {s.name: s for s in slots}
@@ -126,8 +128,8 @@ class _GroupedForward:
             if isinstance(layer, nn.Conv2d) and layout == "shared" and _is_plain_conv(layer):
                 x, next_layer = self._shared_conv(x, index, params)
                 layout = "filters"
-            elif (isinstance(layer, nn.Conv2d) and layout == "nodes" and _is_plain_conv(layer) and not x.requires_grad
-                  and (fused := self._node_conv(x, index, params))[0] is not None):
+            elif (self.fuse_conv_pool and isinstance(layer, nn.Conv2d) and layout == "nodes" and _is_plain_conv(layer)
+                  and not x.requires_grad and (fused := self._node_conv(x, index, params))[0] is not None):
                 x, next_layer = fused
                 layout = "channels"
             elif isinstance(layer, nn.Conv2d):
