@@ -168,8 +168,9 @@ class _GroupedForward:
                 if layout == "shared":
                     x = x.unsqueeze(0).expand(k, *x.shape)
                     layout = "nodes"
-                if x.dim() == 3 and weight.requires_grad:
-                    # (W x^T)^T: the weight's gradient comes out in the weight's own layout, not transposed
+                if x.dim() == 3 and weight.requires_grad and x.shape[1] < weight.shape[-1]:
+                    # (W x^T)^T: the weight's gradient comes out in the weight's own layout, not as a transposed
+                    # copy, which costs more than the product when the batch is narrower than the layer's input
                     x_t = x.transpose(1, 2)
                     x = (torch.bmm(weight, x_t) if "bias" not in names else
                          torch.baddbmm(params[names["bias"]].unsqueeze(-1), weight, x_t)).transpose(1, 2)
