@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from optimizers import BASELINES, OPTIMIZERS, results_io, state
 from optimizers.base import DivergedError
-from optimizers.links import Chain, configure_network
+from optimizers.links import Chain, configure_asynchrony, configure_network
+from optimizers.schema import ConfigError
 from optimizers.network import InProcessNetwork, team_network_state
 from problems.metrics import CSV_COLUMNS, SUMMARY
 
@@ -151,10 +152,15 @@ class PairRun:
             opt_cfg = {k: v for k, v in spec.problem_cfg["optimizer_config"].items() if k != "alg_name"}
             optimizer_cls = OPTIMIZERS[spec.alg_name]
             self.verbose = spec.problem_cfg["verbose_evals"]
-            schedule = Chain(configure_network(self.network, exp, setup.graph),  # links, graph_schedule
-                             setup.graph_schedule(self.problem, self.network, spec.problem_cfg, log))
+            links = configure_network(self.network, exp, setup.graph)  # links, graph_schedule
+            asynchrony = configure_asynchrony(self.network, exp)  # on top of the links
+            if asynchrony is not None and world is not None:
+                raise ConfigError("experiment.asynchrony: runs in one process only, not under torchrun")
+            schedule = Chain(links, setup.graph_schedule(self.problem, self.network, spec.problem_cfg, log), asynchrony)
         self.schedule = schedule if schedule is not None and schedule.hooks else None
         self.optimizer = optimizer_cls(self.problem, self.network, opt_cfg)
+        if not spec.is_baseline:
+            self.optimizer.asynchrony = asynchrony
         self.checkpoint_every = exp["checkpoint_every"]
         # the robots this process trains, of the team's: checkpoints hold every block's part
         self.world = world if sharded else None

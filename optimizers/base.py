@@ -121,6 +121,7 @@ class DistributedOptimizer:
 
     alg_name = ""
     config_schema: dict[str, tuple[Any, Any]] = {}
+    asynchrony = None  # an optimizers.asynchrony.Asynchrony when robots wake at random
 
     def __init__(self, problem, network, config: dict[str, Any]):
         self.problem = problem
@@ -213,6 +214,7 @@ class DistributedOptimizer:
     # ----------------------------------------------------------------------- checkpoints
     # Attributes that are wiring or derived from the configuration, not state that evolves in training.
     _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace", "pusher",
+                  "asynchrony",
                   "_grads_take_out", "_round_opt")
 
     def state_dict(self) -> dict[str, Any]:
@@ -265,7 +267,10 @@ class DistributedOptimizer:
                 before_round(k)
             t0 = time.perf_counter()
             with torch.no_grad():
-                self.round(k)
+                if self.asynchrony is None:
+                    self.round(k)
+                else:  # asleep robots' rows are put back after the round
+                    self.asynchrony.run_round(self, k)
             self.elapsed += time.perf_counter() - t0
             evaluating = k % freq == 0 or k == self.outer_iterations
             self._check_finite(k, parameters_too=evaluating)

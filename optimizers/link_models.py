@@ -136,6 +136,8 @@ def join_link_states(parts: list[dict]) -> dict:
     parts = [p for p in parts if p]
     if not parts:
         return {}
+    if len(parts) == 1:  # one process (the only layout delayed links run in)
+        return parts[0]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 

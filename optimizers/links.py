@@ -7,7 +7,8 @@
   ``graph_schedule: {random_edges_per_round: m, seed: s}``: round k uses m edges of
   ``experiment.graph`` drawn uniformly at random (a ``torch.Generator`` seeded with s).
 
-``configure_network`` applies both to a network and returns the per-round hook (or None).
+``configure_network`` applies both to a network and returns the per-round hook (or None);
+``configure_asynchrony`` adds ``experiment.asynchrony`` (:mod:`optimizers.asynchrony`) on top of the links.
 :class:`FollowPositions` is the schedule of robots that move: a disk graph on their current positions.
 Only these schedules change a network's graph; each is called before every round.
 """
@@ -126,3 +127,15 @@ def configure_network(network, experiment: dict, base: nx.Graph) -> GraphSchedul
         return GraphSchedule(network, base, edges_per_round=schedule["random_edges_per_round"],
                              seed=schedule.get("seed", 0))
     return None
+
+
+def configure_asynchrony(network, experiment: dict):
+    """``experiment.asynchrony`` on a network (after ``configure_network``: lost messages stay lost); returns
+    the per-round hook, or None when every robot is awake every round and nothing is late."""
+    spec = experiment.get("asynchrony") or {}
+    if spec.get("activation", 1.0) >= 1.0 and not spec.get("max_delay", 0):
+        return None
+    from optimizers.asynchrony import Asynchrony
+
+    return Asynchrony(network, spec.get("activation", 1.0), spec.get("max_delay", 0), spec.get("seed", 0),
+                      inner=network.link_model)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from optimizers import state
+from optimizers.asynchrony import deliver
 from optimizers.graphs import metropolis_weights
 from optimizers.link_models import IndependentLoss, join_link_states
 
@@ -155,9 +156,9 @@ def lossy_combine(held: HeldRows, channel: str, exchange: int, link_model, graph
     row of dst, "ids" their buffer rows."""
     ids, source, dst = links["ids"], links["source"], links["dst_local"]
     rows, arrived = held.buffers(channel, x_local)
-    lost = link_model.lost(exchange, links["src"], links["dst"], ids, channel, graph)
-    delivered = (~lost).to(x_local.device)
-    rows[ids[delivered]] = sources[source[delivered]]
+    delivered, messages = deliver(link_model, exchange, links["src"], links["dst"], ids, channel, graph,
+                                  sources[source])
+    rows[ids[delivered]] = messages[delivered]
     arrived[ids[delivered]] = True
     fallback = delivered if link_model.absent_when_lost else arrived[ids]  # the edge left out, or held rows
     held_rows = torch.where(fallback.unsqueeze(1), rows[ids], x_local[dst])
@@ -204,8 +205,9 @@ class EdgeExchange:
         received = sources[links["source"], links["slot_from"]]
         if self.link_model is None:
             return received, torch.ones(len(received), dtype=torch.bool, device=received.device)
-        lost = self.link_model.lost(self.exchanges, links["src"], links["dst"], links["ids"], channel, self.graph)
-        return received, (~lost).to(received.device)
+        arrived, received = deliver(self.link_model, self.exchanges, links["src"], links["dst"], links["ids"], channel,
+                                    self.graph, received)
+        return received, arrived
 
     def edge_rows(self, channel: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows kept on ``channel`` at the receiving end of every edge into a local robot (rows shaped

@@ -273,12 +273,16 @@ def test_models_with_modes_or_buffers_are_refused_with_one_clear_line(layer):
         NodeStack(model, 3)
 
 
-def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize("asynchrony", [None, {"activation": 0.7, "max_delay": 2, "seed": 1}])
+def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_identical(tmp_path, monkeypatch,
+                                                                                           asynchrony):
     from optimizers.choco import CHOCOSGD as ChocoSGD
 
     cfg = long_tiny(rounds=12)
     cfg["experiment"].update(links={"drop_prob": 0.3, "seed": 5}, checkpoint_every=3, centralized=False,
                              graph_schedule={"random_edges_per_round": 2, "seed": 6})
+    if asynchrony is not None:  # asleep robots and late messages on top
+        cfg["experiment"]["asynchrony"] = asynchrony
     cfg["problem_configs"] = {"choco": {
         "problem_name": "choco", "train_batch_size": 16, "val_batch_size": 500,
         "metrics_config": {"evaluate_frequency": 4},

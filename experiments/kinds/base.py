@@ -18,7 +18,7 @@ import torch
 
 from optimizers import OPTIMIZER_CONFIG
 from optimizers.graphs import GRAPH_PARAMETERS, GRAPH_TYPES, graph_from_config
-from optimizers.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice,
+from optimizers.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
                                ConfigError, Float, Int, ListOf, Name, Str)
 from problems.base import RobotBlock
 from problems.node_stack import default_plan_cache
@@ -81,6 +81,10 @@ COMMON_EXPERIMENT = {
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
+    # robots that wake at random and messages that arrive late (optimizers/asynchrony.py)
+    "asynchrony": ({"activation": (Float, 1.0, Range(0.0, 1.0, low_open=True)),
+                    "max_delay": (Int, 0, Range(0, 1000)),
+                    "seed": (Int, 0, SEED_RANGE)}, {}),
     # under torchrun (experiments/distributed_run.py)
     "backend": (Choice(("auto", "gloo", "nccl")), "auto"),
     "dist_timeout_s": (Float, 60.0, POSITIVE),
