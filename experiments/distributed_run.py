@@ -152,6 +152,9 @@ class World:
 
 def join(exp: dict, device: torch.device) -> World:
     """Start this rank's process group (backend and timeout from the config)."""
+    asynchrony = exp.get("asynchrony") or {}
+    if asynchrony.get("activation", 1.0) < 1.0 or asynchrony.get("max_delay", 0):
+        raise ConfigError("experiment.asynchrony: runs in one process only, not under torchrun")
     try:
         env, device = init_distributed(exp["backend"], exp["dist_timeout_s"], device)
     except ValueError as exc:

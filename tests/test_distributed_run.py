@@ -505,3 +505,12 @@ def test_link_models_under_torchrun_match_one_process(tmp_path, model):
     done = torchrun(2, config, tmp_path / "k2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_metrics(tmp_path / "k1", tmp_path / "k2", PAIRS + ("radmm", "pushdig"), 1e-9)
+
+
+def test_asynchrony_under_torchrun_is_refused_with_one_line(tmp_path):
+    cfg = tiny_mnist_config(rounds=4)
+    cfg["experiment"]["asynchrony"] = {"activation": 0.5}
+    done = torchrun(2, write_config(cfg, tmp_path), tmp_path / "k2")
+    assert done.returncode != 0  # torchrun reports a failed worker as 1, whatever its status
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: experiment.asynchrony: runs in one process only, not under torchrun"]
