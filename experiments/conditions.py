@@ -1,0 +1,240 @@
+"""Every pair of a config under several radio conditions, one ordinary run each, and one table.
+
+    venv/bin/python experiments/conditions.py CONFIG.yaml --output-dir DIR [--set KEY=VALUE ...] [--only a,b]
+    venv/bin/python experiments/conditions.py --resume DIR [--only a,b]
+
+A conditions config is an experiment config with a top-level ``conditions`` block: condition name -> the
+``experiment`` keys that condition changes (``links``, ``asynchrony``, ``graph_schedule``, ``seed``...):
+
+    conditions:
+      lossless: {}
+      independent_30: {links: {model: independent, drop_prob: 0.3}}
+      asynchronous: {asynchrony: {activation: 0.8, max_delay: 5}}
+
+Every condition's config is validated before anything runs. Each runs with ``run.py``'s machinery into
+``DIR/<condition>/`` (the condition's config in ``DIR/configs/<condition>.yaml``); ``--resume DIR`` skips
+the completed conditions and resumes the others from their checkpoints. ``DIR/conditions.csv`` has one row
+per (condition, pair): status, final top-1 mean and worst robot, rounds and megabytes per robot until the
+node-mean top-1 first reaches ``--target`` (0.9), megabytes sent; ``DIR/conditions.png`` draws the final
+top-1 of every pair under every condition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.config import (apply_overrides, check_output_folder, load_yaml,  # noqa: E402
+                                validate_config)
+from optimizers.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
+
+ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "final_top1_mean", "final_top1_min",
+            "rounds_to_target", "mb_per_robot_to_target", "mb_per_robot_sent")
+
+
+def condition_configs(raw: dict) -> dict[str, dict]:
+    """Each condition's whole raw config (validated), in the order given; raises ConfigError."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("conditions"), dict) or not raw["conditions"]:
+        raise ConfigError("conditions: a conditions config needs a top-level conditions block (name -> experiment "
+                          "keys it changes), see experiments/conditions.py")
+    base = {k: v for k, v in raw.items() if k != "conditions"}
+    out = {}
+    for name, changes in raw["conditions"].items():
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise ConfigError(f"conditions.{excerpt(name)}: a condition name must be {NAME_RULE}")
+        if changes is None:
+            changes = {}
+        if not isinstance(changes, dict):
+            raise ConfigError(f"conditions.{name}: expected a mapping of experiment keys, got {excerpt(changes)}")
+        cfg = copy.deepcopy(base)
+        cfg.setdefault("experiment", {})
+        merge(cfg["experiment"], changes)
+        try:
+            validate_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"conditions.{name}: {exc}") from None
+        out[name] = cfg
+    return out
+
+
+def merge(into: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def run_condition(name: str, cfg: dict, out_dir: Path) -> int:
+    """Run (or resume) one condition; its ``run.py`` exit status."""
+    import yaml
+    from experiments import runner
+    from optimizers.results_io import atomic_path
+
+    folder = out_dir / name
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        status = json.loads(manifest.read_text()).get("status")
+        if status == "completed":
+            return 0
+        return runner.main(["--resume", str(folder), "--quiet"])
+    config_path = out_dir / "configs" / f"{name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(config_path) as partial:
+        Path(partial).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return runner.main([str(config_path), "--output-dir", str(folder), "--quiet"])
+
+
+def pair_rows(name: str, folder: Path, target: float) -> list[dict]:
+    """One row per pair of a condition's run folder."""
+    import torch
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    rows = []
+    for pair in manifest.get("pairs", []):
+        if pair.get("alg_name") in ("individual", "centralized") or pair.get("problem_name") in ("individual",
+                                                                                                 "centralized"):
+            continue
+        results = folder / f"{pair['problem_name']}_results.pt"
+        history = torch.load(results, weights_only=True) if results.is_file() else {}
+        row = {"condition": name, "problem_name": pair["problem_name"], "alg_name": pair.get("alg_name"),
+               "status": pair.get("status"), "final_top1_mean": math.nan, "final_top1_min": math.nan,
+               "rounds_to_target": math.nan, "mb_per_robot_to_target": math.nan, "mb_per_robot_sent": math.nan}
+        accuracy, sent = history.get("top1_accuracy", []), history.get("bytes_sent", [])
+        if accuracy:
+            last = torch.as_tensor(accuracy[-1], dtype=torch.float64)
+            row["final_top1_mean"], row["final_top1_min"] = float(last.nanmean()), float(last.min())
+        if sent:
+            row["mb_per_robot_sent"] = float(torch.as_tensor(sent[-1], dtype=torch.float64).mean()) / 1e6
+        for k, acc, bytes_then in zip(history.get("round", []), accuracy, sent or [None] * len(accuracy)):
+            if float(torch.as_tensor(acc, dtype=torch.float64).nanmean()) >= target:
+                row["rounds_to_target"] = float(k)
+                if bytes_then is not None:
+                    row["mb_per_robot_to_target"] = float(torch.as_tensor(bytes_then, dtype=torch.float64).mean()) / 1e6
+                break
+        rows.append(row)
+    return rows
+
+
+def write_table(out_dir: Path, names: list[str], target: float) -> list[dict]:
+    import csv
+
+    from optimizers.results_io import atomic_path
+
+    rows = [r for name in names if (out_dir / name / "manifest.json").is_file()
+            for r in pair_rows(name, out_dir / name, target)]
+    with atomic_path(out_dir / "conditions.csv") as partial:
+        with open(partial, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=ROW_KEYS)
+            writer.writeheader()
+            writer.writerows(rows)
+    if rows:
+        draw(rows, names, out_dir / "conditions.png")
+    return rows
+
+
+def draw(rows: list[dict], names: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from optimizers.results_io import atomic_path
+
+    pairs = list(dict.fromkeys(r["problem_name"] for r in rows))
+    conditions = [n for n in names if any(r["condition"] == n for r in rows)]
+    width = 0.8 / max(1, len(conditions))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.2))
+    for c, condition in enumerate(conditions):
+        values = {r["problem_name"]: r["final_top1_mean"] for r in rows if r["condition"] == condition}
+        xs = [p + (c - (len(conditions) - 1) / 2) * width for p in range(len(pairs))]
+        ax.bar(xs, [values.get(p, math.nan) for p in pairs], width, label=condition)
+    ax.set_xticks(range(len(pairs)), pairs, rotation=30, ha="right")
+    ax.set_ylabel("final top-1 accuracy (node mean)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as partial:
+        fig.savefig(partial, format="png", dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Every pair of a config under several conditions.")
+    parser.add_argument("config", nargs="?", help="a conditions config (YAML)")
+    parser.add_argument("--resume", metavar="DIR", help="continue a conditions folder")
+    parser.add_argument("--output-dir", metavar="DIR", help="where the conditions' runs go (new or empty)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted), before the conditions apply")
+    parser.add_argument("--only", help="comma-separated condition names to run (default: all)")
+    parser.add_argument("--target", type=float, default=0.9, help="top-1 the table counts rounds and MB to (0.9)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if exc.code is not None else 2
+    try:
+        out_dir, configs = prepare(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    names = list(configs) if not args.only else args.only.split(",")
+    status = 0
+    for name in names:
+        print(f"condition {name}: {out_dir / name}", flush=True)
+        code = run_condition(name, configs[name], out_dir)
+        status = status or code
+        if code == 130:
+            break
+    rows = write_table(out_dir, list(configs), args.target)
+    print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
+    return status
+
+
+def prepare(args) -> tuple[Path, dict[str, dict]]:
+    """The output folder and every condition's config; refuses bad input before anything is written."""
+    if not 0 < args.target <= 1:
+        raise ConfigError(f"--target: must be in (0, 1], got {args.target}")
+    if (args.resume is None) == (args.config is None):
+        raise ConfigError("give either a conditions CONFIG file or --resume DIR (not both, not neither)")
+    if args.resume is not None:
+        out_dir = Path(args.resume).resolve()
+        if not (out_dir / "conditions.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume}: not a conditions folder (needs conditions.yaml)")
+        if args.overrides:
+            raise ConfigError("--resume: the folder's conditions.yaml is used; give no --set")
+        configs = condition_configs(load_yaml(out_dir / "conditions.yaml"))
+    else:
+        if not args.output_dir:
+            raise ConfigError("--output-dir: required with a CONFIG (the folder the conditions' runs go to)")
+        check_output_folder("--output-dir", args.output_dir)
+        out_dir = Path(args.output_dir).resolve()
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder (or --resume it)")
+        raw = apply_overrides(load_yaml(args.config), args.overrides)
+        configs = condition_configs(raw)
+    if args.only:
+        unknown = [n for n in args.only.split(",") if n not in configs]
+        if unknown:
+            raise ConfigError(f"--only: {excerpt(unknown[0])} is not a condition; allowed: {', '.join(configs)}")
+    if args.resume is None:
+        import yaml
+        from optimizers.results_io import atomic_path
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "conditions.yaml") as partial:
+            Path(partial).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out_dir, configs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

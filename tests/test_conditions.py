@@ -1,0 +1,81 @@
+"""experiments/conditions.py: every pair under several radio conditions, resumable, one table."""
+
+import copy
+import csv
+import json
+
+import pytest
+import yaml
+
+from experiments.conditions import main
+from tests.test_runner import TINY, data_overrides
+
+
+def write_config(tmp_path, cfg):
+    path = tmp_path / "conditions.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the conditions in the order given
+    return path
+
+
+def tiny_conditions(rounds=6):
+    cfg = copy.deepcopy(TINY)
+    cfg["experiment"].update(individual_training={"train_solo": False}, centralized=False)
+    for pc in cfg["problem_configs"].values():
+        pc["optimizer_config"]["outer_iterations"] = rounds
+        pc["optimizer_config"]["profile"] = False
+    cfg["conditions"] = {"lossless": {},
+                         "half_lost": {"links": {"model": "independent", "drop_prob": 0.5, "seed": 2}},
+                         "asleep": {"asynchrony": {"activation": 0.5, "max_delay": 2}}}
+    return cfg
+
+
+def sets():
+    return [a for item in data_overrides() for a in ("--set", item)]
+
+
+def test_conditions_run_resume_and_tabulate(tmp_path, capsys):
+    out = tmp_path / "out"
+    config = write_config(tmp_path, tiny_conditions())
+    assert main([str(config), "--output-dir", str(out), "--only", "lossless,half_lost", *sets()]) == 0
+    rows = list(csv.DictReader(open(out / "conditions.csv")))
+    assert [(r["condition"], r["problem_name"]) for r in rows] == [
+        (c, p) for c in ("lossless", "half_lost") for p in ("dinno", "dsgd", "dsgt")]
+    assert all(r["status"] == "completed" and 0 <= float(r["final_top1_mean"]) <= 1 for r in rows)
+    lossless = {r["problem_name"]: r for r in rows if r["condition"] == "lossless"}
+    lost = {r["problem_name"]: r for r in rows if r["condition"] == "half_lost"}
+    assert float(lost["dsgd"]["mb_per_robot_sent"]) == float(lossless["dsgd"]["mb_per_robot_sent"])  # lost still sent
+    assert lost["dinno"]["final_top1_mean"] != lossless["dinno"]["final_top1_mean"]
+    assert (out / "conditions.png").stat().st_size > 0
+    assert json.loads((out / "half_lost" / "manifest.json").read_text())["status"] == "completed"
+    first = (out / "lossless" / "dsgd_results.pt").stat().st_mtime_ns
+
+    assert main(["--resume", str(out)]) == 0  # the completed ones are kept, the third one runs
+    assert (out / "lossless" / "dsgd_results.pt").stat().st_mtime_ns == first
+    rows = list(csv.DictReader(open(out / "conditions.csv")))
+    assert {r["condition"] for r in rows} == {"lossless", "half_lost", "asleep"}
+    asleep = {r["problem_name"]: r for r in rows if r["condition"] == "asleep"}
+    assert float(asleep["dsgd"]["mb_per_robot_sent"]) < float(lossless["dsgd"]["mb_per_robot_sent"])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"conditions": {"bad name!": {}}}, "conditions.'bad name!': a condition name must be"),
+    ({"conditions": {"x": {"links": {"drop_prob": 2}}}}, "conditions.x: experiment.links.drop_prob: must be in [0, 1]"),
+    ({"conditions": {"x": [1]}}, "conditions.x: expected a mapping of experiment keys"),
+    ({"conditions": None}, "conditions: a conditions config needs a top-level conditions block"),
+])
+def test_bad_conditions_are_refused_with_one_line_before_anything_runs(tmp_path, capsys, change, message):
+    cfg = tiny_conditions()
+    cfg.update(change)
+    out = tmp_path / "out"
+    assert main([str(write_config(tmp_path, cfg)), "--output-dir", str(out), *sets()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_an_unknown_condition_in_only_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(write_config(tmp_path, tiny_conditions())), "--output-dir", str(out), "--only", "lossles",
+                 *sets()]) == 2
+    assert "--only: 'lossles' is not a condition; allowed: lossless, half_lost, asleep" in capsys.readouterr().err
+    assert not out.exists()
