@@ -79,3 +79,23 @@ def test_an_unknown_condition_in_only_is_refused(tmp_path, capsys):
                  *sets()]) == 2
     assert "--only: 'lossles' is not a condition; allowed: lossless, half_lost, asleep" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_shipped_radios_config_has_every_algorithm_under_seven_conditions():
+    from pathlib import Path
+
+    from experiments.conditions import condition_configs
+    from experiments.config import load_yaml
+    from optimizers import OPTIMIZERS
+
+    raw = load_yaml(Path(__file__).resolve().parent.parent / "experiments" / "configs" / "mnist_radios.yaml")
+    configs = condition_configs(raw)
+    assert list(configs) == ["lossless", "independent_10", "independent_30", "independent_50", "symmetric_30",
+                             "bursty_30", "asynchronous"]
+    algorithms = {pc["optimizer_config"]["alg_name"] for pc in raw["problem_configs"].values()}
+    assert algorithms == set(OPTIMIZERS)
+    bursty = configs["bursty_30"]["experiment"]["links"]["bursty"]
+    mean_loss = (bursty["leave_bad"] * bursty["loss_good"] + bursty["enter_bad"] * bursty["loss_bad"]) / (
+        bursty["enter_bad"] + bursty["leave_bad"])
+    assert abs(mean_loss - 0.3) < 1e-9
+    assert all(pc["optimizer_config"]["outer_iterations"] == 2000 for pc in raw["problem_configs"].values())
