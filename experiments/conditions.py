@@ -14,9 +14,10 @@ A conditions config is an experiment config with a top-level ``conditions`` bloc
 Every condition's config is validated before anything runs. Each runs with ``run.py``'s machinery into
 ``DIR/<condition>/`` (the condition's config in ``DIR/configs/<condition>.yaml``); ``--resume DIR`` skips
 the completed conditions and resumes the others from their checkpoints. ``DIR/conditions.csv`` has one row
-per (condition, pair): status, final top-1 mean and worst robot, rounds and megabytes per robot until the
-node-mean top-1 first reaches ``--target`` (0.9), megabytes sent; ``DIR/conditions.png`` draws the final
-top-1 of every pair under every condition.
+per (condition, pair): status, the final node mean and worst robot of ``--metric`` (top-1 accuracy; e.g.
+``map_balanced_accuracy`` for density maps), rounds and megabytes per robot until the node mean first reaches
+``--target`` (0.9), megabytes sent; ``DIR/conditions.png`` draws the final node mean of every pair under
+every condition.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from experiments.config import (apply_overrides, check_output_folder, load_yaml,
                                 validate_config)
 from optimizers.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
 
-ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "final_top1_mean", "final_top1_min",
+ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "metric", "final_mean", "final_worst",
             "rounds_to_target", "mb_per_robot_to_target", "mb_per_robot_sent")
 
 
@@ -91,10 +92,13 @@ def run_condition(name: str, cfg: dict, out_dir: Path) -> int:
     return runner.main([str(config_path), "--output-dir", str(folder), "--quiet"])
 
 
-def pair_rows(name: str, folder: Path, target: float) -> list[dict]:
+def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]:
     """One row per pair of a condition's run folder."""
     import torch
 
+    from problems.metrics import METRICS
+
+    lower_is_better = metric in METRICS and METRICS[metric].better == "lower"
     manifest = json.loads((folder / "manifest.json").read_text())
     rows = []
     for pair in manifest.get("pairs", []):
@@ -104,16 +108,20 @@ def pair_rows(name: str, folder: Path, target: float) -> list[dict]:
         results = folder / f"{pair['problem_name']}_results.pt"
         history = torch.load(results, weights_only=True) if results.is_file() else {}
         row = {"condition": name, "problem_name": pair["problem_name"], "alg_name": pair.get("alg_name"),
-               "status": pair.get("status"), "final_top1_mean": math.nan, "final_top1_min": math.nan,
+               "status": pair.get("status"), "metric": metric, "final_mean": math.nan, "final_worst": math.nan,
                "rounds_to_target": math.nan, "mb_per_robot_to_target": math.nan, "mb_per_robot_sent": math.nan}
-        accuracy, sent = history.get("top1_accuracy", []), history.get("bytes_sent", [])
+        accuracy, sent = history.get(metric, []), history.get("bytes_sent", [])
         if accuracy:
-            last = torch.as_tensor(accuracy[-1], dtype=torch.float64)
-            row["final_top1_mean"], row["final_top1_min"] = float(last.nanmean()), float(last.min())
+            last = torch.as_tensor(accuracy[-1], dtype=torch.float64).reshape(-1)
+            last = last[~torch.isnan(last)]
+            if last.numel():
+                row["final_mean"] = float(last.mean())
+                row["final_worst"] = float(last.max() if lower_is_better else last.min())
         if sent:
             row["mb_per_robot_sent"] = float(torch.as_tensor(sent[-1], dtype=torch.float64).mean()) / 1e6
         for k, acc, bytes_then in zip(history.get("round", []), accuracy, sent or [None] * len(accuracy)):
-            if float(torch.as_tensor(acc, dtype=torch.float64).nanmean()) >= target:
+            mean = float(torch.as_tensor(acc, dtype=torch.float64).nanmean())
+            if (mean <= target) if lower_is_better else (mean >= target):
                 row["rounds_to_target"] = float(k)
                 if bytes_then is not None:
                     row["mb_per_robot_to_target"] = float(torch.as_tensor(bytes_then, dtype=torch.float64).mean()) / 1e6
@@ -122,24 +130,24 @@ def pair_rows(name: str, folder: Path, target: float) -> list[dict]:
     return rows
 
 
-def write_table(out_dir: Path, names: list[str], target: float) -> list[dict]:
+def write_table(out_dir: Path, names: list[str], metric: str, target: float) -> list[dict]:
     import csv
 
     from optimizers.results_io import atomic_path
 
     rows = [r for name in names if (out_dir / name / "manifest.json").is_file()
-            for r in pair_rows(name, out_dir / name, target)]
+            for r in pair_rows(name, out_dir / name, metric, target)]
     with atomic_path(out_dir / "conditions.csv") as partial:
         with open(partial, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=ROW_KEYS)
             writer.writeheader()
             writer.writerows(rows)
     if rows:
-        draw(rows, names, out_dir / "conditions.png")
+        draw(rows, names, metric, out_dir / "conditions.png")
     return rows
 
 
-def draw(rows: list[dict], names: list[str], path: Path) -> None:
+def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,12 +159,11 @@ def draw(rows: list[dict], names: list[str], path: Path) -> None:
     width = 0.8 / max(1, len(conditions))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.2))
     for c, condition in enumerate(conditions):
-        values = {r["problem_name"]: r["final_top1_mean"] for r in rows if r["condition"] == condition}
+        values = {r["problem_name"]: r["final_mean"] for r in rows if r["condition"] == condition}
         xs = [p + (c - (len(conditions) - 1) / 2) * width for p in range(len(pairs))]
         ax.bar(xs, [values.get(p, math.nan) for p in pairs], width, label=condition)
     ax.set_xticks(range(len(pairs)), pairs, rotation=30, ha="right")
-    ax.set_ylabel("final top-1 accuracy (node mean)")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"final {metric} (node mean)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -173,7 +180,10 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted), before the conditions apply")
     parser.add_argument("--only", help="comma-separated condition names to run (default: all)")
-    parser.add_argument("--target", type=float, default=0.9, help="top-1 the table counts rounds and MB to (0.9)")
+    parser.add_argument("--metric", default="top1_accuracy",
+                        help="the recorded metric the table reports (default top1_accuracy)")
+    parser.add_argument("--target", type=float, default=0.9,
+                        help="the node mean of --metric the table counts rounds and MB to (0.9)")
     return parser.parse_args(argv)
 
 
@@ -195,15 +205,20 @@ def main(argv=None) -> int:
         status = status or code
         if code == 130:
             break
-    rows = write_table(out_dir, list(configs), args.target)
+    rows = write_table(out_dir, list(configs), args.metric, args.target)
     print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
     return status
 
 
 def prepare(args) -> tuple[Path, dict[str, dict]]:
     """The output folder and every condition's config; refuses bad input before anything is written."""
-    if not 0 < args.target <= 1:
-        raise ConfigError(f"--target: must be in (0, 1], got {args.target}")
+    from problems.metrics import METRICS
+
+    if not math.isfinite(args.target):
+        raise ConfigError(f"--target: must be a finite number, got {args.target}")
+    if args.metric not in METRICS or not METRICS[args.metric].scalar:
+        scalar = [m for m, info in METRICS.items() if info.scalar]
+        raise ConfigError(f"--metric: {excerpt(args.metric)} is not a scalar metric; allowed: {', '.join(scalar)}")
     if (args.resume is None) == (args.config is None):
         raise ConfigError("give either a conditions CONFIG file or --resume DIR (not both, not neither)")
     if args.resume is not None:
