@@ -15,6 +15,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from optimizers.results_io import save_figure  # noqa: E402
@@ -57,25 +58,30 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
     drawn = 0
-    for name, res in results.items():
+    palette = plt.cm.tab20(np.linspace(0, 1, 20)) if len(results) > 10 else plt.cm.tab10(np.arange(10))
+    for index, (name, res) in enumerate(results.items()):
         if metric not in res or not res[metric]:
             continue
         rounds = torch.as_tensor(res["round"][:len(res[metric])], dtype=torch.float64)
-        if x == "megabytes":
+        if x == "megabytes":  # a log axis, so that messages 50x smaller are not squeezed against zero
             rounds = megabytes_per_node(res)
             if rounds is None:
                 continue
             rounds = rounds[:len(res[metric])]
+            keep = rounds > 0
+            rounds, res = rounds[keep], {**res, metric: [v for v, k in zip(res[metric], keep.tolist()) if k]}
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
         missing = torch.isnan(values)  # nodes left out of an evaluation (metrics_config.eval_nodes)
         mean = values.nanmean(1)
         low = values.masked_fill(missing, float("inf")).min(1).values
         high = values.masked_fill(missing, float("-inf")).max(1).values
-        line, = ax.plot(rounds, mean, label=name, lw=1.8)
+        line, = ax.plot(rounds, mean, label=name, lw=1.8, color=palette[index % len(palette)])
         if values.shape[1] > 1:
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
         drawn += 1
     ax.set_xlabel("megabytes sent per node (mean over nodes)" if x == "megabytes" else "round")
+    if x == "megabytes" and drawn:
+        ax.set_xscale("log")
     ax.set_ylabel(label(metric))
     if log_scale or (log_scale is None and metric in LOG_SCALE_METRICS):
         ax.set_yscale("log")
