@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from optimizers import counters
-from optimizers.schema import ConfigError, Custom, excerpt
+from optimizers.schema import SEED_RANGE, ConfigError, Custom, excerpt
 
 _DIRECTION = counters.code("push-sum out-neighbours")
 
@@ -108,4 +108,4 @@ def _team_size(network) -> int:
     return network.graph.number_of_nodes()
 
 
-PUSH_SUM_SCHEMA = {"out_neighbors": (OUT_NEIGHBORS, "all"), "direction_seed": (int, 0)}
+PUSH_SUM_SCHEMA = {"out_neighbors": (OUT_NEIGHBORS, "all"), "direction_seed": (int, 0, SEED_RANGE)}

@@ -16,11 +16,11 @@ from tests.test_optimizers import DT, N, Reference, graph, make_problem, run_con
 ROUNDS = 5
 
 
-def run_stack(cls, cfg, rounds=ROUNDS, links=None, perturb=None):
+def run_stack(cls, cfg, rounds=ROUNDS, links=None, perturb=None, on_graph=None):
     problem = make_problem()
     if perturb is not None:
         problem.theta[perturb] += 0.3
-    net = InProcessNetwork(graph(), dtype=DT)
+    net = InProcessNetwork(on_graph if on_graph is not None else graph(), dtype=DT)
     if links is not None:
         net.set_links(*links)
     opt = cls(problem, net, {"outer_iterations": rounds, **cfg})

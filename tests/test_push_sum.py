@@ -10,6 +10,7 @@ from optimizers.counters import code, uniform
 from optimizers.link_models import make_link_model
 from optimizers.network import InProcessNetwork
 from optimizers.push_sum import out_edges
+from tests.test_algorithms import run_stack
 from tests.test_optimizers import DT, N, Reference, least_squares_problem
 
 LOSSY = {"independent": {"model": "independent", "drop_prob": 0.3, "seed": 0},
@@ -54,8 +55,8 @@ def test_sgp_matches_a_per_node_loop(rule, drop):
     out-neighbour; with losses, running sums per edge and the receiver adds what it had not heard yet."""
     g = nx.cycle_graph(N)
     lr, decay, rounds = 0.05, 0.1, 6
-    problem_theta, net = run_stack_on(SGP, {"lr": lr, "lr_decay": decay, "out_neighbors": rule, "direction_seed": 2},
-                                      rounds, g, drop)
+    problem_theta, net = run_stack(SGP, {"lr": lr, "lr_decay": decay, "out_neighbors": rule, "direction_seed": 2},
+                                   rounds, links=(drop, 0) if drop else None, on_graph=g)
     ref = Reference()
     ref.graph = g
     n = ref.vec(0).numel()
@@ -86,21 +87,6 @@ def test_sgp_matches_a_per_node_loop(rule, drop):
             z[i] = ref.vec(i) * w[i]
     assert lost_any == (drop > 0)
     assert torch.allclose(problem_theta, ref.stacked(), atol=1e-12, rtol=0)
-
-
-def run_stack_on(cls, cfg, rounds, graph, drop):
-    from tests.test_optimizers import make_problem
-
-    problem = make_problem()
-    net = InProcessNetwork(graph, dtype=DT)
-    if drop:
-        net.set_links(drop, 0)
-    opt = cls(problem, net, {"outer_iterations": rounds, **cfg})
-    with torch.no_grad():
-        opt.setup()
-        for k in range(1, rounds + 1):
-            opt.round(k)
-    return problem.theta.clone(), net
 
 
 @pytest.mark.parametrize("rule,links", [("ring", None), ("ring", "independent"), (1, None), (1, "independent"),
@@ -144,6 +130,7 @@ def test_sgp_sends_only_to_out_neighbours():
 @pytest.mark.parametrize("alg,bad,message", [
     ("sgp", {"out_neighbors": 0}, "p.optimizer_config.out_neighbors: 0 is not allowed; allowed: 'all', 'ring'"),
     ("sgp", {"out_neighbors": "star"}, "p.optimizer_config.out_neighbors: 'star' is not allowed"),
+    ("sgp", {"direction_seed": -1}, "p.optimizer_config.direction_seed: must be in [0, 4294967295], got -1"),
     ("sgp", {"lr": -1.0}, "p.optimizer_config.lr: must be greater than 0"),
     ("push_diging", {"alpha": float("nan")}, "p.optimizer_config.alpha: expected a finite number, got nan"),
 ])
