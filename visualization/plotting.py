@@ -316,23 +316,65 @@ def last_quarter_accuracy(res: dict) -> tuple[float, float] | None:
     return float(late.mean(1).mean()), float(late.min(1).values.mean())
 
 
-def print_seed_table(folders: list[str]) -> None:
-    """Markdown rows: per pair, the last-quarter top-1 (node mean / worst node) as the mean over the
-    folders (one per seed) with its range."""
-    per_pair: dict[str, list[tuple[float, float]]] = {}
+def pair_statuses(folder: str | Path) -> dict[str, str]:
+    """problem_name -> status of summary.csv ('completed', 'diverged', ...); empty without the file."""
+    import csv
+    path = Path(folder) / "summary.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        return {row["problem_name"]: row.get("status", "") for row in csv.DictReader(f)}
+
+
+def seed_table(folders: list[str], threshold: float = 0.9) -> list[dict]:
+    """Per pair, one entry per folder (seed) that holds it: the ``accuracy_table`` figures, the
+    last-quarter top-1 (node mean, worst node) and whether the run diverged. A pair may sit in several
+    folders of one seed's run only if each folder is passed once per seed."""
+    per_pair: dict[str, dict] = {}
     for folder in folders:
-        for name, res in load_results(folder).items():
-            figures = last_quarter_accuracy(res)
-            if figures is not None:
-                per_pair.setdefault(name, []).append(figures)
-    print("| pair | runs | node mean: mean (min-max) | worst node: mean (min-max) |")
-    print("|---|---|---|---|")
-    for name, runs in per_pair.items():
-        cells = []
-        for column in zip(*runs):
-            values = torch.tensor(column, dtype=torch.float64)
-            cells.append(f"{float(values.mean()):.3f} ({float(values.min()):.3f}-{float(values.max()):.3f})")
-        print(f"| {name} | {len(runs)} | {cells[0]} | {cells[1]} |")
+        results = load_results(folder)
+        statuses = pair_statuses(folder)
+        for row in accuracy_table(results, threshold):
+            entry = per_pair.setdefault(row["pair"], {"pair": row["pair"], "runs": []})
+            entry["runs"].append({**row, "last_quarter": last_quarter_accuracy(results[row["pair"]]),
+                                  "diverged": statuses.get(row["pair"]) == "diverged"})
+    return list(per_pair.values())
+
+
+def _spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """'mean (min-max)', or the value alone when all print alike."""
+    if fmt.format(min(values)) == fmt.format(max(values)):
+        return fmt.format(sum(values) / len(values))
+    return f"{fmt.format(sum(values) / len(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def _reached(values: list, fmt: str) -> str:
+    """Mean over the runs that reached the threshold, with 'k/n' when not all did; '-' when none did."""
+    hit = [v for v in values if v is not None]
+    if not hit:
+        return "-"
+    cell = fmt.format(sum(hit) / len(hit))
+    return cell if len(hit) == len(values) else f"{cell} ({len(hit)}/{len(values)})"
+
+
+def print_seed_table(folders: list[str], threshold: float = 0.9) -> None:
+    """Markdown rows over seeds (one folder per seed): final top-1 node mean and worst node, and the
+    last-quarter top-1 (node mean / worst node), each as mean (min-max); rounds and MB per node to a mean
+    top-1 of ``threshold`` averaged over the seeds that reached it; MB per node sent in all."""
+    print(f"| pair | seeds | final top-1 mean | final top-1 worst robot | last quarter mean / worst robot | "
+          f"rounds to mean {threshold} | MB/robot to mean {threshold} | MB/robot sent |")
+    print("|---|---|---|---|---|---|---|---|")
+    for entry in seed_table(folders, threshold):
+        runs = entry["runs"]
+        quarters = [r["last_quarter"] for r in runs]
+        diverged = sum(r["diverged"] for r in runs)
+        name = entry["pair"] + (f" (diverged in {diverged}/{len(runs)})" if diverged else "")
+        sent = [r["mb_total"] for r in runs if r["mb_total"] is not None]
+        print(f"| {name} | {len(runs)} | {_spread([r['final_mean'] for r in runs])} | "
+              f"{_spread([r['final_min'] for r in runs])} | {_spread([q[0] for q in quarters])} / "
+              f"{_spread([q[1] for q in quarters])} | {_reached([r['rounds_to_threshold'] for r in runs], '{:.0f}')} | "
+              f"{_reached([r['mb_to_threshold'] for r in runs], '{:.1f}')} | "
+              f"{_spread(sent, '{:.1f}') if sent else '-'} |")
 
 
 # ------------------------------------------------------------------------------ scaling study
@@ -408,9 +450,10 @@ if __name__ == "__main__":
     parser.add_argument("folders", nargs="+", help="output folders of experiments/run.py")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--seeds", action="store_true",
-                        help="instead: last-quarter top-1 per pair, mean and range over the folders (seeds)")
+                        help="instead: one row per pair over the folders (one per seed): final and last-quarter "
+                             "top-1 as mean (min-max), rounds and MB to the threshold")
     args = parser.parse_args()
     if args.seeds:
-        print_seed_table(args.folders)
+        print_seed_table(args.folders, args.threshold)
     else:
         print_accuracy_table(args.folders, args.threshold)
