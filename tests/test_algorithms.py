@@ -421,6 +421,32 @@ def test_last_quarter_accuracy_averages_the_late_evaluations(tmp_path, capsys):
     assert row.startswith("| dsgd (diverged in 1/2) | 2 |") and row.endswith("| 100 (1/2) | 5.0 (1/2) | 5.0 |")
 
 
+def test_seed_curves_average_the_seeds_node_means_and_keep_a_stopped_run_until_it_stopped(tmp_path):
+    from visualization.plotting import save_seed_figure, seed_curves
+
+    rounds = [0, 20, 40, 60]
+    runs = {"seed0": [torch.tensor([0.1, 0.3]), torch.tensor([0.4, 0.6]), torch.tensor([0.5, 0.7]),
+                      torch.tensor([0.6, 0.8])],
+            "seed1": [torch.tensor([0.1, 0.1]), torch.tensor([0.2, 0.2])]}  # diverged after round 20
+    for seed, (folder, top1) in enumerate(runs.items()):
+        (tmp_path / folder).mkdir()
+        sent = [torch.tensor([1e6 * (e + seed), 3e6 * (e + seed)]) for e in range(len(top1))]
+        torch.save({"round": rounds[:len(top1)], "top1_accuracy": top1, "bytes_sent": sent},
+                   tmp_path / folder / "dsgd_results.pt")
+        (tmp_path / folder / "manifest.json").write_text('{"pairs": [{"problem_name": "dsgd"}]}')
+    folders = [str(tmp_path / "seed0"), str(tmp_path / "seed1")]
+    curve = seed_curves(folders)["dsgd"]
+    assert curve["round"] == rounds
+    per_seed = torch.stack([torch.as_tensor(v) for v in curve["top1_accuracy"]])
+    expected = torch.tensor([[0.2, 0.1], [0.5, 0.2], [0.6, float("nan")], [0.7, float("nan")]], dtype=torch.float64)
+    assert torch.allclose(per_seed, expected, atol=1e-6, equal_nan=True)
+    sent = torch.stack([torch.as_tensor(v) for v in curve["bytes_sent"]])
+    # each seed's node-mean megabytes (2 * (e + seed)); the stopped seed takes the others' mean afterwards
+    assert torch.allclose(sent / 1e6, torch.tensor([[0., 2.], [2., 4.], [4., 4.], [6., 6.]], dtype=torch.float64))
+    path = save_seed_figure(folders, tmp_path / "seeds.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_dinno_duals_sum_to_zero_unless_messages_are_lost():
     """Why DiNNO stalls under lossy links: sum_i y_i = 0 holds exactly while every row arrives; a stale
     row makes the two ends of an edge add different dual increments, the sum drifts during the

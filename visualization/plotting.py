@@ -52,7 +52,7 @@ def megabytes_per_node(res: dict) -> torch.Tensor | None:
 
 
 def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None,
-                x: str = "round"):
+                x: str = "round", legend_title: str = "mean over nodes; band = min-max"):
     """One line per pair: node mean vs round (``x="megabytes"``: vs megabytes sent per node, pairs that
     sent nothing left out), shaded between node min and max."""
     if ax is None:
@@ -86,7 +86,7 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
     if log_scale or (log_scale is None and metric in LOG_SCALE_METRICS):
         ax.set_yscale("log")
     if drawn:
-        ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
+        ax.legend(title=legend_title, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 
@@ -377,6 +377,51 @@ def print_seed_table(folders: list[str], threshold: float = 0.9) -> None:
               f"{_spread(sent, '{:.1f}') if sent else '-'} |")
 
 
+def seed_curves(folders: list[str], metric: str = "top1_accuracy") -> dict[str, dict]:
+    """Per pair, a results dict whose "nodes" are the folders (seeds): at every evaluation round, each
+    seed's node mean of ``metric`` and its megabytes sent per node, so that ``plot_metric`` draws the mean
+    over seeds with the seeds' min-max band. A run that stopped early (diverged) counts until it stopped."""
+    runs: dict[str, list[dict]] = {}
+    for folder in folders:
+        for name, res in load_results(folder).items():
+            if res.get(metric):
+                runs.setdefault(name, []).append(res)
+    curves = {}
+    for name, group in runs.items():
+        longest = max(group, key=lambda r: len(r[metric]))
+        evaluations = len(longest[metric])
+        values = torch.full((evaluations, len(group)), float("nan"), dtype=torch.float64)
+        sent = torch.full_like(values, float("nan"))
+        for seed, res in enumerate(group):
+            for e, v in enumerate(res[metric]):
+                values[e, seed] = torch.as_tensor(v, dtype=torch.float64).nanmean()
+            mb = megabytes_per_node(res)
+            if mb is not None:
+                sent[:len(mb), seed] = mb[:evaluations] * 1e6
+        filled = sent.nanmean(1, keepdim=True).expand_as(sent)  # a stopped seed's bytes: the others' mean
+        sent = torch.where(torch.isnan(sent), filled, sent)
+        curves[name] = {"round": longest["round"][:evaluations], metric: list(values)}
+        if not bool(torch.isnan(sent).all()):
+            curves[name]["bytes_sent"] = list(sent)
+    return curves
+
+
+def save_seed_figure(folders: list[str], path: str | Path, metric: str = "top1_accuracy") -> Path:
+    """``metric`` against round and against megabytes sent per node (log axis): the mean over the
+    folders (seeds) of the node mean, shaded between the seeds' lowest and highest."""
+    curves = seed_curves(folders, metric)
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
+    title = f"node mean, mean over {len(folders)} seeds; band = seeds' min-max"
+    plot_metric(curves, metric, by_round, legend_title=title)
+    by_round.set_title(f"{label(metric)} vs round")
+    plot_metric(curves, metric, by_bytes, x="megabytes", legend_title=title)
+    by_bytes.set_title(f"{label(metric)} vs megabytes sent per node")
+    fig.tight_layout()
+    save_figure(fig, Path(path), dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 # ------------------------------------------------------------------------------ scaling study
 SCALING_FIGURES = {
     "scaling_accuracy.png": ("final_top1_mean", "final top-1 accuracy (node mean; dashed: worst node)"),
@@ -452,8 +497,14 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", action="store_true",
                         help="instead: one row per pair over the folders (one per seed): final and last-quarter "
                              "top-1 as mean (min-max), rounds and MB to the threshold")
+    parser.add_argument("--figure", metavar="PNG", help="with --seeds: also draw top-1 against round and "
+                                                          "megabytes, mean over the seeds with their range")
     args = parser.parse_args()
+    if args.figure and not args.seeds:
+        parser.error("--figure goes with --seeds")
     if args.seeds:
         print_seed_table(args.folders, args.threshold)
+        if args.figure:
+            print(f"figure: {save_seed_figure(args.folders, args.figure)}")
     else:
         print_accuracy_table(args.folders, args.threshold)
