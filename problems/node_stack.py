@@ -348,19 +348,22 @@ def shared_conv_columns(x: torch.Tensor, layer: nn.Conv2d, tile: int, positions:
     """The patches of an input batch (B, C_in, H, W) that ``layer``'s filters see, as columns
     (C_in * kh * kw, B * P_h * P_w): one matrix per offset (a, b) in a tile x tile pooling tile, holding the
     patches of the output positions (tile * i + a, tile * j + b) for the P_h x P_w tiles (tile 1: every
-    output position)."""
+    output position). Each matrix is one copy of a strided view of the input (``unfold`` followed by the
+    transpose to this layout writes every patch twice and takes four times as long)."""
     pad_h, pad_w = layer.padding
     padded = nn.functional.pad(x, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x
-    step = [tile * stride for stride in layer.stride]
-    extent = [(p - 1) * s + dil * (kernel - 1) + 1
-              for p, s, dil, kernel in zip(positions, step, layer.dilation, layer.kernel_size)]
+    batch, channels = padded.shape[:2]
+    (kh, kw), (dil_h, dil_w) = layer.kernel_size, layer.dilation
+    s_batch, s_channel, s_row, s_col = padded.stride()
+    shape = (channels, kh, kw, batch, positions[0], positions[1])
+    strides = (s_channel, dil_h * s_row, dil_w * s_col, s_batch, tile * layer.stride[0] * s_row,
+               tile * layer.stride[1] * s_col)
     matrices = []
     for a in range(tile):
         for b in range(tile):
-            top, left = a * layer.stride[0], b * layer.stride[1]
-            view = padded[:, :, top:top + extent[0], left:left + extent[1]]
-            patches = nn.functional.unfold(view, layer.kernel_size, layer.dilation, 0, step)
-            matrices.append(patches.transpose(0, 1).reshape(patches.shape[1], -1))
+            start = padded.storage_offset() + a * layer.stride[0] * s_row + b * layer.stride[1] * s_col
+            patches = padded.as_strided(shape, strides, start)
+            matrices.append(patches.reshape(channels * kh * kw, batch * positions[0] * positions[1]))
     return matrices
 
 

@@ -96,6 +96,30 @@ def test_fused_convolution_and_max_pool_gradients_match_per_node_modules(model_f
     torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("conv,tile,contiguous", [
+    (nn.Conv2d(1, 3, 5), 2, True),
+    (nn.Conv2d(2, 3, 3, stride=2, padding=2, dilation=2), 3, True),
+    (nn.Conv2d(2, 3, (2, 3), padding=(1, 0)), 1, False),
+    (nn.Conv2d(3, 1, 3, stride=(1, 2)), 2, False)])
+def test_shared_conv_columns_are_the_unfolded_patches_of_each_tile_offset(conv, tile, contiguous):
+    """The strided columns against their definition: ``unfold`` of the (padded) input at the positions
+    (tile * i + a, tile * j + b) of the convolution's output, for each offset (a, b) in the tile."""
+    from problems.node_stack import conv_output_size, shared_conv_columns
+
+    torch.manual_seed(4)
+    x = torch.randn(5, 15, 14, conv.in_channels, dtype=DT).permute(0, 3, 1, 2)  # channels last: not contiguous
+    x = x.contiguous() if contiguous else x[1:]
+    sizes = conv_output_size(conv, x.shape[2:])
+    positions = [size // tile for size in sizes]
+    every = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    every = every.reshape(x.shape[0], every.shape[1], *sizes)
+    columns = shared_conv_columns(x, conv, tile, positions)
+    assert len(columns) == tile * tile
+    for (a, b), matrix in zip([(a, b) for a in range(tile) for b in range(tile)], columns):
+        picked = every[:, :, a:tile * positions[0]:tile, b:tile * positions[1]:tile]
+        assert torch.equal(matrix, picked.transpose(0, 1).reshape(every.shape[1], -1))
+
+
 def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
     assert NodeStack(mnist_cnn(), 2).execution == "grouped"
     fourier = nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
