@@ -8,7 +8,7 @@ from optimizers.extra import EXTRA
 from optimizers.local import LocalTraining
 from optimizers.next import NEXT
 from optimizers.prox_pda import ProxPDA
-from optimizers.push_digging import PushDIGing
+from optimizers.push_diging import PushDIGing
 from optimizers.relaxed_admm import RelaxedADMM
 from optimizers.sgp import SGP
 from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
