@@ -410,13 +410,18 @@ def save_seed_figure(folders: list[str], path: str | Path, metric: str = "top1_a
     """``metric`` against round and against megabytes sent per node (log axis): the mean over the
     folders (seeds) of the node mean, shaded between the seeds' lowest and highest."""
     curves = seed_curves(folders, metric)
-    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
-    title = f"node mean, mean over {len(folders)} seeds; band = seeds' min-max"
-    plot_metric(curves, metric, by_round, legend_title=title)
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(14.5, 4.6))
+    plot_metric(curves, metric, by_round)
     by_round.set_title(f"{label(metric)} vs round")
-    plot_metric(curves, metric, by_bytes, x="megabytes", legend_title=title)
+    plot_metric(curves, metric, by_bytes, x="megabytes")
     by_bytes.set_title(f"{label(metric)} vs megabytes sent per node")
-    fig.tight_layout()
+    handles, labels = by_round.get_legend_handles_labels()
+    for ax in (by_round, by_bytes):
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 0.87, 1))  # the legend beside the axes, where it hides no curve
+    fig.legend(handles, labels, loc="center right", fontsize=8, title_fontsize=8,
+               title=f"node mean: mean over\n{len(folders)} seeds, band =\nthe seeds' min-max")
     save_figure(fig, Path(path), dpi=110)
     plt.close(fig)
     return Path(path)
