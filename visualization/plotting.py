@@ -410,6 +410,7 @@ def save_seed_figure(folders: list[str], path: str | Path, metric: str = "top1_a
     """``metric`` against round and against megabytes sent per node (log axis): the mean over the
     folders (seeds) of the node mean, shaded between the seeds' lowest and highest."""
     curves = seed_curves(folders, metric)
+    seeds = max((len(c[metric][0]) for c in curves.values()), default=0)
     fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(14.5, 4.6))
     plot_metric(curves, metric, by_round)
     by_round.set_title(f"{label(metric)} vs round")
@@ -421,7 +422,7 @@ def save_seed_figure(folders: list[str], path: str | Path, metric: str = "top1_a
             ax.get_legend().remove()
     fig.tight_layout(rect=(0, 0, 0.87, 1))  # the legend beside the axes, where it hides no curve
     fig.legend(handles, labels, loc="center right", fontsize=8, title_fontsize=8,
-               title=f"node mean: mean over\n{len(folders)} seeds, band =\nthe seeds' min-max")
+               title=f"node mean: mean over\n{seeds} seeds, band =\nthe seeds' min-max")
     save_figure(fig, Path(path), dpi=110)
     plt.close(fig)
     return Path(path)
