@@ -165,7 +165,9 @@ def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
     ax.set_xticks(range(len(pairs)), pairs, rotation=30, ha="right")
     ax.set_ylabel(f"final {metric} (node mean)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, ncol=min(len(conditions), 7), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)  # above the axes, where it covers no bar
     fig.tight_layout()
     with atomic_path(path) as partial:
         fig.savefig(partial, format="png", dpi=120)
