@@ -52,7 +52,7 @@ def megabytes_per_node(res: dict) -> torch.Tensor | None:
 
 
 def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool | None = None,
-                x: str = "round", legend_title: str = "mean over nodes; band = min-max"):
+                x: str = "round"):
     """One line per pair: node mean vs round (``x="megabytes"``: vs megabytes sent per node, pairs that
     sent nothing left out), shaded between node min and max."""
     if ax is None:
@@ -86,7 +86,7 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
     if log_scale or (log_scale is None and metric in LOG_SCALE_METRICS):
         ax.set_yscale("log")
     if drawn:
-        ax.legend(title=legend_title, fontsize=8, title_fontsize=8)
+        ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 
@@ -328,8 +328,7 @@ def pair_statuses(folder: str | Path) -> dict[str, str]:
 
 def seed_table(folders: list[str], threshold: float = 0.9) -> list[dict]:
     """Per pair, one entry per folder (seed) that holds it: the ``accuracy_table`` figures, the
-    last-quarter top-1 (node mean, worst node) and whether the run diverged. A pair may sit in several
-    folders of one seed's run only if each folder is passed once per seed."""
+    last-quarter top-1 (node mean, worst node) and whether the run diverged."""
     per_pair: dict[str, dict] = {}
     for folder in folders:
         results = load_results(folder)
