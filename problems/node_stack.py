@@ -632,14 +632,16 @@ class NodeStack:
         return torch.cat([torch.cat(part, dim=-1) for part in parts], dim=0)
 
     def eval_block(self, x: torch.Tensor) -> tuple[int, int]:
-        """(nodes, samples) per evaluation block for inputs shaped like ``x``'s samples."""
+        """(nodes, samples) per evaluation block for inputs shaped like ``x``'s samples. The samples per
+        block do not depend on how many nodes this stack holds: a matrix product's rounding can depend on
+        its row count, and a robot's validation numbers must not change with the process it runs in."""
         key = tuple(x.shape[1:])
         width = self._activation_width.get(key)
         if width is None:
             width = self._activation_width[key] = largest_activation(self.template, x[:1])
         per_block = max(1, EVAL_BLOCK_BYTES // (width * x.element_size()))
-        nodes = min(self.num_nodes, EVAL_BLOCK_NODES, per_block)
-        return nodes, max(1, per_block // nodes)
+        nodes = min(EVAL_BLOCK_NODES, per_block)
+        return min(self.num_nodes, nodes), max(1, per_block // nodes)
 
 
 def largest_activation(model: nn.Module, sample: torch.Tensor) -> int:

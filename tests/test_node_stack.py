@@ -161,6 +161,27 @@ def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, bloc
         assert torch.allclose(out[i], model(x).movedim(0, -1), atol=1e-12)
 
 
+def test_a_nodes_validation_outputs_do_not_depend_on_how_many_nodes_its_stack_holds():
+    """Processes hold blocks of robots of different sizes (10 robots on 1, 2 or 3 processes); with
+    ``execution: loop`` a robot's evaluation is the same bit for bit, though a matrix product's rounding
+    can depend on its row count (the other executions batch the nodes of a block, so they need not be)."""
+    execution = "loop"
+    torch.manual_seed(4)
+    team, theta = perturbed_stack(mnist_cnn(3, 5, 64), 10, execution)
+    x = torch.randn(200, 1, 28, 28, dtype=DT)
+
+    def logits(out, rows):
+        return out.movedim(1, -1)
+
+    whole = team.evaluate(theta, x, logits)
+    for blocks in ([5, 5], [4, 3, 3], [1] * 10):
+        start = 0
+        for size in blocks:
+            part = NodeStack(team.template, size, dtype=DT, execution=execution)
+            assert torch.equal(part.evaluate(theta[start:start + size], x, logits), whole[start:start + size])
+            start += size
+
+
 @pytest.mark.parametrize("size,side", [(2, 24), (2, 7), (3, 11)])
 def test_tiled_max_pool_is_max_pool2d_bit_for_bit(size, side):
     x = torch.randn(4, 6, side, side).relu()  # ties at zero
