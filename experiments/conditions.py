@@ -2,6 +2,7 @@
 
     venv/bin/python experiments/conditions.py CONFIG.yaml --output-dir DIR [--set KEY=VALUE ...] [--only a,b]
     venv/bin/python experiments/conditions.py --resume DIR [--only a,b]
+    venv/bin/python experiments/conditions.py --combine DIR_OR_CSV [DIR_OR_CSV ...] --output-dir OUT [--only a,b]
 
 A conditions config is an experiment config with a top-level ``conditions`` block: condition name -> the
 ``experiment`` keys that condition changes (``links``, ``asynchrony``, ``graph_schedule``, ``seed``...):
@@ -17,7 +18,9 @@ the completed conditions and resumes the others from their checkpoints. ``DIR/co
 per (condition, pair): status, the final node mean and worst robot of ``--metric`` (top-1 accuracy; e.g.
 ``map_balanced_accuracy`` for density maps), rounds and megabytes per robot until the node mean first reaches
 ``--target`` (0.9), megabytes sent; ``DIR/conditions.png`` draws the final node mean of every pair under
-every condition.
+every condition. ``--combine`` joins the tables of conditions run in separate folders (on separate machines,
+say, each with its own ``--only``) into one ``OUT/conditions.csv`` and ``OUT/conditions.png``; ``--only``
+then picks the conditions and their order.
 """
 
 from __future__ import annotations
@@ -131,12 +134,17 @@ def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]
 
 
 def write_table(out_dir: Path, names: list[str], metric: str, target: float) -> list[dict]:
+    rows = [r for name in names if (out_dir / name / "manifest.json").is_file()
+            for r in pair_rows(name, out_dir / name, metric, target)]
+    save_table(out_dir, rows, names, metric)
+    return rows
+
+
+def save_table(out_dir: Path, rows: list[dict], names: list[str], metric: str) -> None:
     import csv
 
     from optimizers.results_io import atomic_path
 
-    rows = [r for name in names if (out_dir / name / "manifest.json").is_file()
-            for r in pair_rows(name, out_dir / name, metric, target)]
     with atomic_path(out_dir / "conditions.csv") as partial:
         with open(partial, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=ROW_KEYS)
@@ -144,7 +152,68 @@ def write_table(out_dir: Path, names: list[str], metric: str, target: float) -> 
             writer.writerows(rows)
     if rows:
         draw(rows, names, metric, out_dir / "conditions.png")
+
+
+def read_table(source: str) -> list[dict]:
+    """The rows of a conditions.csv (``source`` is the file or its folder), numbers as floats."""
+    import csv
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "conditions.csv"
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != ROW_KEYS:
+                raise ConfigError(f"--combine {excerpt(source)}: not a conditions table (its columns must be "
+                                  f"{', '.join(ROW_KEYS)})")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"--combine {excerpt(source)}: cannot read a conditions table ({exc})") from None
+    numbers = ROW_KEYS[ROW_KEYS.index("final_mean"):]
+    for row in rows:
+        try:
+            row.update({key: float(row[key]) if row[key] != "" else math.nan for key in numbers})
+        except (TypeError, ValueError):
+            raise ConfigError(f"--combine {excerpt(source)}: row {row.get('condition')}/{row.get('problem_name')} "
+                              f"has a value that is not a number") from None
     return rows
+
+
+def combined_rows(args) -> tuple[list[dict], list[str]]:
+    """The rows of every --combine table (--only: these conditions, in this order) and the condition names;
+    refuses a (condition, pair) given twice, mixed metrics and a used --output-dir."""
+    if args.config is not None or args.resume is not None or args.overrides:
+        raise ConfigError("--combine: give only tables (folders or conditions.csv files), no CONFIG, --resume or --set")
+    if not args.output_dir:
+        raise ConfigError("--output-dir: required with --combine (the folder the joined table goes to)")
+    check_output_folder("--output-dir", args.output_dir)
+    out_dir = Path(args.output_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder")
+    rows, origin = [], {}
+    for source in args.combine:
+        for row in read_table(source):
+            key = (row["condition"], row["problem_name"])
+            if key in origin:
+                raise ConfigError(f"--combine: condition {excerpt(key[0])}, pair {excerpt(key[1])} is in both "
+                                  f"{excerpt(origin[key])} and {excerpt(source)}; give each once")
+            origin[key] = source
+            rows.append(row)
+    names = list(dict.fromkeys(r["condition"] for r in rows))
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ConfigError(f"--only: {excerpt(unknown[0])} is in no table; allowed: {', '.join(names)}")
+        names = wanted
+        rows = [r for n in names for r in rows if r["condition"] == n]
+    if not rows:
+        raise ConfigError("--combine: the tables hold no rows")
+    metrics = sorted({r["metric"] for r in rows})
+    if len(metrics) > 1:
+        raise ConfigError(f"--combine: the tables report different metrics ({', '.join(metrics)}); join one metric")
+    return rows, names
 
 
 def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
@@ -178,6 +247,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="Every pair of a config under several conditions.")
     parser.add_argument("config", nargs="?", help="a conditions config (YAML)")
     parser.add_argument("--resume", metavar="DIR", help="continue a conditions folder")
+    parser.add_argument("--combine", nargs="+", metavar="DIR_OR_CSV",
+                        help="join the conditions.csv tables of these folders (or files) into --output-dir")
     parser.add_argument("--output-dir", metavar="DIR", help="where the conditions' runs go (new or empty)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted), before the conditions apply")
@@ -194,6 +265,17 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    if args.combine is not None:
+        try:
+            rows, names = combined_rows(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        out_dir = Path(args.output_dir).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_table(out_dir, rows, names, rows[0]["metric"])
+        print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
+        return 0
     try:
         out_dir, configs = prepare(args)
     except ConfigError as exc:

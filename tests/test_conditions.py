@@ -117,3 +117,75 @@ def test_the_shipped_density_radios_config_validates():
     assert configs["distance"]["experiment"]["links"]["model"] == "distance"
     algorithms = {pc["optimizer_config"]["alg_name"] for pc in raw["problem_configs"].values()}
     assert algorithms == {"dinno", "dsgd", "dsgt", "relaxed_admm"}
+
+
+def write_table(path, rows):
+    from experiments.conditions import ROW_KEYS
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "conditions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ROW_KEYS)
+        writer.writeheader()
+        writer.writerows({"condition": c, "problem_name": p, "alg_name": p, "status": "completed",
+                          "metric": metric, "final_mean": mean, "final_worst": mean - 0.01, "rounds_to_target": "",
+                          "mb_per_robot_to_target": "", "mb_per_robot_sent": 4.5} for c, p, mean, metric in rows)
+    return path
+
+
+def test_combine_joins_tables_of_separate_folders_in_the_order_asked(tmp_path, capsys):
+    a = write_table(tmp_path / "a", [("lossless", "dinno", 0.94, "top1_accuracy"),
+                                     ("lossless", "dsgd", 0.57, "top1_accuracy")])
+    b = write_table(tmp_path / "b", [("lost", "dinno", 0.32, "top1_accuracy"),
+                                     ("lost", "dsgd", 0.60, "top1_accuracy"),
+                                     ("asleep", "dinno", 0.25, "top1_accuracy")])
+    out = tmp_path / "out"
+    assert main(["--combine", str(b / "conditions.csv"), str(a), "--output-dir", str(out),
+                 "--only", "lossless,lost"]) == 0
+    rows = list(csv.DictReader(open(out / "conditions.csv")))
+    assert [(r["condition"], r["problem_name"], float(r["final_mean"])) for r in rows] == [
+        ("lossless", "dinno", 0.94), ("lossless", "dsgd", 0.57), ("lost", "dinno", 0.32), ("lost", "dsgd", 0.60)]
+    assert rows[0]["rounds_to_target"] == "nan" and float(rows[0]["final_worst"]) == pytest.approx(0.93)
+    assert (out / "conditions.png").stat().st_size > 0
+    assert "4 rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case,message", [
+    ("twice", "--combine: condition 'lost', pair 'dinno' is in both"),
+    ("metrics", "--combine: the tables report different metrics (map_balanced_accuracy, top1_accuracy)"),
+    ("not_a_table", "not a conditions table (its columns must be condition, problem_name"),
+    ("missing", "cannot read a conditions table"),
+    ("only", "--only: 'asleep' is in no table; allowed: lossless, lost"),
+    ("used_output", "exists and is not empty; choose a new folder"),
+    ("with_set", "--combine: give only tables (folders or conditions.csv files), no CONFIG, --resume or --set")])
+def test_combine_refuses_bad_tables_with_one_line(tmp_path, capsys, case, message):
+    a = write_table(tmp_path / "a", [("lossless", "dinno", 0.94, "top1_accuracy"), ("lost", "dinno", 0.3,
+                                                                                     "top1_accuracy")])
+    other = {"twice": [("lost", "dinno", 0.32, "top1_accuracy")],
+             "metrics": [("distance", "dinno", 0.5, "map_balanced_accuracy")]}.get(case, [])
+    b = write_table(tmp_path / "b", other)
+    if case == "not_a_table":
+        (b / "conditions.csv").write_text("round,node,top1_accuracy\n1,0,0.5\n")
+    if case == "missing":
+        (b / "conditions.csv").unlink()
+    out = tmp_path / "out"
+    extra = {"only": ["--only", "asleep"], "with_set": ["--set", "experiment.seed=1"]}.get(case, [])
+    if case == "used_output":
+        out.mkdir()
+        (out / "kept.txt").write_text("mine")
+    assert main(["--combine", str(a), str(b), "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (out / "conditions.csv").exists()
+    if case == "used_output":
+        assert (out / "kept.txt").read_text() == "mine"
+
+
+def test_the_committed_radios_table_reads_back_as_a_conditions_table():
+    from pathlib import Path
+
+    from experiments.conditions import read_table
+
+    rows = read_table(str(Path(__file__).resolve().parent.parent / "visualization" / "mnist_radios"))
+    assert {r["condition"] for r in rows} >= {"symmetric_30", "asynchronous"}
+    assert all(r["metric"] == "top1_accuracy" for r in rows)
+    assert all(0.0 <= r["final_worst"] <= r["final_mean"] <= 1.0 for r in rows if r["final_mean"] == r["final_mean"])
