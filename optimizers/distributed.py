@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from optimizers.graphs import metropolis_weights
 from optimizers.link_models import IndependentLoss
-from optimizers.network import EdgeExchange, HeldRows, held_state, link_state, lossy_combine, make_operator, operator_kind
+from optimizers.network import EdgeExchange, HeldRows, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -194,25 +194,13 @@ class TorchDistributedNetwork(EdgeExchange):
         self.set_link_model(IndependentLoss(seed, drop_prob) if drop_prob > 0 else None)
 
     def state_dict(self) -> dict:
-        """This rank's part: its robots' byte counters and the rows they hold from lossy links; the exchange
-        count and the graph in use (the same on every rank)."""
-        edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
-        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held),
-                "wire_bytes_sent": self.wire_bytes_sent}
+        """This rank's part (its robots' counters and held rows; the exchange count and the graph are the
+        same on every rank), and the bytes this rank put on the wire."""
+        return {**super().state_dict(), "wire_bytes_sent": self.wire_bytes_sent}
 
     def load_state_dict(self, saved: dict) -> None:
         """From a team state (:func:`optimizers.network.team_network_state`) cut to this rank's robots."""
-        self.held.load_state_dict(held_state(saved))
-        if self.link_model is not None and saved.get("link_model"):
-            self.link_model.load_state(saved["link_model"])
-        graph = nx.Graph()
-        graph.add_nodes_from(self.graph.nodes(data=True))
-        graph.add_edges_from(saved["edges"].tolist())
-        graph.graph.update(self.graph.graph)
-        self.set_graph(graph)
-        self.bytes_sent.copy_(saved["bytes_sent"])
-        self.exchanges = int(saved["exchanges"])
+        super().load_state_dict(saved)
         self.wire_bytes_sent = int(saved.get("wire_bytes_sent", 0))
 
     def _global(self, rank: int) -> np.ndarray:

@@ -222,6 +222,26 @@ class EdgeExchange:
         held[ids] = rows
         kept[ids] = True
 
+    def state_dict(self) -> dict:
+        """The local robots' byte counters, the exchange count (lost messages are a function of it), the
+        graph in use (it changes when the graph is dynamic) and, with lossy links, the last rows each local
+        robot received and what the link model remembers."""
+        edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
+        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
+                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held)}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.held.load_state_dict(held_state(saved))
+        if self.link_model is not None and saved.get("link_model"):
+            self.link_model.load_state(saved["link_model"])
+        graph = nx.Graph()
+        graph.add_nodes_from(self.graph.nodes(data=True))
+        graph.add_edges_from(saved["edges"].tolist())
+        graph.graph.update(self.graph.graph)
+        self.set_graph(graph)
+        self.bytes_sent.copy_(saved["bytes_sent"])
+        self.exchanges = int(saved["exchanges"])
+
 
 def graph_product(operator: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``operator @ x`` into ``out`` (allocated when None), for a dense or sparse CSR ``operator``.
@@ -352,25 +372,6 @@ class InProcessNetwork(EdgeExchange):
                        "ids": as_index(self.held.ids(zip(src.tolist(), dst.tolist())))}
         self._edge_weight = torch.as_tensor(mixing[dst, src], device=self.device, dtype=self.dtype)
         self._set_edge_slots(adjacency)
-
-    def state_dict(self) -> dict:
-        """Byte counters, the exchange count (lost messages are a function of it), the graph in use (it
-        changes when the graph is dynamic) and, with lossy links, the last rows each node received."""
-        edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
-        return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held)}
-
-    def load_state_dict(self, saved: dict) -> None:
-        self.held.load_state_dict(held_state(saved))
-        if self.link_model is not None and saved.get("link_model"):
-            self.link_model.load_state(saved["link_model"])
-        graph = nx.Graph()
-        graph.add_nodes_from(self.graph.nodes(data=True))
-        graph.add_edges_from(saved["edges"].tolist())
-        graph.graph.update(self.graph.graph)
-        self.set_graph(graph)
-        self.bytes_sent.copy_(saved["bytes_sent"])
-        self.exchanges = int(saved["exchanges"])
 
     def _count(self, x: torch.Tensor, row_bytes) -> None:
         if row_bytes is None:
