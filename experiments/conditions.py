@@ -182,32 +182,28 @@ def read_table(source: str) -> list[dict]:
 
 def combined_rows(args) -> tuple[list[dict], list[str]]:
     """The rows of every --combine table (--only: these conditions, in this order) and the condition names;
-    refuses a (condition, pair) given twice, mixed metrics and a used --output-dir."""
+    refuses a (condition, pair) that two chosen rows give, mixed metrics and a used --output-dir."""
     if args.config is not None or args.resume is not None or args.overrides:
         raise ConfigError("--combine: give only tables (folders or conditions.csv files), no CONFIG, --resume or --set")
-    if not args.output_dir:
-        raise ConfigError("--output-dir: required with --combine (the folder the joined table goes to)")
-    check_output_folder("--output-dir", args.output_dir)
-    out_dir = Path(args.output_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder")
-    rows, origin = [], {}
-    for source in args.combine:
-        for row in read_table(source):
-            key = (row["condition"], row["problem_name"])
-            if key in origin:
-                raise ConfigError(f"--combine: condition {excerpt(key[0])}, pair {excerpt(key[1])} is in both "
-                                  f"{excerpt(origin[key])} and {excerpt(source)}; give each once")
-            origin[key] = source
-            rows.append(row)
-    names = list(dict.fromkeys(r["condition"] for r in rows))
+    new_output_dir(args.output_dir, "with --combine (the folder the joined table goes to)", "")
+    given = [(row, source) for source in args.combine for row in read_table(source)]
+    names = list(dict.fromkeys(row["condition"] for row, _ in given))
     if args.only:
         wanted = args.only.split(",")
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise ConfigError(f"--only: {excerpt(unknown[0])} is in no table; allowed: {', '.join(names)}")
         names = wanted
-        rows = [r for n in names for r in rows if r["condition"] == n]
+        given = [(row, source) for n in names for row, source in given if row["condition"] == n]
+    rows, origin = [], {}
+    for row, source in given:
+        key = (row["condition"], row["problem_name"])
+        if key in origin:
+            raise ConfigError(f"--combine: condition {excerpt(key[0])}, pair {excerpt(key[1])} is in both "
+                              f"{excerpt(origin[key])} and {excerpt(source)}; give each once (or leave one "
+                              f"out with --only)")
+        origin[key] = source
+        rows.append(row)
     if not rows:
         raise ConfigError("--combine: the tables hold no rows")
     metrics = sorted({r["metric"] for r in rows})
@@ -294,6 +290,17 @@ def main(argv=None) -> int:
     return status
 
 
+def new_output_dir(given: str | None, needed: str, hint: str) -> Path:
+    """``--output-dir`` resolved, refused when missing, unwritable or not empty."""
+    if not given:
+        raise ConfigError(f"--output-dir: required {needed}")
+    check_output_folder("--output-dir", given)
+    out_dir = Path(given).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder{hint}")
+    return out_dir
+
+
 def prepare(args) -> tuple[Path, dict[str, dict]]:
     """The output folder and every condition's config; refuses bad input before anything is written."""
     from problems.metrics import METRICS
@@ -313,12 +320,8 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
             raise ConfigError("--resume: the folder's conditions.yaml is used; give no --set")
         configs = condition_configs(load_yaml(out_dir / "conditions.yaml"))
     else:
-        if not args.output_dir:
-            raise ConfigError("--output-dir: required with a CONFIG (the folder the conditions' runs go to)")
-        check_output_folder("--output-dir", args.output_dir)
-        out_dir = Path(args.output_dir).resolve()
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise ConfigError(f"--output-dir {out_dir} exists and is not empty; choose a new folder (or --resume it)")
+        out_dir = new_output_dir(args.output_dir, "with a CONFIG (the folder the conditions' runs go to)",
+                                 " (or --resume it)")
         raw = apply_overrides(load_yaml(args.config), args.overrides)
         configs = condition_configs(raw)
     if args.only:
