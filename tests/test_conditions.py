@@ -134,10 +134,11 @@ def write_table(path, rows):
 
 def test_combine_joins_tables_of_separate_folders_in_the_order_asked(tmp_path, capsys):
     a = write_table(tmp_path / "a", [("lossless", "dinno", 0.94, "top1_accuracy"),
-                                     ("lossless", "dsgd", 0.57, "top1_accuracy")])
+                                     ("lossless", "dsgd", 0.57, "top1_accuracy"),
+                                     ("asleep", "dinno", 0.2, "top1_accuracy")])
     b = write_table(tmp_path / "b", [("lost", "dinno", 0.32, "top1_accuracy"),
                                      ("lost", "dsgd", 0.60, "top1_accuracy"),
-                                     ("asleep", "dinno", 0.25, "top1_accuracy")])
+                                     ("asleep", "dinno", 0.25, "top1_accuracy")])  # in both, left out by --only
     out = tmp_path / "out"
     assert main(["--combine", str(b / "conditions.csv"), str(a), "--output-dir", str(out),
                  "--only", "lossless,lost"]) == 0
