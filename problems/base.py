@@ -97,7 +97,8 @@ class SupervisedProblem:
             node_indices = [torch.arange(end - len(ix), end) for ix, end in zip(node_indices, ends)]
         self.device = torch.device(device)
         self.dtype = dtype
-        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache)
+        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache,
+                               team_size=None if robots is None else robots.total)
         self.loss_name = loss
         self.metrics = list(metrics)
         unknown = [m for m in self.metrics if m not in self.available_metrics()]

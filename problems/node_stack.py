@@ -458,11 +458,15 @@ class NodeStack:
 
     def __init__(self, model: nn.Module, num_nodes: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, execution: str = "auto",
-                 chunk_size: int | None = None, plan_cache: ExecutionPlanCache | None = None):
+                 chunk_size: int | None = None, plan_cache: ExecutionPlanCache | None = None,
+                 team_size: int | None = None):
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
+        if team_size is not None and team_size < num_nodes:
+            raise ValueError(f"team_size {team_size} is smaller than the {num_nodes} nodes held")
         check_stackable(model)
         self.num_nodes = num_nodes
+        self.team_size = team_size or num_nodes  # the whole team, when this stack holds one process's block
         self.device = torch.device(device)
         self.dtype = dtype
         self.template = copy.deepcopy(model).to(device=self.device, dtype=dtype)
@@ -633,14 +637,15 @@ class NodeStack:
 
     def eval_block(self, x: torch.Tensor) -> tuple[int, int]:
         """(nodes, samples) per evaluation block for inputs shaped like ``x``'s samples. The samples per
-        block do not depend on how many nodes this stack holds: a matrix product's rounding can depend on
-        its row count, and a robot's validation numbers must not change with the process it runs in."""
+        block follow from the whole team's size, not from the nodes this stack holds: a matrix product's
+        rounding can depend on its row count, and a robot's validation numbers must not change with the
+        process it runs in."""
         key = tuple(x.shape[1:])
         width = self._activation_width.get(key)
         if width is None:
             width = self._activation_width[key] = largest_activation(self.template, x[:1])
         per_block = max(1, EVAL_BLOCK_BYTES // (width * x.element_size()))
-        nodes = min(EVAL_BLOCK_NODES, per_block)
+        nodes = min(self.team_size, EVAL_BLOCK_NODES, per_block)
         return min(self.num_nodes, nodes), max(1, per_block // nodes)
 
 

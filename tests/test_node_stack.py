@@ -162,9 +162,10 @@ def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, bloc
 
 
 def test_a_nodes_validation_outputs_do_not_depend_on_how_many_nodes_its_stack_holds():
-    """Processes hold blocks of robots of different sizes (10 robots on 1, 2 or 3 processes); with
-    ``execution: loop`` a robot's evaluation is the same bit for bit, though a matrix product's rounding
-    can depend on its row count (the other executions batch the nodes of a block, so they need not be)."""
+    """Processes hold blocks of robots of different sizes (10 robots on 1, 2 or 3 processes), each stack
+    knowing the team's size; with ``execution: loop`` a robot's evaluation is the same bit for bit, though a
+    matrix product's rounding can depend on its row count (the other executions batch the nodes of a
+    block, so they need not be)."""
     execution = "loop"
     torch.manual_seed(4)
     team, theta = perturbed_stack(mnist_cnn(3, 5, 64), 10, execution)
@@ -177,9 +178,11 @@ def test_a_nodes_validation_outputs_do_not_depend_on_how_many_nodes_its_stack_ho
     for blocks in ([5, 5], [4, 3, 3], [1] * 10):
         start = 0
         for size in blocks:
-            part = NodeStack(team.template, size, dtype=DT, execution=execution)
+            part = NodeStack(team.template, size, dtype=DT, execution=execution, team_size=10)
             assert torch.equal(part.evaluate(theta[start:start + size], x, logits), whole[start:start + size])
             start += size
+    with pytest.raises(ValueError, match="team_size 3 is smaller than the 5 nodes held"):
+        NodeStack(team.template, 5, team_size=3)
 
 
 @pytest.mark.parametrize("size,side", [(2, 24), (2, 7), (3, 11)])
