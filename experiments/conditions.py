@@ -180,12 +180,12 @@ def read_table(source: str) -> list[dict]:
     return rows
 
 
-def combined_rows(args) -> tuple[list[dict], list[str]]:
-    """The rows of every --combine table (--only: these conditions, in this order) and the condition names;
-    refuses a (condition, pair) that two chosen rows give, mixed metrics and a used --output-dir."""
+def combined_rows(args) -> tuple[Path, list[dict], list[str]]:
+    """The output folder, the rows of every --combine table (--only: these conditions, in this order) and
+    the condition names; refuses a (condition, pair) that two chosen rows give, mixed metrics and a used --output-dir."""
     if args.config is not None or args.resume is not None or args.overrides:
         raise ConfigError("--combine: give only tables (folders or conditions.csv files), no CONFIG, --resume or --set")
-    new_output_dir(args.output_dir, "with --combine (the folder the joined table goes to)", "")
+    out_dir = new_output_dir(args.output_dir, "with --combine (the folder the joined table goes to)", "")
     given = [(row, source) for source in args.combine for row in read_table(source)]
     names = list(dict.fromkeys(row["condition"] for row, _ in given))
     if args.only:
@@ -209,7 +209,7 @@ def combined_rows(args) -> tuple[list[dict], list[str]]:
     metrics = sorted({r["metric"] for r in rows})
     if len(metrics) > 1:
         raise ConfigError(f"--combine: the tables report different metrics ({', '.join(metrics)}); join one metric")
-    return rows, names
+    return out_dir, rows, names
 
 
 def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
@@ -263,11 +263,10 @@ def main(argv=None) -> int:
         return int(exc.code) if exc.code is not None else 2
     if args.combine is not None:
         try:
-            rows, names = combined_rows(args)
+            out_dir, rows, names = combined_rows(args)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        out_dir = Path(args.output_dir).resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
         save_table(out_dir, rows, names, rows[0]["metric"])
         print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
