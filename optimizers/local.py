@@ -2,7 +2,8 @@
 
 Used for the individual-training baseline (N nodes, no messages) and, on a one-node problem holding
 the pooled data, for the centralized baseline. The learning rate is ``lr``, or follows ``lr_decay_type``
-from ``lr`` to ``lr_finish`` over the rounds.
+from ``lr`` to ``lr_finish`` over the rounds. A round is ``steps_per_round`` optimizer steps, each on a
+fresh batch (as many gradient steps per round as a DiNNO robot's ``primal_iterations``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class LocalTraining(DistributedOptimizer):
         "lr": (float, REQUIRED, POSITIVE),
         "lr_finish": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "steps_per_round": (int, 1, AT_LEAST_ONE),
         "profile": (bool, False),
     }
 
@@ -31,7 +33,8 @@ class LocalTraining(DistributedOptimizer):
         theta = self.problem.theta
         for group in self.opt.param_groups:
             group["lr"] = float(self.lrs[k - 1])
-        _, grads = self.problem.local_grads(theta)
-        theta.grad = grads
-        self.opt.step()
+        for _ in range(int(self.config["steps_per_round"])):
+            _, grads = self.problem.local_grads(theta)
+            theta.grad = grads
+            self.opt.step()
         theta.grad = None

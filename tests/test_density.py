@@ -307,8 +307,11 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     for name in ("dinno", "dsgd", "dsgt", "individual", "centralized"):
         assert (out / f"{name}_results.pt").is_file()
         assert (out / f"{name}_metrics.csv").is_file()
-    for fig in ("density_maps.png", "validation_loss.png"):
+    for fig in ("density_maps.png", "validation_loss.png", "density_map_strips.png", "density_animation.gif"):
         assert (out / "figures" / fig).stat().st_size > 1000
+    from PIL import Image
+    with Image.open(out / "figures" / "density_animation.gif") as gif:
+        assert gif.n_frames == 6  # the maps kept at rounds 0, 2, ..., 10
     assert (out / "summary.csv").is_file() and (out / "graph.json").is_file()
     hist = torch.load(out / "dinno_results.pt", weights_only=True)
     assert hist["round"] == [0, 2, 4, 6, 8, 10]
@@ -392,6 +395,28 @@ def test_a_baseline_does_not_depend_on_the_other_pairs(tmp_path):
             assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), (name, key)
         assert torch.equal(torch.load(out_full / f"{name}_final_params.pt", weights_only=True),
                            torch.load(out_alone / f"{name}_final_params.pt", weights_only=True))
+
+
+def test_individual_baseline_rounds_of_several_steps_are_the_same_steps_as_one_a_round(tmp_path):
+    """individual_training.rounds x steps_per_round: as many gradient steps as a DiNNO robot's rounds x
+    primal_iterations, each on a fresh batch; at a constant rate, 3 rounds of 2 steps are 6 rounds of 1."""
+    plan = make_plan(tmp_path / "plan")
+    outs = {}
+    for rounds, steps in ((3, 2), (6, 1)):
+        cfg = tiny_online_config(plan, rounds=2)
+        cfg["experiment"]["centralized"] = False
+        cfg["experiment"]["execution"] = "grouped"
+        cfg["problem_configs"] = {"problem1": cfg["problem_configs"]["problem1"]}
+        cfg["experiment"]["individual_training"].update(rounds=rounds, steps_per_round=steps)
+        rc, outs[steps] = run_config(cfg, tmp_path / f"steps{steps}")
+        assert rc == 0
+    several = torch.load(outs[2] / "individual_results.pt", weights_only=True)
+    one = torch.load(outs[1] / "individual_results.pt", weights_only=True)
+    assert several["round"][-1] == 3 and one["round"][-1] == 6
+    assert torch.equal(several["forward_pass_count"][-1], torch.full((3,), 6 * 40))  # 6 batches of 40 points
+    assert torch.equal(torch.load(outs[2] / "individual_final_params.pt", weights_only=True),
+                       torch.load(outs[1] / "individual_final_params.pt", weights_only=True))
+    assert torch.equal(several["validation_loss"][-1], one["validation_loss"][-1])
 
 
 def test_disconnected_graph_is_logged_once_per_change(tmp_path, capsys):

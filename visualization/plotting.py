@@ -18,7 +18,7 @@ import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from optimizers.results_io import save_figure  # noqa: E402
+from optimizers.results_io import atomic_path, save_figure  # noqa: E402
 from problems.metrics import label  # noqa: E402
 
 
@@ -218,6 +218,157 @@ def save_density_maps(folder: str | Path, image, paths: list) -> Path:
     fig.tight_layout()
     path = out / "density_maps.png"
     save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def mesh_history(res: dict) -> list[tuple[int, torch.Tensor]]:
+    """(round, maps (N, H', W')) of every evaluation that kept the mesh, in order."""
+    meshes = res.get("mesh_grid_density") or []
+    rounds = res.get("mesh_round") or res.get("round", [])
+    return [(int(torch.as_tensor(k)), torch.as_tensor(m)) for k, m in zip(rounds, meshes)]
+
+
+def milestone_rounds(last: int) -> list[int]:
+    """The rounds a map strip shows: an eighth, a quarter and half of the run, and its end (4,000 rounds:
+    500, 1,000, 2,000, 4,000)."""
+    return sorted({max(1, last // 8), max(1, last // 4), max(1, last // 2), last})
+
+
+def _draw_plan(ax, image, paths, extent, legend: bool = False):
+    ax.imshow(image, cmap="gray", extent=extent, vmin=0, vmax=1)
+    colors = plt.cm.tab10(np.arange(len(paths)) % 10)
+    for i, path in enumerate(paths):
+        ax.plot(path[:, 0], path[:, 1], color=colors[i], lw=1.0, label=f"robot {i}")
+        ax.plot(path[0, 0], path[0, 1], "o", color=colors[i], ms=3)
+    if legend:
+        ax.legend(fontsize=5, loc="upper right", ncol=2)
+    return colors
+
+
+def save_map_strips(folder: str | Path, image, paths: list, rounds: list[int] | None = None) -> Path | None:
+    """figures/density_map_strips.png: one strip per pair (ground truth with every robot's path, then robot 0's
+    map at each of ``rounds``, by default :func:`milestone_rounds` of the first pair's run), each map titled with
+    robot 0's map quality then. The map of each round is the one kept at that round, or the last kept before
+    it (a panel that would repeat the previous one is left empty). None when no pair kept its map at more than
+    one evaluation."""
+    folder = Path(folder)
+    full = load_results(folder)
+    results = {name: mesh_history(res) for name, res in full.items()}
+    results = {name: hist for name, hist in results.items() if len(hist) > 1}
+    if not results:
+        return None
+    rounds = rounds or milestone_rounds(next(iter(results.values()))[-1][0])
+    ny, nx_ = image.shape
+    extent = (-nx_ / 2, nx_ / 2, ny / 2, -ny / 2)
+    cols = 1 + len(rounds)
+    fig, axes = plt.subplots(len(results), cols, figsize=(3.0 * cols, (3.0 * ny / nx_ + 0.6) * len(results)),
+                             squeeze=False)
+    for index, (row, (name, hist)) in enumerate(zip(axes, results.items())):
+        _draw_plan(row[0], image, paths, extent, legend=index == 0)
+        row[0].set_title(f"{name}\nground truth and paths", fontsize=8)
+        res = full[name]
+        evaluated = [int(torch.as_tensor(k)) for k in res.get("round", [])]
+        shown = None
+        for ax, wanted in zip(row[1:], rounds):
+            kept = [(k, m) for k, m in hist if k <= wanted]
+            if not kept or kept[-1][0] == shown:
+                ax.axis("off")
+                continue
+            k, mesh = kept[-1]
+            shown = k
+            ax.imshow(mesh[0].numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
+            title = f"round {k}" + (": robot 0" if mesh.shape[0] > 1 else "")
+            if res.get("map_balanced_accuracy") and k in evaluated:
+                e = evaluated.index(k)
+                acc = float(torch.as_tensor(res["map_balanced_accuracy"][e]).reshape(-1)[0])
+                iou = float(torch.as_tensor(res["map_wall_iou"][e]).reshape(-1)[0])
+                title += f"\nbal. acc. {acc:.3f}, wall IoU {iou:.3f}"
+            ax.set_title(title, fontsize=8)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    path = folder / "figures" / "density_map_strips.png"
+    path.parent.mkdir(exist_ok=True)
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_density_animation(folder: str | Path, image, paths: list, pair: str | None = None,
+                           path: str | Path | None = None, fps: int = 4) -> Path | None:
+    """A GIF of the robots driving (their positions at each evaluation that kept a map, or their paths' mean
+    positions where positions were not recorded) with their communication links (the recorded graph, else
+    the run's ``graph.json``), beside robot 0's map of ``pair`` (default: the first pair that kept its map
+    more than once) forming. Default file: figures/density_animation.gif. None when no pair has frames."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    folder = Path(folder)
+    results = load_results(folder)
+    if pair is None:
+        pair = next((n for n, r in results.items() if len(mesh_history(r)) > 1), None)
+    if pair is None or pair not in results or len(mesh_history(results[pair])) < 2:
+        return None
+    res = results[pair]
+    frames = mesh_history(res)
+    evaluated = [int(torch.as_tensor(k)) for k in res.get("round", [])]
+    num_robots = len(paths)
+    fixed = np.zeros((num_robots, num_robots), dtype=bool)
+    if (folder / "graph.json").exists():
+        for i, j in load_graph(folder).edges():
+            if i < num_robots and j < num_robots:
+                fixed[i, j] = fixed[j, i] = True
+    centres = np.stack([np.asarray(p).mean(axis=0) for p in paths])
+
+    def at(key, k, default):
+        values = res.get(key)
+        if not values or k not in evaluated or evaluated.index(k) >= len(values):
+            return default
+        return torch.as_tensor(values[evaluated.index(k)]).numpy()
+
+    ny, nx_ = image.shape
+    extent = (-nx_ / 2, nx_ / 2, ny / 2, -ny / 2)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5 * ny / nx_ + 0.8))
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colors = _draw_plan(axes[0], image, paths, extent)
+    for line in axes[0].lines:
+        line.set_alpha(0.35)
+    dots = axes[0].scatter(centres[:, 0], centres[:, 1], c=colors[:num_robots], s=40, zorder=3,
+                           edgecolors="white", linewidths=0.8)
+    links: list = []
+    shown = axes[1].imshow(frames[0][1][0].numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
+    left = axes[0].set_title("")
+    right = axes[1].set_title("")
+
+    def draw(f):
+        k, mesh = frames[f]
+        where = at("current_position", k, centres)
+        adjacency = at("current_graph", k, fixed)
+        dots.set_offsets(where)
+        for line in links:
+            line.remove()
+        links.clear()
+        for i in range(num_robots):
+            for j in range(i + 1, num_robots):
+                if adjacency[i, j]:
+                    links.extend(axes[0].plot(where[[i, j], 0], where[[i, j], 1], color="tab:cyan", lw=1.2))
+        shown.set_data(mesh[0].numpy())
+        left.set_text(f"round {k}: robots and their links")
+        acc = at("map_balanced_accuracy", k, None)
+        right.set_text(f"{pair}: robot 0's map" + (f" (bal. acc. {float(acc.reshape(-1)[0]):.3f})"
+                                                   if acc is not None else ""))
+        return [dots, shown, left, right, *links]
+
+    fig.tight_layout()
+    animation = FuncAnimation(fig, draw, frames=len(frames), blit=False)
+    path = Path(path) if path is not None else folder / "figures" / "density_animation.gif"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as partial:
+        animation.save(str(partial), writer=PillowWriter(fps=fps))
     plt.close(fig)
     return path
 

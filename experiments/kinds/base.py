@@ -43,6 +43,11 @@ INDIVIDUAL_SCHEMA = {
     "lr_finish": (Float, OPTIONAL, POSITIVE),  # with lr_decay_type: the rate the schedule ends at
     "lr_decay_type": (Choice(("constant", "linear", "log")), "constant"),
     "epochs": (Int, 1, AT_LEAST_ONE),
+    # given: this many rounds instead of `epochs` passes (e.g. the first pair's outer_iterations)
+    "rounds": (Int, OPTIONAL, AT_LEAST_ONE),
+    # optimizer steps per round, each on a fresh batch (e.g. DiNNO's primal_iterations: as many gradient steps
+    # as a robot of that pair takes)
+    "steps_per_round": (Int, 1, AT_LEAST_ONE),
     "train_batch_size": (Int, 64, AT_LEAST_ONE),
     "val_batch_size": (Int, 128, AT_LEAST_ONE),
     "verbose": (Bool, True),
@@ -223,7 +228,7 @@ class ExperimentSetup:
 
     def make_baseline(self, which: str, ranks=None):
         """(problem, optimizer config) of the ``individual`` (every robot alone, with
-        ``individual_training``) or ``centralized`` (one model on the pooled data, batch N x B, as many
+        ``individual_training``: ``rounds`` rounds, else ``epochs`` passes, of ``steps_per_round`` steps) or ``centralized`` (one model on the pooled data, batch N x B, as many
         rounds as the first pair) baseline."""
         first = first_problem(self.cfg)
         ind = self.exp["individual_training"]
@@ -238,6 +243,9 @@ class ExperimentSetup:
             opt_cfg["outer_iterations"] = rounds
             return self.build_problem("centralized", kwargs, pooled=True), opt_cfg
         batch, rounds = self.individual_schedule(ind)
+        if ind["rounds"] is not None:
+            rounds = ind["rounds"]
+        opt_cfg["steps_per_round"] = ind["steps_per_round"]
         kwargs = self.problem_kwargs(first, rounds)
         kwargs.update(train_batch_size=batch, val_batch_size=ind["val_batch_size"], ranks=ranks)
         kwargs["metrics"] = [m for m in kwargs["metrics"] if m != "current_graph"]

@@ -321,9 +321,12 @@ class DensitySetup(ExperimentSetup):
         return self.trajectories
 
     def save_figures(self, out_dir: Path) -> list[Path]:
-        from visualization.plotting import save_density_maps
+        from visualization.plotting import save_density_animation, save_density_maps, save_map_strips
 
-        return [save_density_maps(out_dir, self.image, self.robot_paths())]
+        paths = self.robot_paths()
+        written = [save_density_maps(out_dir, self.image, paths), save_map_strips(out_dir, self.image, paths),
+                   save_density_animation(out_dir, self.image, paths)]
+        return [path for path in written if path is not None]
 
 
 class OnlineDensitySetup(DensitySetup):
