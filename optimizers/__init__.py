@@ -1,6 +1,8 @@
 """Distributed optimizers, agnostic of the problem they train."""
 
+from optimizers.beer import BEER
 from optimizers.choco import CHOCOSGD
+from optimizers.deepsqueeze import DeepSqueeze
 from optimizers.dinno import DiNNO
 from optimizers.dsgd import DSGD
 from optimizers.dsgt import DSGT
@@ -14,7 +16,7 @@ from optimizers.sgp import SGP
 from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
 OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA,
-                                                   RelaxedADMM, SGP, PushDIGing)}
+                                                   RelaxedADMM, SGP, PushDIGing, BEER, DeepSqueeze)}
 BASELINES = {LocalTraining.alg_name: LocalTraining}
 
 
@@ -30,6 +32,9 @@ def validate_optimizer_config(prefix: str, data) -> dict:
         raise ConfigError(f"{prefix}.alg_name: {excerpt(name)} is not allowed{did_you_mean(name, OPTIMIZERS)}; "
                           f"allowed: {', '.join(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
+    for key, why in cls.retired_keys.items():
+        if key in data:
+            raise ConfigError(f"{prefix}.{key}: {why}")
     out = validate_mapping(prefix, {"alg_name": (Str, REQUIRED), **cls.config_schema}, data)
     cls.check_config(prefix, out)
     return out
@@ -37,5 +42,5 @@ def validate_optimizer_config(prefix: str, data) -> dict:
 
 OPTIMIZER_CONFIG = Custom(validate_optimizer_config)  # the schema kind of a problem's ``optimizer_config``
 
-__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "SGP", "PushDIGing", "LocalTraining", "OPTIMIZERS",
+__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "BEER", "DeepSqueeze", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "SGP", "PushDIGing", "LocalTraining", "OPTIMIZERS",
            "BASELINES", "OPTIMIZER_CONFIG", "validate_optimizer_config"]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from optimizers import state
+from optimizers.compressors import make_compressor
 from optimizers.graphs import adjacency
 from optimizers.results_io import atomic_path
 from optimizers.schema import defaults
@@ -121,6 +122,8 @@ class DistributedOptimizer:
 
     alg_name = ""
     config_schema: dict[str, tuple[Any, Any]] = {}
+    # keys this optimizer no longer takes, each with the one line that says why and what to use instead
+    retired_keys: dict[str, str] = {}
     asynchrony = None  # an optimizers.asynchrony.Asynchrony when robots wake at random
 
     def __init__(self, problem, network, config: dict[str, Any]):
@@ -186,6 +189,13 @@ class DistributedOptimizer:
             theta.grad = grads
             adam_step_into(opt, lambda p: self.workspace("adam_denom", p))
         theta.grad = None
+
+    def build_compressor(self):
+        """(compressor, its stream of draws for this process's robots) from ``config["compressor"]``; a
+        ``scope: tensor`` compressor gets the sizes of the model's parameter tensors from the node stack."""
+        slots = getattr(getattr(self.problem, "stack", None), "slots", None)
+        compressor = make_compressor(self.config["compressor"], [s.numel for s in slots] if slots else None)
+        return compressor, compressor.stream(self.network.robot_ids())
 
     def message_bytes(self, compressor) -> int:
         """What one compressed row of the node stack costs on the radio."""

@@ -22,7 +22,7 @@ import torch
 
 from optimizers.base import DistributedOptimizer
 from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
-from optimizers.compressors import COMPRESSOR, make_compressor
+from optimizers.compressors import COMPRESSOR
 
 
 class CHOCOSGD(DistributedOptimizer):
@@ -40,8 +40,7 @@ class CHOCOSGD(DistributedOptimizer):
     def setup(self) -> None:
         cfg = self.config
         self.lrs = self.lr_schedule(cfg["lr"], cfg["lr_finish"], cfg["lr_decay_type"])
-        self.compressor = make_compressor(cfg["compressor"])
-        self.compression_rng = self.compressor.stream(self.network.robot_ids())
+        self.compressor, self.compression_rng = self.build_compressor()
         self.public = torch.zeros_like(self.problem.theta)
 
     def round(self, k: int) -> None:

@@ -135,7 +135,7 @@ class SupervisedProblem:
 
     @classmethod
     def available_metrics(cls) -> tuple[str, ...]:
-        extra = ("top1_accuracy", "validation_as_vector") if cls.classification else ()
+        extra = ("top1_accuracy", "validation_as_vector", "mean_model_top1_accuracy") if cls.classification else ()
         return cls.base_metrics + extra
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,6 +235,12 @@ class SupervisedProblem:
                 values["top1_accuracy"] = every_node(val["correct"].to(torch.float64).mean(dim=1))
                 if "validation_as_vector" in wanted:
                     values["validation_as_vector"] = val["correct"]
+        if "mean_model_top1_accuracy" in wanted and self.classification:
+            # what the team knows before it agrees: the accuracy of the mean of every robot's parameters
+            team = theta.detach() if self.ranks is None else self.ranks.all_rows(theta.detach())
+            mean_model = team.mean(0, keepdim=True)
+            values["mean_model_top1_accuracy"] = self.validation_outputs(mean_model)["correct"].to(
+                torch.float64).mean().reshape(1)
         if "consensus_error" in wanted:
             if self.ranks is not None:  # the mean over every robot, from sums reduced across processes
                 values["consensus_error"] = self.ranks.consensus_error(theta.detach())

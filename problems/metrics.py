@@ -26,6 +26,8 @@ METRICS: dict[str, Metric] = {
     "validation_loss_wall": Metric("validation loss on wall points", summary=True, better="lower"),
     "validation_loss_free": Metric("validation loss on free points", summary=True, better="lower"),
     "top1_accuracy": Metric("top-1 accuracy", summary=True, better="higher"),
+    "mean_model_top1_accuracy": Metric("top-1 accuracy of the robots' mean model", per_robot=False, summary=True,
+                                       better="higher"),
     "optimality_gap": Metric("optimality gap f(x) - f*", summary=True, better="lower"),
     "mean_optimality_gap": Metric("optimality gap of the robots' mean, f(mean x) - f*", per_robot=False,
                                   summary=True, better="lower"),

@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers import CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
+from optimizers import BEER, CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DeepSqueeze, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
 from optimizers.compressors import make_compressor
 from optimizers.counters import code, uniform
 from optimizers.network import InProcessNetwork
@@ -113,25 +113,123 @@ def test_choco_identity_with_unit_consensus_step_is_dsgd():
     assert not torch.allclose(choco, make_problem().theta, atol=1e-3)
 
 
-def test_compressed_dsgd_matches_per_node_loop():
-    theta, net = run_stack(DSGD, {"alpha0": 0.05, "compressor": {"name": "top_k", "fraction": 0.1}})
+def _top_k_of(v, k):
+    out = torch.zeros_like(v)
+    idx = v.abs().topk(k).indices
+    out[idx] = v[idx]
+    return out
+
+
+def test_deepsqueeze_matches_per_node_loop():
+    theta, net = run_stack(DeepSqueeze, {"lr": 0.05, "consensus_stepsize": 0.6,
+                                         "compressor": {"name": "top_k", "fraction": 0.1}})
     ref = Reference()
     n = ref.vec(0).numel()
     k = math.ceil(0.1 * n)
+    error = [torch.zeros(n, dtype=DT) for _ in range(N)]
     for _ in range(ROUNDS):
-        q = []
-        for i in range(N):
-            v, idx = ref.vec(i), ref.vec(i).abs().topk(k).indices
-            q.append(torch.zeros(n, dtype=DT).index_copy_(0, idx, v[idx]))
-        mixed = [ref.vec(i) + sum(ref.weight(i, j) * (q[j] - q[i]) for j in neighbours(ref, i)) for i in range(N)]
-        for i in range(N):
-            ref.set_vec(i, mixed[i])
         grads = ref.grads()
+        half = [ref.vec(i) - 0.05 * grads[i] for i in range(N)]
+        sent = [_top_k_of(half[i] + error[i], k) for i in range(N)]
+        error = [half[i] + error[i] - sent[i] for i in range(N)]
         for i in range(N):
-            ref.set_vec(i, ref.vec(i) - 0.05 * grads[i])
+            ref.set_vec(i, half[i] + 0.6 * sum(ref.weight(i, j) * (sent[j] - sent[i]) for j in neighbours(ref, i)))
     assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
     degrees = torch.tensor([d for _, d in sorted(ref.graph.degree)], dtype=torch.float64)
     assert torch.equal(net.bytes_sent, degrees * ROUNDS * k * (8 + 4))  # float64 values + int32 indices
+
+
+@pytest.mark.parametrize("compressor", [{"name": "top_k", "fraction": 0.2}, {"name": "sign"}])
+def test_beer_matches_per_node_loop(compressor):
+    theta, net = run_stack(BEER, {"lr": 0.05, "lr_finish": 0.01, "lr_decay_type": "linear",
+                                  "consensus_stepsize": 0.4, "compressor": compressor})
+    ref = Reference()
+    n = ref.vec(0).numel()
+    k = math.ceil(0.2 * n)
+    rates = [0.05 + (0.01 - 0.05) * r / (ROUNDS - 1) for r in range(ROUNDS)]
+
+    def q_of(v):
+        return torch.sign(v) * v.abs().mean() if compressor["name"] == "sign" else _top_k_of(v, k)
+
+    def gossip(copies, i):
+        return sum(ref.weight(i, j) * (copies[j] - copies[i]) for j in neighbours(ref, i))
+
+    public = [ref.vec(i) for i in range(N)]  # the shared initial model
+    public_tracker = [torch.zeros(n, dtype=DT) for _ in range(N)]
+    grads = ref.grads()
+    tracker = [g.clone() for g in grads]
+    for r in range(ROUNDS):
+        for i in range(N):
+            ref.set_vec(i, ref.vec(i) + 0.4 * gossip(public, i) - rates[r] * tracker[i])
+        public = [public[i] + q_of(ref.vec(i) - public[i]) for i in range(N)]
+        new_grads = ref.grads()
+        tracker = [tracker[i] + 0.4 * gossip(public_tracker, i) + new_grads[i] - grads[i] for i in range(N)]
+        grads = new_grads
+        public_tracker = [public_tracker[i] + q_of(tracker[i] - public_tracker[i]) for i in range(N)]
+    assert torch.allclose(theta, ref.stacked(), atol=1e-10, rtol=0)
+    per_message = k * (8 + 4) if compressor["name"] == "top_k" else math.ceil(n / 8) + 8
+    degrees = torch.tensor([d for _, d in sorted(ref.graph.degree)], dtype=torch.float64)
+    assert torch.equal(net.bytes_sent, degrees * ROUNDS * 2 * per_message)  # two messages a round
+
+
+@pytest.mark.parametrize("compressor", [{"name": "top_k", "fraction": 0.5}, {"name": "qsgd", "levels": 4, "seed": 1},
+                                        {"name": "qsgd", "bits": 2, "scope": "tensor", "seed": 1}])
+def test_beer_reaches_the_exact_least_squares_optimum_under_compression(compressor):
+    """Gradient tracking with compressed public copies: the exact optimum, not a neighbourhood of it."""
+    errors, start = run_convex(BEER, {"lr": 0.03, "consensus_stepsize": 0.3, "compressor": compressor}, 3000)
+    assert errors.max() < 1e-8 * start
+
+
+def test_deepsqueeze_averages_where_compressing_the_model_without_error_feedback_cannot():
+    """The error term sends what top-k left out later; with it the robots reach consensus on the
+    least-squares problem, up to the DSGD-like bias a decaying rate shrinks. Without it (top-k of the
+    model itself) they stay far apart."""
+
+    class WithoutErrorFeedback(DeepSqueeze):
+        def round(self, k):
+            self.error.zero_()
+            super().round(k)
+
+    cfg = {"lr": 0.05, "lr_finish": 0.002, "lr_decay_type": "log", "consensus_stepsize": 0.2}
+    top_k = {"compressor": {"name": "top_k", "fraction": 0.5}}
+    exact, start = run_convex(DeepSqueeze, cfg, 1500)
+    compressed, _ = run_convex(DeepSqueeze, {**cfg, **top_k}, 1500)
+    without, _ = run_convex(WithoutErrorFeedback, {**cfg, **top_k}, 1500)
+    assert exact.max() < start / 10
+    assert compressed.max() < 1.5 * exact.max() + 0.02
+    assert without.max() > 2 * compressed.max()
+
+
+def test_dsgd_refuses_a_compressor_and_names_the_methods_that_compress():
+    from optimizers import validate_optimizer_config
+    from optimizers.schema import ConfigError
+    with pytest.raises(ConfigError, match=r"^p\.compressor: dsgd sends its model uncompressed .* use deepsqueeze, "
+                                          r"choco_sgd or beer$"):
+        validate_optimizer_config("p", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
+                                        "compressor": {"name": "top_k"}})
+
+
+def test_compressors_per_tensor_compress_each_tensor_on_its_own():
+    x = torch.randn(3, 30, generator=torch.Generator().manual_seed(5), dtype=DT)
+    x[:, 20:] *= 100  # a whole-row top-k would take only the last tensor's entries
+    segments = [12, 8, 10]
+    top = make_compressor({"name": "top_k", "fraction": 0.25, "scope": "tensor"}, segments)
+    q, start = top(x), 0
+    for size in segments:
+        k = math.ceil(0.25 * size)
+        part = x[:, start:start + size]
+        for i in range(3):
+            assert torch.equal(q[i, start:start + size], _top_k_of(part[i], k))
+        start += size
+    assert top.row_bytes(30, 4) == (3 + 2 + 3) * (4 + 4)
+    whole = make_compressor({"name": "top_k", "fraction": 0.25})(x)
+    assert (whole[:, :20] == 0).all() and not (q[:, :20] == 0).all()
+    qsgd = make_compressor({"name": "qsgd", "bits": 3, "scope": "tensor", "seed": 0}, segments)
+    assert qsgd.levels == 7
+    assert qsgd.row_bytes(30, 4) == sum(math.ceil(size * (1 + 3) / 8) + 4 for size in segments)
+    assert torch.equal(q, make_compressor({"name": "top_k", "fraction": 0.25, "scope": "tensor"}, segments)(x))
+    with pytest.raises(ValueError, match="needs the sizes"):
+        make_compressor({"name": "top_k", "fraction": 0.25, "scope": "tensor"})
 
 
 def test_extra_matches_per_node_loop():
@@ -235,6 +333,9 @@ def test_choco_gets_close_to_least_squares_solution():
     ({"name": "top_k", "fraction": 0}, "c.compressor.fraction: must be in (0, 1], got 0.0"),
     ({"name": "sign", "fraction": 0.1}, "c.compressor.fraction: unknown key; allowed: name"),
     ({"name": "qsgd", "levels": 0}, "c.compressor.levels: must be at least 1, got 0"),
+    ({"name": "qsgd", "levels": 4, "bits": 2}, "c.compressor: give qsgd either levels or bits, not both"),
+    ({"name": "qsgd", "bits": 31}, "c.compressor.bits: must be"),
+    ({"name": "top_k", "scope": "layer"}, "c.compressor.scope: 'layer' is not allowed"),
     ("top_k", "c.compressor: expected a mapping such as {name: top_k, fraction: 0.01}, got 'top_k'"),
 ])
 def test_compressor_config_errors_name_key_and_choices(compressor, message):
@@ -248,9 +349,9 @@ def test_compressor_config_errors_name_key_and_choices(compressor, message):
 
 def test_compressor_defaults_are_filled_in():
     from optimizers import validate_optimizer_config as validate_optimizer
-    cfg = validate_optimizer("c", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
-                                   "compressor": {"name": "qsgd"}})
-    assert cfg["compressor"] == {"name": "qsgd", "levels": 16, "seed": 0}
+    cfg = validate_optimizer("c", {"alg_name": "choco_sgd", "outer_iterations": 3, "lr": 0.1,
+                                   "consensus_stepsize": 0.5, "compressor": {"name": "qsgd"}})
+    assert cfg["compressor"] == {"name": "qsgd", "levels": 16, "bits": None, "scope": "row", "seed": 0}
 
 
 # ------------------------------------------------------------------------------ bytes on the radio
@@ -266,6 +367,10 @@ def test_each_optimizer_counts_what_it_sends():
              (NEXT, {"alpha0": 0.5, "tau": 20.0}, 2 * ROUNDS * dense),
              (ProxPDA, {"beta": 0.5, "primal_lr": 0.01}, (ROUNDS + 1) * dense),
              (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "sign"}},
+              ROUNDS * (math.ceil(n / 8) + 8)),
+             (BEER, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "sign"}},
+              2 * ROUNDS * (math.ceil(n / 8) + 8)),
+             (DeepSqueeze, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "sign"}},
               ROUNDS * (math.ceil(n / 8) + 8))]
     for cls, cfg, per_neighbour in cases:
         _, net = run_stack(cls, cfg)
@@ -278,7 +383,9 @@ ALL = [(DSGD, {"alpha0": 0.05, "mu": 0.1}), (DSGT, {"alpha": 0.05}),
        (DiNNO, {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}),
        (EXTRA, {"alpha": 0.05}), (NEXT, {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}),
        (ProxPDA, {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}),
-       (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}})]
+       (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}),
+       (BEER, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}),
+       (DeepSqueeze, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}})]
 
 
 @pytest.mark.parametrize("cls,cfg", ALL, ids=[c.alg_name for c, _ in ALL])

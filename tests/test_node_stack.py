@@ -273,3 +273,27 @@ def test_auto_execution_measures_candidates_and_keeps_one_per_batch_shape():
     assert torch.allclose(grads, ref_grads, atol=1e-10)
     stack.loss_and_grad(theta, x, y, nll)
     assert len(stack.plans) == 1  # measured once per shape
+
+
+def test_mean_model_accuracy_is_the_accuracy_of_the_averaged_parameters():
+    """mean_model_top1_accuracy: one number for the team, the top-1 accuracy of the mean of every robot's
+    parameters (knowledge the robots hold before they agree on it), against a slow per-model reference."""
+    from problems.base import ClassificationProblem
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(90, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    split = [torch.arange(i * 30, (i + 1) * 30) for i in range(3)]
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    problem = ClassificationProblem("c", model, split, x, y, x, y, loss="CE",
+                                    metrics=["top1_accuracy", "mean_model_top1_accuracy"], train_batch_size=10,
+                                    val_batch_size=25, dtype=torch.float64)
+    problem.theta.add_(torch.randn(problem.theta.shape, generator=g, dtype=torch.float64))
+    values = problem.evaluate(0)
+    mean = copy.deepcopy(model).double()
+    nn.utils.vector_to_parameters(problem.theta.mean(0), mean.parameters())
+    expected = (mean(x).argmax(1) == y).double().mean()
+    assert values["mean_model_top1_accuracy"].shape == (1,)
+    assert float(values["mean_model_top1_accuracy"]) == pytest.approx(float(expected), abs=1e-12)
+    each = torch.stack([(problem.stack.node_model(i)(x).argmax(1) == y).double().mean() for i in range(3)])
+    assert torch.allclose(values["top1_accuracy"], each)

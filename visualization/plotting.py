@@ -123,15 +123,17 @@ def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_
         save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
-    if any(res.get("top1_accuracy") and megabytes_per_node(res) is not None for res in results.values()):
+    for metric, name in (("top1_accuracy", "top1"), ("optimality_gap", "optimality_gap")):
+        if not any(res.get(metric) and megabytes_per_node(res) is not None for res in results.values()):
+            continue
         fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
-        plot_metric(results, "top1_accuracy", by_round)
-        by_round.set_title("top-1 accuracy vs round")
-        plot_metric(results, "top1_accuracy", by_bytes, x="megabytes")
-        by_bytes.set_title("top-1 accuracy vs megabytes sent per node")
+        plot_metric(results, metric, by_round)
+        by_round.set_title(f"{label(metric)} vs round")
+        plot_metric(results, metric, by_bytes, x="megabytes")
+        by_bytes.set_title(f"{label(metric)} vs megabytes sent per node")
         fig.tight_layout()
-        path = out / "top1_vs_round_and_megabytes.png"
-        fig.savefig(path, dpi=110)
+        path = out / f"{name}_vs_round_and_megabytes.png"
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     if any(res.get("map_balanced_accuracy") for res in results.values()):

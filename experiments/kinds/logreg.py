@@ -33,9 +33,10 @@ def check(cfg: dict) -> None:
     check_graph_parameters(exp["graph"])
     if LOSSES[exp["dataset"]] != "logistic":
         for key, pc in cfg["problem_configs"].items():
-            if "top1_accuracy" in pc["metrics"]:
-                raise ConfigError(f"problem_configs.{key}.metrics: top1_accuracy needs a classification data set "
-                                  f"(dataset {exp['dataset']} is a regression); allowed datasets: breast_cancer")
+            for metric in ("top1_accuracy", "mean_model_top1_accuracy"):
+                if metric in pc["metrics"]:
+                    raise ConfigError(f"problem_configs.{key}.metrics: {metric} needs a classification data set "
+                                      f"(dataset {exp['dataset']} is a regression); allowed datasets: breast_cancer")
 
 
 class LogRegSetup(ExperimentSetup):
