@@ -265,3 +265,37 @@ def check_output_folder(label: str, path: str | Path) -> None:
         raise ConfigError(f"{label}: {clip(path, 200)} is not writable ({reason}); "
                           f"choose a folder you can write to") from None
 
+
+
+ROUND_KEYS = ("outer_iterations",)  # what a resumed run may change: how long it trains
+
+
+def _without_rounds(node):
+    if isinstance(node, dict):
+        return {k: _without_rounds(v) for k, v in node.items() if k not in ROUND_KEYS}
+    if isinstance(node, list):
+        return [_without_rounds(v) for v in node]
+    return node
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of a validated config, ``outer_iterations`` left out (a resumed run may train longer): what a
+    run's manifest and its checkpoints record, so that a folder's config and checkpoints can be checked
+    against the run that wrote them."""
+    import hashlib
+    import json
+
+    text = json.dumps(_without_rounds(cfg), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_differences(old, new, prefix: str = "") -> list[str]:
+    """Every dotted key whose value differs between two configs, ``outer_iterations`` left out."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in list(old) + [k for k in new if k not in old]:
+            if key in ROUND_KEYS:
+                continue
+            found += config_differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return found
+    return [] if old == new else [prefix or "config"]

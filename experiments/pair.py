@@ -10,6 +10,8 @@ over the processes; the centralized baseline runs in one process.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -22,11 +24,52 @@ from tqdm.auto import tqdm
 from optimizers import BASELINES, OPTIMIZERS, results_io, state
 from optimizers.base import DivergedError
 from optimizers.links import Chain, configure_asynchrony, configure_network
+from experiments.config import config_hash
 from optimizers.schema import ConfigError
 from optimizers.network import InProcessNetwork, team_network_state
 from problems.metrics import CSV_COLUMNS, SUMMARY
 
 FINISHED = ("completed", "diverged")
+CHECKPOINT_FORMAT = 2  # {format, identity, sha256, payload (the checkpoint's torch.save bytes as uint8)}
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that is damaged or belongs to another run: refused with one line."""
+
+
+def save_checkpoint_file(path: Path, payload: dict, identity: dict) -> None:
+    """``payload`` with the identity of the run it belongs to and the SHA-256 of its bytes, atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    results_io.torch_save({"format": CHECKPOINT_FORMAT, "identity": identity,
+                           "sha256": hashlib.sha256(data).hexdigest(),
+                           "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}, path)
+
+
+def load_checkpoint_file(path: Path, expected: dict | None = None) -> dict:
+    """The payload of a checkpoint written by :func:`save_checkpoint_file`, after checking its checksum and,
+    given ``expected`` (config_sha256, seed, pair), that it belongs to this run; CheckpointError otherwise."""
+    remedy = f"delete {path} to train the pair from its start"
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, ...
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}); {remedy}") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not one this version writes (no identity or checksum); "
+                              f"{remedy}")
+    data = saved["payload"].numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != saved.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match); {remedy}")
+    if expected is not None:
+        identity = saved.get("identity") or {}
+        for key in sorted(expected, key=lambda k: ("pair", "seed", "config_sha256").index(k)
+                          if k in ("pair", "seed", "config_sha256") else 3):
+            value = expected[key]
+            if identity.get(key) != value:
+                raise CheckpointError(f"checkpoint {path} belongs to another run ({key} {identity.get(key)!r}, "
+                                      f"this run's {value!r}); {remedy}")
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 @dataclass(frozen=True)
@@ -171,7 +214,9 @@ class PairRun:
             self.block = (0, self.problem.num_nodes, self.problem.num_nodes)
         self.checkpointing = checkpoints and (out_dir is not None or self.world is not None)
         self.checkpoint_path = out_dir / f"{self.name}_checkpoint.pt" if out_dir is not None else None
+        self.identity = {"config_sha256": config_hash(setup.cfg), "seed": setup.seed, "pair": self.name}
         self.rounds_done = 0
+        self.outcome: str | None = None  # completed / diverged once training ended; recorded by finish()
         self.final: dict = {}  # the team's final (and last finite) parameters, once every rank finished
         writes = tensorboard_dir is not None and (world is None or world.writer)
         self.tensorboard_dir = tensorboard_dir if writes else None
@@ -191,7 +236,7 @@ class PairRun:
                 return
             saved = {"round": k, "parts": parts,
                      "graph_schedule": self.schedule.state_dict() if self.schedule is not None else None}
-            results_io.torch_save(saved, self.checkpoint_path)
+            save_checkpoint_file(self.checkpoint_path, saved, {**self.identity, "round": k})
             self.record.update_pair(self.name, checkpoint_round=k, checkpoint_bytes=self.checkpoint_path.stat().st_size,
                                     checkpoint_seconds=round(time.perf_counter() - start, 4))
 
@@ -200,7 +245,7 @@ class PairRun:
         may come from another number of processes: each block takes its robots' rows of it."""
         saved = None
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            saved = torch.load(self.checkpoint_path, weights_only=True)
+            saved = load_checkpoint_file(self.checkpoint_path, self.identity)
         if self.world is not None:
             saved = self.world.share(saved)
         if saved is None:
@@ -248,12 +293,13 @@ class PairRun:
             optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=self.schedule,
                                  on_checkpoint=self.save_checkpoint if self.checkpointing else None,
                                  checkpoint_every=self.checkpoint_every)
-            self.record.update_pair(name, status="completed")
+            self.outcome = "completed"  # recorded by finish(), once the pair's files are written
             self.final = {"theta": self.team_rows(self.problem.theta)}
         except DivergedError as exc:
             bar.write(f"  [{name}] diverged: {exc}")
             optimizer.evaluate(exc.round_index)
-            self.record.update_pair(name, status="diverged", diverged_round=exc.round_index, error=str(exc))
+            self.outcome = "diverged"
+            self.record.update_pair(name, diverged_round=exc.round_index, error=str(exc))
             round_index, theta = optimizer.last_finite
             self.final = {"theta": self.team_rows(self.problem.theta),
                           "last_finite": (round_index, self.team_rows(theta))}
@@ -286,18 +332,31 @@ class PairRun:
         sent = self.problem.history.get("bytes_sent")
         return float(torch.as_tensor(sent[-1], dtype=torch.float64).sum()) if sent else 0.0
 
-    def write_results(self) -> None:
-        """``<name>_results.pt``, ``_metrics.csv``, ``_final_params.pt`` (and ``_last_finite_params.pt`` when
-        it diverged); a finished pair's checkpoint is deleted."""
-        if self.out_dir is None or not self.problem.history:
+    def finish(self) -> None:
+        """Write the pair's files (what exists, whatever ended it), then, for a pair that trained to its end,
+        record its status (completed / diverged) with every file's size and checksum: a pair is complete
+        only once its files are. A finished pair's checkpoint is deleted last."""
+        files = self.write_results()
+        if self.outcome is None:
             return
+        self.record.update_pair(self.name, status=self.outcome, **({"files": files} if files else {}))
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+
+    def write_results(self) -> dict[str, dict]:
+        """``<name>_results.pt``, ``_metrics.csv``, ``_final_params.pt`` (and ``_last_finite_params.pt`` when
+        it diverged), each atomically; returns {file name: {bytes, sha256}} of what it wrote."""
+        if self.out_dir is None or not self.problem.history:
+            return {}
+        written = []
         with self._deferred():
             out, name, history = self.out_dir, self.name, self.problem.history
-            status = self.record.pair(name)["status"]
             results_io.torch_save(history, out / f"{name}_results.pt")
+            written.append(out / f"{name}_results.pt")
             rows = history_rows(history)
             if rows:
                 results_io.write_csv(out / f"{name}_metrics.csv", rows)
+                written.append(out / f"{name}_metrics.csv")
             # every robot's parameters; across processes only after a finish every rank reached together
             final = self.final if self.world is not None else {
                 "theta": self.problem.theta.detach().cpu(),
@@ -305,10 +364,11 @@ class PairRun:
                 (self.optimizer.last_finite[0], self.optimizer.last_finite[1].detach().cpu())}
             if final.get("theta") is not None:
                 results_io.torch_save(final["theta"], out / f"{name}_final_params.pt")
-            last_finite = final.get("last_finite") if status == "diverged" else None
+                written.append(out / f"{name}_final_params.pt")
+            last_finite = final.get("last_finite") if self.outcome == "diverged" else None
             if last_finite is not None:
                 results_io.torch_save({"round": last_finite[0], "theta": last_finite[1]},
                                       out / f"{name}_last_finite_params.pt")
+                written.append(out / f"{name}_last_finite_params.pt")
                 self.record.update_pair(name, last_finite_round=last_finite[0])
-            if status in FINISHED and self.checkpoint_path is not None:
-                self.checkpoint_path.unlink(missing_ok=True)
+        return {path.name: results_io.file_facts(path) for path in written}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import fcntl
+import json
 import os
 import signal
 import socket
@@ -190,3 +192,79 @@ class Interrupts:
     def stop(self) -> None:
         """From now on signals are only remembered: the run is writing what it has and ending."""
         self.stopping = True
+
+
+def read_manifest(path: str | Path, what: str) -> dict[str, Any]:
+    """A run's manifest.json, or one ConfigError line saying what is wrong with it (``what`` names the
+    command, e.g. "--resume DIR")."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {Path(path).name} is missing; not an output folder of run.py") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        reason = "truncated or not JSON" if isinstance(exc, ValueError) else type(exc).__name__
+        raise ConfigError(f"{what}: {Path(path).name} cannot be read ({reason}); the folder's record is "
+                          f"damaged") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{what}: {Path(path).name} is not a run manifest (not a mapping)")
+    return manifest
+
+
+def check_pair_entries(manifest: dict[str, Any], what: str, statuses) -> None:
+    """Every pair entry of a manifest names its pair and has a known status (one ConfigError line if not)."""
+    pairs = manifest.get("pairs")
+    if not isinstance(pairs, list):
+        raise ConfigError(f"{what}: manifest.json has no list of pairs; the folder's record is damaged")
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not isinstance(pair.get("problem_name"), str):
+            raise ConfigError(f"{what}: manifest.json pair {index} has no problem_name; the folder's record is "
+                              f"damaged")
+        if pair.get("status") not in statuses:
+            raise ConfigError(f"{what}: manifest.json pair {pair['problem_name']} has status "
+                              f"{pair.get('status')!r}, not one of {', '.join(statuses)}; the folder's record is "
+                              f"damaged")
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """One writer per output folder: an exclusive ``fcntl`` lock on ``<folder>/.lock``, held while the process
+    lives (the kernel drops it when the process ends, however it ends, so a dead run never leaves a stale
+    lock). The file says who holds it: pid, host and start time."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self._fh = None
+
+    def acquire(self, what: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ConfigError(f"{what}: another run is writing into {self.path.parent} ({holder}); wait for it "
+                              f"to end or choose another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that writes killed half-way left in ``folder`` (``.<name>.tmp-<pid>...``)."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

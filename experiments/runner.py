@@ -22,6 +22,8 @@ from experiments import distributed_run, scaling
 from experiments.config import (
     apply_overrides,
     check_output_folder,
+    config_differences,
+    config_hash,
     load_yaml,
     validate_config,
 )
@@ -29,24 +31,31 @@ from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
 from experiments.pair import (
     FINISHED,
+    CheckpointError,
     PairRun,
     PairSpec,
+    load_checkpoint_file,
     load_history,
     pair_specs,
     summarize,
 )
 from experiments.run_record import (
     DEFAULT_OUTPUT_DIR,
+    FolderLock,
     Interrupts,
     RunRecord,
+    check_pair_entries,
     git_commit,
     new_output_dir,
     now_iso,
     pick_device,
+    read_manifest,
+    remove_partial_writes,
     run_is_live,
 )
 from experiments.tensorboard_log import check_available
 from optimizers import results_io
+from optimizers.results_io import check_files
 from optimizers.distributed import PeerLostError
 from optimizers.graphs import GraphError, graph_to_json
 from optimizers.schema import ConfigError
@@ -93,40 +102,47 @@ def print_table(rows: list[dict]) -> None:
 
 
 def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
-    """Config and manifest of an output folder to resume; refuses live runs and changed configs."""
+    """Config and manifest of an output folder to resume. Refuses, with one line: a live run, a damaged
+    manifest, a config.yaml that is no longer the run's (only outer_iterations may change, by --set or by
+    editing it) and a checkpoint that is damaged or another run's. Finished pairs whose files are missing
+    or not the ones the run wrote go back to "not started" (with a note)."""
     out_dir = Path(folder).resolve()
+    what = f"--resume {folder}"
     manifest_path, config_path = out_dir / "manifest.json", out_dir / "config.yaml"
     if not manifest_path.is_file() or not config_path.is_file():
-        raise ConfigError(f"--resume {folder}: not an output folder of run.py (needs manifest.json and config.yaml)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("pairs"), list):
-            raise ValueError("no pairs")
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"--resume {folder}: manifest.json is not a run manifest") from None
+        raise ConfigError(f"{what}: not an output folder of run.py (needs manifest.json and config.yaml)")
+    manifest = read_manifest(manifest_path, what)
+    check_pair_entries(manifest, what, PAIR_STATUSES)
     if run_is_live(manifest):
-        raise ConfigError(f"--resume {folder}: the run is still live (pid {manifest.get('pid')} on "
+        raise ConfigError(f"{what}: the run is still live (pid {manifest.get('pid')} on "
                           f"{manifest.get('host')}, heartbeat {manifest.get('heartbeat')}); stop it first")
     stored = validate_config(load_yaml(config_path))
+    if "config" in manifest and config_hash(stored) != manifest.get("config_sha256"):
+        changed = config_differences(manifest["config"], stored) or ["(unknown keys)"]
+        raise ConfigError(f"{what}: config.yaml is not the run's config any more ({', '.join(changed[:5])} changed); "
+                          f"only outer_iterations may change when resuming")
     cfg = validate_config(apply_overrides(load_yaml(config_path), overrides))
-    difference = config_difference(stored, cfg)
+    difference = config_differences(stored, cfg)
     if difference:
-        raise ConfigError(f"--resume {folder}: --set may only change outer_iterations when resuming; "
-                          f"{difference} differs from the run's config")
+        raise ConfigError(f"{what}: --set may only change outer_iterations when resuming; "
+                          f"{difference[0]} differs from the run's config")
+    expected = {"config_sha256": config_hash(cfg), "seed": cfg["experiment"]["seed"]}
+    for pair in manifest["pairs"]:
+        name = pair["problem_name"]
+        if pair["status"] in FINISHED:
+            problem = check_files(out_dir, pair["files"]) if isinstance(pair.get("files"), dict) else (
+                None if (out_dir / f"{name}_results.pt").is_file() else f"{name}_results.pt is missing")
+            if problem is not None:
+                print(f"note: pair {name}: {problem}; it trains again", file=sys.stderr)
+                pair.update(status="not started")
+                pair.pop("files", None)
+        checkpoint = out_dir / f"{name}_checkpoint.pt"
+        if pair["status"] not in FINISHED and checkpoint.is_file():
+            try:
+                load_checkpoint_file(checkpoint, {**expected, "pair": name})
+            except CheckpointError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
     return cfg, manifest, out_dir
-
-
-def config_difference(old, new, prefix: str = "") -> str | None:
-    """The first dotted key whose value differs, ignoring the number of rounds."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            if key == "outer_iterations":
-                continue
-            found = config_difference(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-            if found:
-                return found
-        return None
-    return None if old == new else prefix
 
 
 def prepare_output_dir(args, exp: dict) -> Path | None:
@@ -143,9 +159,11 @@ def prepare_output_dir(args, exp: dict) -> Path | None:
     return new_output_dir(base, exp["name"])
 
 
-def new_manifest(args, exp: dict, device, setup, specs: list[PairSpec]) -> dict:
+def new_manifest(args, cfg: dict, device, setup, specs: list[PairSpec]) -> dict:
+    exp = cfg["experiment"]
     manifest = {
         "name": exp["name"], "status": "running", "config_file": str(Path(args.config).resolve()),
+        "config_sha256": config_hash(cfg), "config": cfg,
         "overrides": args.overrides, "started": now_iso(),
         "seed": exp["seed"], "device": str(device), "dtype": exp["dtype"], "problem": exp["problem"],
         "git_commit": git_commit(),
@@ -225,12 +243,35 @@ def _main(argv, interrupts: Interrupts) -> int:
     specs = pair_specs(cfg)
     if world is not None and not world.writer:
         specs = [s for s in specs if s.name != "centralized"]  # rank 0 runs it, after the pairs
-    record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts, restart)
+    lock = None
+    if out_dir is not None and (world is None or world.writer):
+        lock = FolderLock(out_dir)  # one writer per folder, held until this process ends
+        try:
+            lock.acquire(f"--resume {args.resume}" if args.resume else "output folder")
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return refused(True)
+        if old_manifest is not None:
+            for path in remove_partial_writes(out_dir):
+                print(f"note: removed {path.name}, a file a killed write left half-written", file=sys.stderr)
+    record = None
     try:
+        record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts, restart)
         return run_pairs(args, cfg, setup, device, specs, out_dir, record, interrupts, old_manifest is not None,
                          world)
+    except OSError as exc:  # the folder stopped being writable (full disk, read-only mount, ...)
+        print(f"error: cannot write into {out_dir}: {exc.strerror or exc}; the run stops", file=sys.stderr)
+        if record is not None:
+            try:
+                record.update(status="failed", error=f"cannot write into the output folder: {exc}", finished=now_iso())
+            except OSError:
+                pass  # the manifest stays 'running' with a heartbeat that goes stale: --resume works later
+        return 1
     finally:
-        record.stop_heartbeat()
+        if record is not None:
+            record.stop_heartbeat()
+        if lock is not None:
+            lock.release()
 
 
 def refused(say: bool) -> int:
@@ -331,13 +372,14 @@ def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, i
                                         if p["status"] not in FINISHED})
             manifest.setdefault("restarts", []).append(restart)
         manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
+        manifest.update(config_sha256=config_hash(cfg), config=cfg)
         manifest["status"] = "running"
         manifest.pop("finished", None)
         known = {p["problem_name"] for p in manifest["pairs"]}
         manifest["pairs"] += [{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"}
                               for s in specs if s.name not in known]
     else:
-        manifest = new_manifest(args, cfg["experiment"], device, setup, specs)
+        manifest = new_manifest(args, cfg, device, setup, specs)
         if world is not None:
             manifest["distributed"] = world.describe()
     with interrupts.deferred():
@@ -441,6 +483,13 @@ def run_rank_pairs(args, setup, device, specs, record: RunRecord, interrupts: In
                     if p["problem_name"] != "centralized") else 1
 
 
+def writing_failed(exc: BaseException, out_dir: Path | None) -> bool:
+    """An OSError of a write into the output folder (read-only, full disk, ...)."""
+    if not isinstance(exc, OSError) or out_dir is None or not exc.filename:
+        return False
+    return Path(exc.filename).resolve().is_relative_to(Path(out_dir).resolve())
+
+
 def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, interrupts: Interrupts,
             resume: bool, world=None) -> dict:
     """Build and train one pair; write its results whatever happens. Returns its summary row."""
@@ -460,16 +509,19 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
         interrupts.stop()
         record.update_pair(name, status="interrupted")
         if run is not None:
-            run.write_results()
+            run.finish()
         raise
     except PeerLostError as exc:
         record.update_pair(name, status="failed", error=str(exc))
         raise
     except Exception as exc:  # a crash of one pair never loses the others
+        if writing_failed(exc, out_dir):  # but a folder that takes no writes ends the run
+            record.update_pair(name, status="failed", error=f"cannot write into the output folder: {exc}")
+            raise
         record.update_pair(name, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
         print(f"pair {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     if run is not None:
-        run.write_results()
+        run.finish()
     history = run.problem.history if run is not None else {}
     return summarize(record.pair(name), history)

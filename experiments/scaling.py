@@ -46,7 +46,8 @@ from experiments.config import apply_overrides, is_scaling_config, load_yaml, va
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
 from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs
-from experiments.run_record import DEFAULT_OUTPUT_DIR, RunRecord, git_commit, new_output_dir, pick_device
+from experiments.run_record import (DEFAULT_OUTPUT_DIR, FolderLock, RunRecord, git_commit, new_output_dir, pick_device,
+                                    remove_partial_writes)
 from optimizers import results_io
 from optimizers.graphs import GraphError, fiedler_value, graph_from_json, graph_to_json, make_graph
 from optimizers.schema import ConfigError
@@ -183,6 +184,11 @@ def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, qui
     out = []
     for spec in specs:
         pair = record.pair(spec.name)
+        if writer and pair["status"] in FINISHED and isinstance(pair.get("files"), dict) \
+                and results_io.check_files(folder.partial, pair["files"]) is not None:
+            pair["status"] = "not started"  # its files were lost after it finished: train it again
+        if world is not None:
+            pair["status"] = world.share(pair["status"] if writer else None)
         if pair["status"] not in FINISHED:
             record.update_pair(spec.name, status="running")
             run = PairRun(spec, setup, device, folder.partial if writer else None, record, interrupts, world)
@@ -190,12 +196,12 @@ def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, qui
                 run.train(quiet=quiet, resume=True)
             except KeyboardInterrupt:
                 record.update_pair(spec.name, status="interrupted")
-                run.write_results()
+                run.finish()
                 raise
             except Exception as exc:  # a crash of one pair never loses the others
                 record.update_pair(spec.name, status="failed", error=f"{type(exc).__name__}: {exc}")
                 print(f"pair {spec.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            run.write_results()
+            run.finish()
         out.append((record.pair(spec.name), load_history(folder.partial, spec.name) if writer else {}))
     return out
 
@@ -242,8 +248,13 @@ def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float
 
 
 def is_sweep_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a sweep (a damaged manifest is not: --resume then says what is wrong with it)."""
     path = Path(folder) / "manifest.json"
-    return path.is_file() and json.loads(path.read_text()).get("kind") == "scaling"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("kind") == "scaling"
 
 
 def handles(args) -> bool:
@@ -340,8 +351,19 @@ def main(args, interrupts, ranks=None) -> int:
     exp = cfg["experiment"]
     resume = args.resume is not None
     writer = world is None or world.writer
+    lock = None
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out_dir)  # one writer per folder, held until this process ends
+        try:
+            lock.acquire(f"--resume {args.resume}" if resume else "output folder")
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if resume:
+            remove_partial_writes(out_dir)
+            for partial in out_dir.glob("*.partial"):
+                remove_partial_writes(partial)
         if not resume:
             results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     manifest = {"kind": "scaling", "name": exp["name"], "status": "running", "const": exp["scaling"]["const"],

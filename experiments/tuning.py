@@ -9,7 +9,8 @@ The config is an ordinary experiment config with a top-level ``tune`` block::
 
     tune:
       trials: 20                 # per pair (--trials overrides)
-      rounds: 300                # every trial trains each pair this many rounds
+      rounds: 300                # every trial trains each pair this many rounds (its schedules span them)
+      stop_after: 100            # optional: only the first 100 of them, the trial judged there
       seeds: [0, 1]              # a trial's objective is the mean over these experiment seeds
       objective: {metric: top1_accuracy, summary: last_quarter_mean, direction: maximize}
       pruner: {startup_trials: 5, warmup_rounds: 50}   # median pruning on the first seed's curve
@@ -104,6 +105,8 @@ def _check_space(key: str, value: Any) -> dict:
 TUNE_SCHEMA = {
     "trials": (Int, 20, AT_LEAST_ONE),
     "rounds": (Int, None, AT_LEAST_ONE),  # None: each pair's own outer_iterations
+    # None: train all the rounds; given: the first stop_after rounds of that schedule, and judge the trial there
+    "stop_after": (Int, None, AT_LEAST_ONE),
     "seeds": (ListOf(Int), [0]),
     "objective": ({"metric": (Str, "top1_accuracy"), "summary": (Choice(SUMMARIES), "last_quarter_mean"),
                    "direction": (Choice(("maximize", "minimize")), None)}, {}),
@@ -141,7 +144,17 @@ def validate_tuning(raw: Any) -> tuple[dict, dict]:
         if better is None:
             raise ConfigError(f"tune.objective.direction: required for {metric} (maximize or minimize)")
         tune["objective"]["direction"] = "maximize" if better == "higher" else "minimize"
+    stop = tune["stop_after"]
     for problem, params in tune["space"].items():
+        pc_rounds = cfg["problem_configs"].get(problem, {}).get("optimizer_config", {}).get("outer_iterations")
+        rounds = tune["rounds"] if tune["rounds"] is not None else pc_rounds
+        if stop is not None and rounds is not None and stop > rounds:
+            raise ConfigError(f"tune.stop_after: {stop} is beyond the {rounds} rounds of {problem}'s trials")
+        frequency = cfg["problem_configs"].get(problem, {}).get("metrics_config", {}).get("evaluate_frequency")
+        if stop is not None and frequency and stop % frequency:
+            raise ConfigError(f"tune.stop_after: {stop} must be a multiple of problem_configs.{problem}."
+                              f"metrics_config.evaluate_frequency ({frequency}), so that a trial is judged on an "
+                              f"evaluation at its last round")
         if problem not in cfg["problem_configs"]:
             raise ConfigError(f"tune.space.{problem}: not a key of problem_configs; allowed: "
                               f"{', '.join(cfg['problem_configs'])}")
@@ -199,6 +212,10 @@ def summarize(history: dict, metric: str, summary: str, direction: str) -> float
     return sum(tail) / len(tail)
 
 
+class _StopTrial(Exception):
+    """A trial has trained its first ``tune.stop_after`` rounds."""
+
+
 class Tuner:
     """The studies of one tuning folder."""
 
@@ -221,12 +238,15 @@ class Tuner:
         name = self.cfg["problem_configs"][problem]["problem_name"]
         pruner = self.optuna.pruners.MedianPruner(n_startup_trials=self.tune["pruner"]["startup_trials"],
                                                   n_warmup_steps=self.tune["pruner"]["warmup_rounds"])
-        # helper processes of --workers draw their own samples (the same seed would repeat the main one's)
-        seed = None if os.environ.get("NNDT_TUNE_WORKER") else self.tune["sampler_seed"]
-        sampler = self.optuna.samplers.TPESampler(seed=seed)
-        return self.optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
-                                        direction=self.tune["objective"]["direction"], pruner=pruner,
-                                        sampler=sampler)
+        study = self.optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                         direction=self.tune["objective"]["direction"], pruner=pruner)
+        # The sampler's seed follows the trials the study holds already: a resumed study draws new points
+        # instead of repeating its first ones (the same seed would), and a fresh study stays reproducible.
+        # Helper processes of --workers draw their own samples (the same seed would repeat the main one's).
+        seed = None if os.environ.get("NNDT_TUNE_WORKER") else \
+            (self.tune["sampler_seed"] + 7919 * len(study.get_trials(deepcopy=False))) % 2**32
+        study.sampler = self.optuna.samplers.TPESampler(seed=seed)
+        return study
 
     def finished(self, study) -> int:
         states = self.optuna.trial.TrialState
@@ -282,6 +302,8 @@ class Tuner:
             run = PairRun(spec, setup, self.device, None, record, checkpoints=False, log=lambda message: None,
                           tensorboard_dir=board)
 
+            stop_after = self.tune["stop_after"]
+
             def report(k, metrics, first=index == 0):
                 if first and k > 0 and objective["metric"] in metrics:
                     value = float(torch.as_tensor(metrics[objective["metric"]], dtype=torch.float64).nanmean())
@@ -289,8 +311,14 @@ class Tuner:
                         trial.report(value, k)
                         if trial.should_prune():
                             raise self.optuna.TrialPruned(f"round {k}: {value:.4g}")
+                if stop_after is not None and k >= stop_after:
+                    raise _StopTrial
 
-            run.train(quiet=self.quiet, on_evaluation=report)
+            try:
+                run.train(quiet=self.quiet, on_evaluation=report)
+                run.finish()
+            except _StopTrial:  # the first stop_after rounds of the schedule ran: judged there
+                record.update_pair(spec.name, status="completed")
             status = record.pair(spec.name)["status"]
             if status != "completed":
                 trial.set_user_attr("failure", f"seed {seed}: {status} {record.pair(spec.name).get('error', '')}")

@@ -514,3 +514,45 @@ def test_asynchrony_under_torchrun_is_refused_with_one_line(tmp_path):
     assert done.returncode != 0  # torchrun reports a failed worker as 1, whatever its status
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
         "error: experiment.asynchrony: runs in one process only, not under torchrun"]
+
+
+def test_rank_0_killed_while_a_finished_pair_writes_its_files_is_restarted_and_trains_it_again(tmp_path):
+    """kill -9 of the writing rank right after dsgd_results.pt (before the pair is recorded complete); torchrun
+    --max-restarts brings the workers back, the pair trains again from its checkpoint, and every number is the
+    one-process run's."""
+    cfg = checkpointed_config(rounds=60)
+    cfg["experiment"]["dist_timeout_s"] = 10
+    config = write_config(cfg, tmp_path)
+    one_process(config, tmp_path / "k1")
+    out = tmp_path / "out"
+    os.environ["NNDT_KILL_AFTER_WRITE"] = f"dsgd_results.pt@{tmp_path / 'killed'}"
+    try:
+        job = torchrun(2, config, out, wait=False, launcher=("--max-restarts=1",))
+    finally:
+        del os.environ["NNDT_KILL_AFTER_WRITE"]
+    try:
+        stdout, stderr = job.communicate(timeout=900)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "killed").exists()  # the hook fired once
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["restarts"]) == 1
+    same_results(tmp_path / "k1", out, PAIRS + ("centralized",))
+
+
+def test_torchrun_resume_refuses_another_runs_checkpoint_with_one_line(tmp_path):
+    cfg = checkpointed_config(rounds=150)
+    config = write_config(cfg, tmp_path)
+    out = tmp_path / "out"
+    interrupt_after(torchrun(2, config, out, wait=False), out, "dsgd", 9)
+    other_cfg = checkpointed_config(rounds=150)
+    other_cfg["experiment"]["seed"] = 4
+    other = tmp_path / "other"
+    interrupt_after(torchrun(2, write_config(other_cfg, tmp_path / "o"), other, wait=False), other, "dsgd", 9)
+    (out / "dsgd_checkpoint.pt").write_bytes((other / "dsgd_checkpoint.pt").read_bytes())
+    done = torchrun(2, None, None, "--resume", str(out))
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "belongs to another run" in lines[0] and "seed 4" in lines[0], done.stderr[-2000:]

@@ -120,6 +120,9 @@ def test_an_interrupted_tuning_resumes_to_the_full_count(tmp_path, how):
     by_trial = {(r["pair"], r["trial"]): r for r in rows}
     for r in kept:  # the finished trials' rows are unchanged (new columns may have appeared)
         assert {k: by_trial[(r["pair"], r["trial"])][k] for k in r} == r
+    for pair in ("dsgd", "extra"):  # the resumed study drew new points, it did not repeat its first ones
+        points = [tuple(v for k, v in sorted(r.items()) if k.startswith("param")) for r in rows if r["pair"] == pair]
+        assert len(set(points)) == len(points), points
 
 
 def test_workers_share_the_studies(tmp_path):
@@ -177,3 +180,34 @@ def test_the_shipped_comparison_tunes_every_pair_on_one_budget():
     assert algorithms == set(OPTIMIZERS)  # every algorithm the project has
     compressors = {pc["optimizer_config"].get("compressor", {}).get("name") for pc in cfg["problem_configs"].values()}
     assert {"top_k", "qsgd"} <= compressors
+
+
+def test_stop_after_judges_a_trial_on_the_first_rounds_of_the_full_schedule(tmp_path):
+    """tune.stop_after: the trial trains the first R rounds of its (full-length) schedule and is judged there:
+    its objective is the one a run of the whole schedule records at round R."""
+    from experiments.tuning import validate_tuning
+
+    cfg = {**TUNING, "tune": {**TUNING["tune"], "rounds": 100, "stop_after": 30, "seeds": [0], "trials": 1,
+                              "space": {"dsgd": {"optimizer_config.mu": {"choice": [0.5]}}}}}
+    cfg["problem_configs"]["dsgd"]["optimizer_config"]["mu"] = 0.5
+    out = tmp_path / "out"
+    assert tune_main([str(write(tmp_path, cfg)), "--output-dir", str(out), "--quiet"]) == 0
+    (row,) = trials(out)
+    assert row["state"] == "complete" and row["last_reported_round"] == "30"
+    whole = {key: value for key, value in cfg.items() if key != "tune"}
+    whole["problem_configs"] = {"dsgd": cfg["problem_configs"]["dsgd"]}
+    run_out = tmp_path / "run"
+    assert run_main([str(write_plain(tmp_path, whole)), "--output-dir", str(run_out), "--quiet"]) == 0
+    with open(run_out / "dsgd_metrics.csv", newline="") as fh:
+        at_30 = [float(r["optimality_gap"]) for r in csv.DictReader(fh) if r["round"] == "30"]
+    assert float(row["objective"]) == pytest.approx(sum(at_30) / len(at_30), rel=1e-12)
+    for bad, message in (({"stop_after": 25}, "multiple of problem_configs.dsgd.metrics_config.evaluate_frequency"),
+                         ({"stop_after": 200}, "beyond the 100 rounds")):
+        with pytest.raises(Exception, match=message):
+            validate_tuning({**cfg, "tune": {**cfg["tune"], **bad}})
+
+
+def write_plain(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
