@@ -7,6 +7,8 @@ steps per round. Measured, each in its own process (so peak memory is its own):
 
 * ``engine``: the DiNNO optimizer on the node stack as the runner uses it (automatic node chunks);
   also the stack forced to other chunk sizes / execution forms for comparison;
+* ``compiled``: the same with every training step compiled (``compile: on``; the compile itself is done in
+  the warm-up round and not timed);
 * ``loop``: a plain per-node loop, one ``nn.Module`` and one Adam per node, the same DiNNO update;
 * ``central``: one Adam step of one model on the pooled 87,500 samples;
 * ``data``: the data side of a round on the real shipped paper plan (5 window batches for all robots,
@@ -66,7 +68,7 @@ def timed(fn, args, info):
     return {**info, "seconds": (time.perf_counter() - t0) / args.rounds}
 
 
-def bench_engine(args, execution="auto", chunk=None):
+def bench_engine(args, execution="auto", chunk=None, compile="off"):
     import networkx as nx
     import torch
 
@@ -82,7 +84,8 @@ def bench_engine(args, execution="auto", chunk=None):
 
     class Problem:  # the parts of a problem DiNNO uses, fed with fixed synthetic batches
         def __init__(self):
-            self.stack = NodeStack(fourier_net(SHAPE, SCALE), N, execution=execution, chunk_size=chunk)
+            self.stack = NodeStack(fourier_net(SHAPE, SCALE), N, execution=execution, chunk_size=chunk,
+                                   compile=compile)
             self.theta = self.stack.theta
             self.calls = 0
 
@@ -235,6 +238,7 @@ def bench_matmul(args):
 
 VARIANTS = {
     "engine": lambda a: bench_engine(a),
+    "compiled": lambda a: bench_engine(a, compile="on"),
     "grouped_all_nodes": lambda a: bench_engine(a, "grouped", N),
     "vmap_chunk1": lambda a: bench_engine(a, "vmap", 1),
     "loop": bench_loop,
@@ -252,7 +256,7 @@ def run_child(name, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-COMPUTE = ("engine", "grouped_all_nodes", "vmap_chunk1", "loop", "central", "matmul")
+COMPUTE = ("engine", "compiled", "grouped_all_nodes", "vmap_chunk1", "loop", "central", "matmul")
 
 
 def interleaved(args, names) -> dict[str, dict]:
@@ -341,6 +345,10 @@ def main(argv=None):
         print(f"\nwork of a round: {round_flops() / 1e9:.1f} GFLOP; engine {engine_rate:.1f} GFLOP/s; plain float32 "
               f"matrix product ({b} x {k}) @ ({k} x {n}): {mm_rate:.1f} GFLOP/s")
         print(f"engine round / matrix product rate: {engine_rate / mm_rate:.2f}")
+        if "compiled" in res:
+            compiled_rate = round_flops() / res["compiled"]["seconds"] / 1e9
+            print(f"compiled round: {compiled_rate:.1f} GFLOP/s; compiled round / matrix product rate: "
+                  f"{compiled_rate / mm_rate:.2f}")
     return 0
 
 

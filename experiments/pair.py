@@ -142,7 +142,7 @@ def format_ranges(metrics: dict) -> str:
     return ", ".join(parts)
 
 
-GLOBAL_PROBLEM_STATE = ("history", "stack_plans")  # kept by rank 0 / the same everywhere, not per robot
+GLOBAL_PROBLEM_STATE = ("history", "stack_plans", "stack_compiled")  # kept by rank 0 / the same everywhere, not per robot
 
 
 def block_checkpoint(saved: dict, start: int, stop: int, total: int) -> dict:
@@ -324,7 +324,12 @@ class PairRun:
                 "outer_iterations": self.optimizer.outer_iterations,
                 "bytes_sent_total": self.bytes_sent_total(),
                 "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,
-                                                          "decided_by": stack.plan_sources.get(shape, "config")}
+                                                          "decided_by": stack.plan_sources.get(shape, "config"),
+                                                          "compiled": stack.compiled.get(shape, False),
+                                                          "compile_decided_by": stack.compile_sources.get(
+                                                              shape, "resumed" if shape in stack.compiled else
+                                                              ("config" if stack.compile == "off" else "not reached")),
+                                                          **stack.compile_facts.get(shape, {})}
                                for shape, (form, size) in stack.plans.items()}}
 
     def bytes_sent_total(self) -> float:

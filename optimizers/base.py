@@ -238,6 +238,7 @@ class DistributedOptimizer:
 
     def resume(self, checkpoint: dict[str, Any]) -> int:
         """Set up, then continue from ``checkpoint``; returns the round it was taken after."""
+        self._expect_rounds(self.outer_iterations - int(checkpoint["round"]))
         with torch.no_grad():
             self.setup()
             state.restore(self, checkpoint["optimizer"])
@@ -246,8 +247,18 @@ class DistributedOptimizer:
         return int(checkpoint["round"])
 
     # -------------------------------------------------------------------------- training
+    def gradient_steps_per_round(self) -> int:
+        """Local gradient evaluations a robot makes per round (for the node stack's compile decision)."""
+        return int(self.config.get("primal_iterations") or self.config.get("steps_per_round") or 1)
+
+    def _expect_rounds(self, rounds: int) -> None:
+        stack = getattr(self.problem, "stack", None)
+        if stack is not None:
+            stack.expected_steps = rounds * self.gradient_steps_per_round()
+
     def begin(self) -> dict[str, torch.Tensor] | None:
         """Set up and evaluate at round 0; returns the metrics (None on a process that does not keep them)."""
+        self._expect_rounds(self.outer_iterations)
         start = time.perf_counter()
         with torch.no_grad():
             self.setup()

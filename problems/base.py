@@ -83,7 +83,8 @@ class SupervisedProblem:
                  evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0, verbose_evals: bool = False,
                  execution: str = "auto", chunk_size: int | None = None, plan_cache=None,
-                 eval_nodes: int | None = None, robots: RobotBlock | None = None, ranks=None):
+                 eval_nodes: int | None = None, robots: RobotBlock | None = None, ranks=None,
+                 compile: str = "off"):
         self.name = name
         self.num_nodes = len(node_indices)
         if robots is not None and robots.stop - robots.start != self.num_nodes:
@@ -98,7 +99,7 @@ class SupervisedProblem:
         self.device = torch.device(device)
         self.dtype = dtype
         self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache,
-                               team_size=None if robots is None else robots.total)
+                               team_size=None if robots is None else robots.total, compile=compile)
         self.loss_name = loss
         self.metrics = list(metrics)
         unknown = [m for m in self.metrics if m not in self.available_metrics()]
@@ -272,13 +273,14 @@ class SupervisedProblem:
     def state_dict(self) -> dict:
         """Parameters, batch streams, loss averages and the metric history so far."""
         return {"theta": self.theta.detach().clone(), "sampler": self.sampler.state_dict(),
-                "stack_plans": dict(self.stack.plans),
+                "stack_plans": dict(self.stack.plans), "stack_compiled": dict(self.stack.compiled),
                 **state.capture(self, ("train_loss_ma", "last_losses", "history"))}
 
     def load_state_dict(self, saved: dict) -> None:
         self.theta.copy_(saved["theta"].to(self.theta.device, self.theta.dtype))
         self.sampler.load_state_dict(saved["sampler"])
         self.stack.plans.update(saved["stack_plans"])
+        self.stack.compiled.update(saved.get("stack_compiled", {}))  # a resumed run keeps its compile decisions
         state.restore(self, {k: saved[k] for k in ("train_loss_ma", "last_losses", "history")})
 
     def make_node_models(self) -> list[nn.Module]:

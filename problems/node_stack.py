@@ -14,6 +14,12 @@ Nodes are processed in chunks. With ``execution="auto"`` the stack measures the 
 (grouped / vmap / a per-node loop, each with a few chunk sizes) on the first batch of each shape and
 keeps the fastest; small batches usually run as one stacked call and very large (memory-bound)
 ones node by node. The choice only changes speed and float rounding, never the math.
+
+``compile`` (``auto | on | off``): a chunk's forward, loss and backward as one ``torch.compile``d graph
+(inductor fuses the element-wise work: sine, ReLU masks, the loss and their gradients). ``on`` compiles the
+chosen form; ``auto`` compiles it only where the run is long enough to pay for the compile and keeps it only
+when it measures faster (recorded like the execution plan); a compiler that fails falls back to eager with
+one note.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +45,13 @@ _ELEMENTWISE = (
 _POOLING = (nn.MaxPool2d, nn.AvgPool2d)
 
 EXECUTIONS = ("auto", "grouped", "vmap", "loop")
+COMPILE_MODES = ("auto", "on", "off")
+# ``compile: auto`` compiles a training step only when the eager steps the run expects take at least this
+# many seconds (a CPU compile takes 10-40 s), and keeps it only when it saves more than it cost.
+COMPILE_WORTH_SECONDS = 120.0
+# ... and only for steps of at least this many seconds: in smaller ones launching kernels is the cost, which a
+# compiled graph does not remove
+COMPILE_MIN_STEP_SECONDS = 0.005
 
 # Per-node samples per chunk that the automatic chunking aims for.
 DEFAULT_SAMPLES_PER_CHUNK = 4096
@@ -423,15 +437,18 @@ class ExecutionPlanCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def get(self, key: str) -> tuple[str, int] | None:
+    def get(self, key: str):
+        """The (execution, nodes per chunk) stored under ``key`` (a compile decision is stored as a bool)."""
         entry = self._read().get(key)
+        if isinstance(entry, bool):
+            return entry
         if isinstance(entry, list) and len(entry) == 2 and entry[0] in EXECUTIONS and isinstance(entry[1], int):
             return entry[0], entry[1]
         return None
 
-    def put(self, key: str, choice: tuple[str, int]) -> None:
+    def put(self, key: str, choice) -> None:
         data = self._read()
-        data[key] = list(choice)
+        data[key] = choice if isinstance(choice, bool) else list(choice)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
@@ -459,7 +476,7 @@ class NodeStack:
     def __init__(self, model: nn.Module, num_nodes: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, execution: str = "auto",
                  chunk_size: int | None = None, plan_cache: ExecutionPlanCache | None = None,
-                 team_size: int | None = None):
+                 team_size: int | None = None, compile: str = "off"):
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
         if team_size is not None and team_size < num_nodes:
@@ -491,6 +508,15 @@ class NodeStack:
         self.plan_sources: dict[tuple, str] = {}
         self.plan_cache = plan_cache
         self._buffers = {n: b for n, b in self.template.named_buffers()}
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        self.compile = compile
+        self.expected_steps: int | None = None  # loss-and-gradient calls the run expects (compile: auto)
+        self.compiled: dict[tuple, bool] = {}  # per batch shape: whether its training step runs compiled
+        self.compile_sources: dict[tuple, str] = {}
+        self.compile_facts: dict[tuple, dict] = {}  # seconds to compile, eager and compiled step times
+        self._compiled_fns: dict[tuple, Callable] = {}
+        self.notes: list[str] = []
 
     # ----------------------------------------------------------------------------- views
     def param_dict(self, theta_row: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -596,18 +622,105 @@ class NodeStack:
         Returns ``(losses (N,), grads (N, n))``, both detached; ``grads`` is ``out`` when given
         (a buffer shaped like ``theta``, not overlapping it).
         """
-        return self._loss_and_grad(self.plan(theta, x, y, loss_fn), theta, x, y, loss_fn, out)
+        plan = self.plan(theta, x, y, loss_fn)
+        compiled = self.compile != "off" and self.decide_compile(plan, theta, x, y, loss_fn)
+        return self._loss_and_grad(plan, theta, x, y, loss_fn, out, compiled=compiled)
 
-    def _loss_and_grad(self, plan, theta, x, y, loss_fn, out=None):
+    def decide_compile(self, plan, theta, x, y, loss_fn) -> bool:
+        """Whether this batch shape's training step runs compiled: ``on`` always (unless the compiler fails),
+        ``auto`` when the run's expected eager time pays for the compile and the compiled step measures
+        faster. Decided once per shape (and kept in the plan cache under ``auto``)."""
+        key = tuple(x.shape[1:])
+        if key in self.compiled:
+            return self.compiled[key]
+        cache_key = None
+        if self.compile == "auto" and self.plan_cache is not None:
+            cache_key = "compile | " + self._cache_key(x) + f" | plan {plan[0]}/{plan[1]}"
+            cached = self.plan_cache.get(cache_key)
+            if isinstance(cached, bool):
+                self.compiled[key], self.compile_sources[key] = cached, "cache"
+                return cached
+        facts: dict = {}
+        if self.compile == "auto":
+            eager = min(_timed(lambda: self._loss_and_grad(plan, theta, x, y, loss_fn), theta.device)
+                        for _ in range(2))
+            facts["eager_step_s"] = round(eager, 5)
+            expected = eager * (self.expected_steps or 0)
+            if expected < COMPILE_WORTH_SECONDS or eager < COMPILE_MIN_STEP_SECONDS:
+                self.compiled[key] = False
+                self.compile_sources[key] = ("run too short to pay for a compile" if expected < COMPILE_WORTH_SECONDS
+                                             else "steps too small to gain from a compile")
+                self.compile_facts[key] = facts
+                return False
+        start = time.perf_counter()
+        try:
+            self._loss_and_grad(plan, theta, x, y, loss_fn, compiled=True)
+        except Exception as exc:  # no working compiler here: eager, with one note
+            if _caused_by_interrupt(exc):  # Ctrl-C / SIGTERM during the compile, wrapped by the compiler
+                raise KeyboardInterrupt from exc
+            note = (f"torch.compile failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}); "
+                    f"training steps run eager")
+            self.notes.append(note)
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+            self._compiled_fns.pop(self._compile_key(plan, x), None)
+            self.compiled[key], self.compile_sources[key] = False, "compiler failed"
+            self.compile_facts[key] = facts
+            return False
+        facts["compile_s"] = round(time.perf_counter() - start, 3)
+        if self.compile == "on":
+            self.compiled[key], self.compile_sources[key] = True, "config"
+            self.compile_facts[key] = facts
+            return True
+        fast = min(_timed(lambda: self._loss_and_grad(plan, theta, x, y, loss_fn, compiled=True), theta.device)
+                   for _ in range(3))
+        facts["compiled_step_s"] = round(fast, 5)
+        wins = fast < 0.95 * facts["eager_step_s"] and \
+            (facts["eager_step_s"] - fast) * (self.expected_steps or 0) > facts["compile_s"]
+        self.compiled[key], self.compile_sources[key] = wins, "measured"
+        self.compile_facts[key] = facts
+        if not wins:
+            self._compiled_fns.pop(self._compile_key(plan, x), None)
+        if cache_key is not None:
+            self.plan_cache.put(cache_key, wins)
+        return wins
+
+    @staticmethod
+    def _compile_key(plan, x) -> tuple:
+        return (plan[0], plan[1], tuple(x.shape[1:]), x.dtype)
+
+    def _chunk_losses_fn(self, plan, x, loss_fn) -> Callable:
+        """One chunk's per-node losses from its per-layer parameters, compiled once per plan and shape."""
+        key = self._compile_key(plan, x)
+        fn = self._compiled_fns.get(key)
+        if fn is None:
+            execution = plan[0]
+
+            def chunk_losses(leaves, xb, yb):
+                return loss_fn(self.forward_params(leaves, xb, execution=execution), yb)
+
+            _quiet_compiler()
+            fn = self._compiled_fns[key] = torch.compile(chunk_losses, dynamic=False)
+        return fn
+
+    def _loss_and_grad(self, plan, theta, x, y, loss_fn, out=None, compiled: bool = False):
         execution, size = plan
         losses = torch.empty(theta.shape[0], device=theta.device, dtype=theta.dtype)
         grads = torch.empty_like(theta) if out is None else out
+        compiled_losses = self._chunk_losses_fn(plan, x, loss_fn) if compiled else None
         for block in self.chunks(x.shape[1], size):
             # one leaf per layer parameter: gradients land in place, no full-row scatter
             leaves = {name: v.detach().requires_grad_(True) for name, v in self.param_dict(theta[block]).items()}
             with torch.enable_grad():
-                out = self.forward_params(leaves, x[block], execution=execution)
-                node_losses = loss_fn(out, y[block])
+                if compiled_losses is not None:
+                    try:
+                        node_losses = compiled_losses(leaves, x[block], y[block])
+                    except Exception as exc:
+                        if _caused_by_interrupt(exc):  # Ctrl-C / SIGTERM during a (re)compile
+                            raise KeyboardInterrupt from exc
+                        raise
+                else:
+                    out = self.forward_params(leaves, x[block], execution=execution)
+                    node_losses = loss_fn(out, y[block])
                 layer_grads = torch.autograd.grad(node_losses.sum(), list(leaves.values()))
             losses[block] = node_losses.detach()
             for slot, grad in zip(self.slots, layer_grads):
@@ -647,6 +760,27 @@ class NodeStack:
         per_block = max(1, EVAL_BLOCK_BYTES // (width * x.element_size()))
         nodes = min(self.team_size, EVAL_BLOCK_NODES, per_block)
         return min(self.num_nodes, nodes), max(1, per_block // nodes)
+
+
+def _quiet_compiler() -> None:
+    """Inductor compiles in this process (no pool of compile workers that a Ctrl-C could leave behind) and
+    keeps its note about a missing CUDA runtime to itself (the CPU build of the kernels needs none)."""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def largest_activation(model: nn.Module, sample: torch.Tensor) -> int:

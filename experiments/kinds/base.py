@@ -77,6 +77,8 @@ COMMON_EXPERIMENT = {
     "dtype": (Choice(("float32", "float64")), "float32"),
     "centralized": (Bool, False),
     "execution": (Choice(("auto", "grouped", "vmap", "loop")), "auto"),
+    # training steps as one torch.compile'd graph: auto = where it measures faster and the run pays for the compile
+    "compile": (Choice(("auto", "on", "off")), "auto"),
     "node_chunk_size": (Int, OPTIONAL, AT_LEAST_ONE),
     "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
@@ -199,7 +201,7 @@ class ExperimentSetup:
                     evaluate_frequency=mc["evaluate_frequency"], tloss_decay=mc["tloss_decay"],
                     device=self.device, dtype=self.dtype, seed=self.seed + 1,
                     verbose_evals=problem_cfg["verbose_evals"], execution=self.exp["execution"],
-                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache,
+                    chunk_size=self.exp["node_chunk_size"], plan_cache=self.plan_cache, compile=self.exp["compile"],
                     eval_nodes=mc["eval_nodes"], robots=self.block)
 
     def build_problem(self, name: str, kwargs: dict, pooled: bool):
