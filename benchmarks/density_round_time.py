@@ -73,7 +73,7 @@ def bench_engine(args, execution="auto", chunk=None, compile="off"):
     import torch
 
     from optimizers.dinno import DiNNO
-    from optimizers.network import InProcessNetwork
+    from optimizers.comm.network import InProcessNetwork
     from problems.base import per_node_loss
     from problems.density import fourier_net
     from problems.node_stack import NodeStack
@@ -182,8 +182,8 @@ def bench_data(args):
 
     from experiments.config import apply_overrides, load_yaml, validate_config
     from experiments.kinds import KINDS
-    from optimizers.links import FollowPositions
-    from optimizers.network import InProcessNetwork
+    from optimizers.comm.links import FollowPositions
+    from optimizers.comm.network import InProcessNetwork
 
     raw = apply_overrides(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_paper.yaml"),
                           ["experiment.data.num_validation_scans=10"])

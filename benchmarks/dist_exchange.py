@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from optimizers.graphs import make_graph, metropolis_weights  # noqa: E402
-from optimizers.network import InProcessNetwork  # noqa: E402
+from optimizers.comm.graphs import make_graph, metropolis_weights  # noqa: E402
+from optimizers.comm.network import InProcessNetwork  # noqa: E402
 
 CASES = {"cycle N=10": ("cycle", 10, {}), "cycle N=100": ("cycle", 100, {}),
          "disk N=100": ("disk", 100, {"radius": 0.2})}
@@ -55,7 +55,7 @@ def measure(case, repeats):
         return {"seconds": seconds, "robot_bytes": float(net.bytes_sent.sum()) / (repeats + 1), "wire_bytes": 0}
     import torch.distributed as dist
 
-    from optimizers.distributed import TorchDistributedNetwork
+    from optimizers.comm.distributed import TorchDistributedNetwork
 
     net = TorchDistributedNetwork(graph)
     net.mixing_full = metropolis_weights(graph)
@@ -90,7 +90,7 @@ def time_all_gather(net, x, repeats):
 
 
 def rank_main(repeats):
-    from optimizers import dist_launch
+    from optimizers.comm import dist_launch
 
     env, _ = dist_launch.init_distributed("gloo")
 

@@ -31,7 +31,8 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks.round_time import PeakMemory  # noqa: E402
 from problems import node_stack  # noqa: E402
 from problems.mnist import MNISTProblem, mnist_cnn  # noqa: E402
-from problems.mnist_data import DataError, images_to_tensor, load_mnist  # noqa: E402
+from problems.mnist_data import images_to_tensor, load_mnist  # noqa: E402
+from problems.splits import DataError  # noqa: E402
 
 
 def multiply_adds_per_digit(model: torch.nn.Sequential) -> int:

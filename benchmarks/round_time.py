@@ -36,10 +36,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from optimizers import DSGD, DSGT, DiNNO  # noqa: E402
-from optimizers.graphs import make_graph, metropolis_weights  # noqa: E402
-from optimizers.network import InProcessNetwork  # noqa: E402
+from optimizers.comm.graphs import make_graph, metropolis_weights  # noqa: E402
+from optimizers.comm.network import InProcessNetwork  # noqa: E402
 from problems.mnist import MNISTProblem, mnist_cnn  # noqa: E402
-from problems.mnist_data import DataError, images_to_tensor, load_mnist, split_indices  # noqa: E402
+from problems.mnist_data import images_to_tensor, load_mnist  # noqa: E402
+from problems.splits import DataError, split_indices  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 SETTINGS = ((10, 64), (100, 8))  # (nodes, per-node batch); cycle graph

@@ -34,10 +34,11 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
 from round_time import SHARED_MNIST, CentralRunner, PeakMemory, time_block  # noqa: E402
 
 from optimizers import DSGD, DSGT, DiNNO  # noqa: E402
-from optimizers.graphs import make_graph  # noqa: E402
-from optimizers.network import InProcessNetwork  # noqa: E402
+from optimizers.comm.graphs import make_graph  # noqa: E402
+from optimizers.comm.network import InProcessNetwork  # noqa: E402
 from problems.mnist import MNISTProblem, mnist_cnn  # noqa: E402
-from problems.mnist_data import DataError, images_to_tensor, load_mnist, split_indices  # noqa: E402
+from problems.mnist_data import images_to_tensor, load_mnist  # noqa: E402
+from problems.splits import DataError, split_indices  # noqa: E402
 
 OPTIMIZERS = {
     "dsgd": (DSGD, {"alpha0": 0.005, "mu": 0.001}),

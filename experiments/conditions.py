@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.config import (apply_overrides, check_output_folder, load_yaml,  # noqa: E402
                                 validate_config)
-from optimizers.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
+from foundation.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
 
 ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "metric", "final_mean", "final_worst",
             "rounds_to_target", "mb_per_robot_to_target", "mb_per_robot_sent")
@@ -79,7 +79,7 @@ def run_condition(name: str, cfg: dict, out_dir: Path) -> int:
     """Run (or resume) one condition; its ``run.py`` exit status."""
     import yaml
     from experiments import runner
-    from optimizers.results_io import atomic_path
+    from foundation.results_io import atomic_path
 
     folder = out_dir / name
     manifest = folder / "manifest.json"
@@ -143,7 +143,7 @@ def write_table(out_dir: Path, names: list[str], metric: str, target: float) -> 
 def save_table(out_dir: Path, rows: list[dict], names: list[str], metric: str) -> None:
     import csv
 
-    from optimizers.results_io import atomic_path
+    from foundation.results_io import atomic_path
 
     with atomic_path(out_dir / "conditions.csv") as partial:
         with open(partial, "w", newline="") as fh:
@@ -217,7 +217,7 @@ def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from optimizers.results_io import atomic_path
+    from foundation.results_io import atomic_path
 
     pairs = list(dict.fromkeys(r["problem_name"] for r in rows))
     conditions = [n for n in names if any(r["condition"] == n for r in rows)]
@@ -329,7 +329,7 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
             raise ConfigError(f"--only: {excerpt(unknown[0])} is not a condition; allowed: {', '.join(configs)}")
     if args.resume is None:
         import yaml
-        from optimizers.results_io import atomic_path
+        from foundation.results_io import atomic_path
 
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "conditions.yaml") as partial:

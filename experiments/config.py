@@ -16,7 +16,7 @@ import yaml
 
 from experiments.kinds import KINDS, kind_of
 from experiments.kinds.base import check_graph_parameters
-from optimizers.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, UNIT_INTERVAL, Choice, ConfigError, Float, Int,
+from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, UNIT_INTERVAL, Choice, ConfigError, Float, Int,
                                Range, clip, did_you_mean, excerpt, key_text, validate_mapping)
 
 MAX_DEPTH = 50  # nesting levels of a config file (the schema needs 5)

@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.utils import parameters_to_vector
 
-from optimizers.schema import ConfigError
-from optimizers.dist_launch import RankEnv, init_distributed, rank_env
-from optimizers.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
+from foundation.schema import ConfigError
+from optimizers.comm.dist_launch import RankEnv, init_distributed, rank_env
+from optimizers.comm.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
                                    collective, ranks_text, robot_blocks, silent_ranks)
 from problems.base import RobotBlock
 

@@ -21,12 +21,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from optimizers import BASELINES, OPTIMIZERS, results_io, state
+from optimizers import BASELINES, OPTIMIZERS
+from foundation import results_io, state
 from optimizers.base import DivergedError
-from optimizers.links import Chain, configure_asynchrony, configure_network
+from optimizers.comm.links import Chain, configure_asynchrony, configure_network
 from experiments.config import config_hash
-from optimizers.schema import ConfigError
-from optimizers.network import InProcessNetwork, team_network_state
+from foundation.schema import ConfigError
+from optimizers.comm.network import InProcessNetwork, team_network_state
 from problems.metrics import CSV_COLUMNS, SUMMARY
 
 FINISHED = ("completed", "diverged")
@@ -313,7 +314,7 @@ class PairRun:
         """Every robot's rows of a per-robot tensor (gathered on rank 0 across processes; None elsewhere)."""
         if self.world is None:
             return rows.detach().cpu()
-        from optimizers.distributed import gather_rows
+        from optimizers.comm.distributed import gather_rows
         team = gather_rows(rows.detach(), self.network)
         return None if team is None else team.cpu()
 

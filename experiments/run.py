@@ -18,7 +18,7 @@ signal.signal(signal.SIGTERM, _interrupted_while_starting)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.runner import main  # noqa: E402
-from optimizers.dist_launch import exit_on_peer_loss  # noqa: E402
+from optimizers.comm.dist_launch import exit_on_peer_loss  # noqa: E402
 
 if __name__ == "__main__":
     # a lost peer rank ends this one with one line and status 1 (one process: never happens)

@@ -31,8 +31,8 @@ import sys
 import torch
 
 from experiments.kinds.base import REPO_ROOT
-from optimizers.results_io import write_json
-from optimizers.schema import ConfigError
+from foundation.results_io import write_json
+from foundation.schema import ConfigError
 
 HEARTBEAT_INTERVAL_S = 15.0
 STALE_AFTER_INTERVALS = 4

@@ -54,12 +54,13 @@ from experiments.run_record import (
     run_is_live,
 )
 from experiments.tensorboard_log import check_available
-from optimizers import results_io
-from optimizers.results_io import check_files
-from optimizers.distributed import PeerLostError
-from optimizers.graphs import GraphError, graph_to_json
-from optimizers.schema import ConfigError
-from problems.mnist_data import DataError
+from foundation import results_io
+from foundation.results_io import check_files
+from optimizers.comm.distributed import PeerLostError
+from optimizers.comm.graphs import GraphError
+from foundation.graph_files import graph_to_json
+from foundation.schema import ConfigError
+from problems.splits import DataError
 
 PAIR_STATUSES = ("not started", "running", "completed", "diverged", "failed", "interrupted")
 

@@ -48,10 +48,11 @@ from experiments.kinds.base import resolve_path
 from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs
 from experiments.run_record import (DEFAULT_OUTPUT_DIR, FolderLock, RunRecord, git_commit, new_output_dir, pick_device,
                                     remove_partial_writes)
-from optimizers import results_io
-from optimizers.graphs import GraphError, fiedler_value, graph_from_json, graph_to_json, make_graph
-from optimizers.schema import ConfigError
-from problems.mnist_data import DataError
+from foundation import results_io
+from optimizers.comm.graphs import GraphError, fiedler_value, make_graph
+from foundation.graph_files import graph_from_json, graph_to_json
+from foundation.schema import ConfigError
+from problems.splits import DataError
 
 CSV_FIELDS = ("trial", "num_nodes", "target_fiedler", "fiedler", "radius", "num_edges", "problem_name",
               "alg_name", "status", "rounds", "seconds", "seconds_per_round", "final_top1_mean",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from optimizers.schema import ConfigError
+from foundation.schema import ConfigError
 from problems.metrics import METRICS
 
 INSTALL = "pip install tensorboard==2.21.0"

@@ -59,12 +59,12 @@ from experiments.pair import PairRun, PairSpec
 from experiments.run_record import (DEFAULT_OUTPUT_DIR, Interrupts, RunRecord, git_commit, new_output_dir, now_iso,
                                     pick_device, run_is_live)
 from experiments.tensorboard_log import check_available
-from optimizers import results_io
-from optimizers.graphs import GraphError
-from optimizers.schema import (AT_LEAST_ONE, SEED_RANGE, Choice, ConfigError, Custom, Int, ListOf, Str, excerpt,
+from foundation import results_io
+from optimizers.comm.graphs import GraphError
+from foundation.schema import (AT_LEAST_ONE, SEED_RANGE, Choice, ConfigError, Custom, Int, ListOf, Str, excerpt,
                                validate_mapping)
 from problems.metrics import METRICS
-from problems.mnist_data import DataError
+from problems.splits import DataError
 
 SUMMARIES = ("last_quarter_mean", "final_mean", "final_worst")
 RANGE_KINDS = ("log_uniform", "uniform", "int", "choice")

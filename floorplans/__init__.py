@@ -1,7 +1,7 @@
 """Floor plan images (float arrays in [0, 1], 1 = wall, 0 = free): a procedural generator, CubiCasa5k
 preprocessing, and the plans shipped with the repository (``paper_plan/``, ``demo_plan/``, each with
 ``floor_img.png`` and robot waypoints in ``minimal_overlap/``, ``some_overlap/``, ``tight_paths/``;
-regenerate them with ``python -m floorplans.make_shipped_plans``).
+regenerate them with ``python -m planner.make_shipped_plans``).
 """
 
 import os as _os

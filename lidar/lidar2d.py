@@ -21,25 +21,24 @@ class ScanError(ValueError):
     """A pose cannot be scanned: it lies inside a wall or outside the image."""
 
 
-def _load_image(img_or_path) -> np.ndarray:
-    if isinstance(img_or_path, np.ndarray):
-        img = np.asarray(img_or_path, dtype=np.float64)
-        if img.ndim == 3:
-            img = img.mean(axis=2)
-        if img.ndim != 2:
-            raise ValueError(f"floor plan image must be 2D, got shape {img.shape}")
-        return img.copy()
-    from floorplans.io import load_floorplan
-
-    return load_floorplan(img_or_path).astype(np.float64)
+def _as_image(img) -> np.ndarray:
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"floor plan image must be a numpy array (load a file with floorplans.io.load_floorplan), "
+                        f"got {type(img).__name__}")
+    img = np.asarray(img, dtype=np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=2)
+    if img.ndim != 2:
+        raise ValueError(f"floor plan image must be 2D, got shape {img.shape}")
+    return img.copy()
 
 
 class Lidar2D:
     """A 2D lidar that scans a floor plan image.
 
     Args:
-        img_or_path: floor plan as a 2D array with values in [0, 1] (1 = wall) or a path to an image
-            (grey levels scaled to [0, 1]).
+        img: floor plan as a 2D array with values in [0, 1] (1 = wall); ``floorplans.io.load_floorplan``
+            reads one from an image file.
         num_beams: beams per scan, at angles ``-pi + 2 pi k / num_beams``.
         beam_length: beam length as a fraction of ``max(nx, ny)``.
         beam_samps: points returned per beam, from the robot to the hit (the whole beam when nothing
@@ -67,7 +66,7 @@ class Lidar2D:
 
     def __init__(
         self,
-        img_or_path,
+        img,
         num_beams: int,
         beam_length: float,
         beam_samps: int,
@@ -78,7 +77,7 @@ class Lidar2D:
         threshold: float = 0.5,
         chunk_size: int = 2048,
     ):
-        img = _load_image(img_or_path)
+        img = _as_image(img)
         border_width = int(border_width)
         if border_width > 0:
             img[:border_width, :] = 1.0

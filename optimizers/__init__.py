@@ -13,7 +13,7 @@ from optimizers.prox_pda import ProxPDA
 from optimizers.push_diging import PushDIGing
 from optimizers.relaxed_admm import RelaxedADMM
 from optimizers.sgp import SGP
-from optimizers.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
+from foundation.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
 OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA,
                                                    RelaxedADMM, SGP, PushDIGing, BEER, DeepSqueeze)}

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import torch
 
-from optimizers import state
-from optimizers.compressors import make_compressor
-from optimizers.graphs import adjacency
-from optimizers.results_io import atomic_path
-from optimizers.schema import defaults
-from optimizers.schedules import learning_rates
+from foundation import state
+from optimizers.comm.compressors import make_compressor
+from optimizers.comm.graphs import adjacency
+from foundation.results_io import atomic_path
+from foundation.schema import defaults
+from foundation.schedules import learning_rates
 
 PROFILED_ROUNDS = 5
 
@@ -124,7 +124,7 @@ class DistributedOptimizer:
     config_schema: dict[str, tuple[Any, Any]] = {}
     # keys this optimizer no longer takes, each with the one line that says why and what to use instead
     retired_keys: dict[str, str] = {}
-    asynchrony = None  # an optimizers.asynchrony.Asynchrony when robots wake at random
+    asynchrony = None  # an optimizers.comm.asynchrony.Asynchrony when robots wake at random
 
     def __init__(self, problem, network, config: dict[str, Any]):
         self.problem = problem

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import DistributedOptimizer
-from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
-from optimizers.compressors import COMPRESSOR
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from optimizers.comm.compressors import COMPRESSOR
 
 
 class CHOCOSGD(DistributedOptimizer):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import DistributedOptimizer
-from optimizers.compressors import COMPRESSOR
-from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from optimizers.comm.compressors import COMPRESSOR
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
 
 
 class DeepSqueeze(DistributedOptimizer):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import DistributedOptimizer, make_torch_optimizer, reset_torch_optimizer
-from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
-from optimizers.schedules import learning_rates
+from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
+from foundation.schedules import learning_rates
 
 
 class DiNNO(DistributedOptimizer):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import DistributedOptimizer
-from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
+from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
 
 
 class DSGT(DistributedOptimizer):

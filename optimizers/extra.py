@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.base import DistributedOptimizer
-from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class EXTRA(DistributedOptimizer):

@@ -9,7 +9,7 @@ fresh batch (as many gradient steps per round as a DiNNO robot's ``primal_iterat
 from __future__ import annotations
 
 from optimizers.base import DistributedOptimizer, make_torch_optimizer
-from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class LocalTraining(DistributedOptimizer):

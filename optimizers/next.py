@@ -19,7 +19,7 @@ not remove.
 from __future__ import annotations
 
 from optimizers.base import DistributedOptimizer
-from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Range
+from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Range
 
 
 class NEXT(DistributedOptimizer):

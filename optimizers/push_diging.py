@@ -18,7 +18,7 @@ import torch
 
 from optimizers.base import DistributedOptimizer
 from optimizers.push_sum import PUSH_SUM_SCHEMA, PushSum
-from optimizers.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class PushDIGing(DistributedOptimizer):

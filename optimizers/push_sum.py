@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers import counters
-from optimizers.schema import SEED_RANGE, ConfigError, Custom, excerpt
+from foundation import counters
+from foundation.schema import SEED_RANGE, ConfigError, Custom, excerpt
 
 _DIRECTION = counters.code("push-sum out-neighbours")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.dinno import DiNNO
-from optimizers.schema import POSITIVE, REQUIRED, Range
+from foundation.schema import POSITIVE, REQUIRED, Range
 
 _PRIMAL_KEYS = ("outer_iterations", "primal_iterations", "primal_optimizer", "persistant_primal_opt",
                 "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type")

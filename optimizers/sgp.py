@@ -17,7 +17,7 @@ import torch
 
 from optimizers.base import DistributedOptimizer
 from optimizers.push_sum import PUSH_SUM_SCHEMA, PushSum
-from optimizers.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED
+from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED
 
 
 class SGP(DistributedOptimizer):

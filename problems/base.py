@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from optimizers import state
+from foundation import state
 from problems.metrics import PER_ROBOT
 from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
@@ -68,7 +68,7 @@ class SupervisedProblem:
     ``robots`` (a :class:`RobotBlock`) makes the problem one process's block of a larger team: its
     nodes are robots ``robots.ids``, it keeps only their training data, draws their batch streams and
     picks the evaluated robots by global id (so the numbers do not depend on how the team is split),
-    and ``ranks`` (e.g. ``optimizers.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
+    and ``ranks`` (e.g. ``optimizers.comm.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
     """
 
     classification = False

@@ -7,7 +7,7 @@
 * :class:`OnlineDensityProblem`: each robot sees a window of consecutive trajectory poses; when it
   has used the window once (an epoch) the window moves on. All nodes' windows live in one padded
   tensor, so a batch for every node is a gather (:class:`WindowSampler`). The robots' current
-  positions are what the communication graph follows (:class:`optimizers.links.FollowPositions`).
+  positions are what the communication graph follows (:class:`optimizers.comm.links.FollowPositions`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optimizers import state
+from foundation import state
 from problems.base import SupervisedProblem
 from problems.sampling import shuffle_keys
 
@@ -303,7 +303,7 @@ class OnlineDensityProblem(DensityProblem):
     positions, ``num_poses``: trajectory lengths. With ``pooled=True`` the problem is one node that
     trains on every robot's window batch at once (the centralized baseline). The robots' current
     positions (:meth:`team_positions`) are what a graph that follows them
-    (:class:`optimizers.links.FollowPositions`) is built from; ``current_graph`` is the network's.
+    (:class:`optimizers.comm.links.FollowPositions`) is built from; ``current_graph`` is the network's.
     """
 
     base_metrics = DensityProblem.base_metrics + ("current_position", "current_graph")

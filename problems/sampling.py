@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from optimizers import state
-from optimizers.counters import MASK32 as _MASK32
-from optimizers.counters import mix32 as _mix32
+from foundation import state
+from foundation.counters import MASK32 as _MASK32
+from foundation.counters import mix32 as _mix32
 
 
 def shuffle_keys(seed: int, robots: torch.Tensor, epochs: torch.Tensor, width: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from optimizers import BEER, CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DeepSqueeze, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
-from optimizers.compressors import make_compressor
-from optimizers.counters import code, uniform
-from optimizers.network import InProcessNetwork
+from optimizers.comm.compressors import make_compressor
+from foundation.counters import code, uniform
+from optimizers.comm.network import InProcessNetwork
 from tests.test_optimizers import DT, N, Reference, graph, make_problem, run_convex
 
 ROUNDS = 5
@@ -202,7 +202,7 @@ def test_deepsqueeze_averages_where_compressing_the_model_without_error_feedback
 
 def test_dsgd_refuses_a_compressor_and_names_the_methods_that_compress():
     from optimizers import validate_optimizer_config
-    from optimizers.schema import ConfigError
+    from foundation.schema import ConfigError
     with pytest.raises(ConfigError, match=r"^p\.compressor: dsgd sends its model uncompressed .* use deepsqueeze, "
                                           r"choco_sgd or beer$"):
         validate_optimizer_config("p", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
@@ -340,7 +340,7 @@ def test_choco_gets_close_to_least_squares_solution():
 ])
 def test_compressor_config_errors_name_key_and_choices(compressor, message):
     from optimizers import validate_optimizer_config as validate_optimizer
-    from optimizers.schema import ConfigError
+    from foundation.schema import ConfigError
     with pytest.raises(ConfigError) as err:
         validate_optimizer("c", {"alg_name": "choco_sgd", "outer_iterations": 3, "lr": 0.1,
                                  "consensus_stepsize": 0.5, "compressor": compressor})
@@ -439,8 +439,8 @@ def test_lossy_mixing_matches_per_edge_reference():
 def test_mixing_matches_dense_products_on_random_graphs(n, cols, radius):
     """W x and A x (sparse CSR above 32 nodes, column-blocked on wide stacks, into ``out`` or not) equal the
     dense products, and the blocked product equals the one-call sparse product bit for bit."""
-    from optimizers.graphs import make_graph, metropolis_weights
-    from optimizers.network import graph_product
+    from optimizers.comm.graphs import make_graph, metropolis_weights
+    from optimizers.comm.network import graph_product
     g = make_graph("disk", n, seed=n, radius=radius, gen_attempts=1000)
     net = InProcessNetwork(g, dtype=DT)
     x = torch.randn(n, cols, generator=torch.Generator().manual_seed(n), dtype=DT)
@@ -474,7 +474,7 @@ def test_accuracy_table_finds_first_round_and_megabytes_at_threshold():
 
 
 def test_graph_schedule_cycles_through_graphs_or_draws_edges_of_the_base_graph():
-    from optimizers.links import configure_network
+    from optimizers.comm.links import configure_network
     base = nx.cycle_graph(5)
     net = InProcessNetwork(base, dtype=DT)
     exp = {"seed": 0, "graph_schedule": {"graphs": [{"num_nodes": 5, "type": "complete"},
@@ -581,8 +581,8 @@ def test_dinno_duals_sum_to_zero_unless_messages_are_lost():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ordered_row_sums_of_a_block_of_rows_equal_the_whole_product_bit_for_bit(dtype):
     """What lets a process holding some robots compute exactly what one process holding all does."""
-    from optimizers.graphs import make_graph, metropolis_weights
-    from optimizers.network import make_operator, operator_kind
+    from optimizers.comm.graphs import make_graph, metropolis_weights
+    from optimizers.comm.network import make_operator, operator_kind
     g = make_graph("random", 12, seed=4, p=0.3)
     w = metropolis_weights(g)
     assert operator_kind(w) == "ordered"
@@ -599,7 +599,7 @@ def test_ordered_row_sums_of_a_block_of_rows_equal_the_whole_product_bit_for_bit
 def test_symmetric_links_keep_dinnos_duals_summing_to_zero_and_reach_the_optimum():
     """With acknowledged links (an edge delivers both ways or is left out) DiNNO's dual increments stay
     antisymmetric: the duals sum to zero and the fixed point is the optimum, as without losses."""
-    from optimizers.link_models import SymmetricLoss
+    from optimizers.comm.link_models import SymmetricLoss
     from tests.test_optimizers import least_squares_problem
 
     cfg = {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd",
@@ -618,7 +618,7 @@ def test_symmetric_links_keep_dinnos_duals_summing_to_zero_and_reach_the_optimum
 
 
 def test_link_models_lose_what_they_promise():
-    from optimizers.link_models import BurstyLoss, DistanceLoss, IndependentLoss, SymmetricLoss
+    from optimizers.comm.link_models import BurstyLoss, DistanceLoss, IndependentLoss, SymmetricLoss
 
     g = nx.complete_graph(4)
     src = torch.tensor([i for i in range(4) for j in range(4) if i != j])
@@ -704,7 +704,7 @@ def test_relaxed_admm_matches_per_node_loop(drop):
 def test_relaxed_admm_reaches_the_optimum_where_dinno_does_not(model):
     """30% of the messages lost: relaxed ADMM's fixed point is still the optimum (DiNNO settles off it,
     test_dinno_duals_sum_to_zero_unless_messages_are_lost)."""
-    from optimizers.link_models import make_link_model
+    from optimizers.comm.link_models import make_link_model
     from tests.test_optimizers import least_squares_problem
 
     links = {"independent": {"model": "independent", "drop_prob": 0.3, "seed": 0},

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from optimizers import DSGD, DSGT, PushDIGing, RelaxedADMM
-from optimizers.asynchrony import _DELAY
-from optimizers.counters import code, uniform
-from optimizers.links import configure_asynchrony
-from optimizers.network import InProcessNetwork
+from optimizers.comm.asynchrony import _DELAY
+from foundation.counters import code, uniform
+from optimizers.comm.links import configure_asynchrony
+from optimizers.comm.network import InProcessNetwork
 from tests.test_optimizers import DT, N, Reference, least_squares_problem, make_problem
 
 
@@ -34,7 +34,7 @@ def run(cls, cfg, rounds, asynchrony, problem=None, graph=None, after_round=None
 
 
 def vars_rows(opt):
-    from optimizers.asynchrony import robot_rows
+    from optimizers.comm.asynchrony import robot_rows
     return robot_rows(opt)
 
 

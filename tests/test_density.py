@@ -15,8 +15,8 @@ import yaml
 
 from experiments.runner import main
 from floorplans.io import save_floorplan
-from optimizers.links import FollowPositions
-from optimizers.network import InProcessNetwork
+from optimizers.comm.links import FollowPositions
+from optimizers.comm.network import InProcessNetwork
 from problems.density import (OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality,
                               observable_walls)
 from problems.node_stack import NodeStack

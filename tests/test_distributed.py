@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from optimizers.dinno import DiNNO
-from optimizers.distributed import robot_blocks
+from optimizers.comm.distributed import robot_blocks
 from optimizers.dsgd import DSGD
 from optimizers.dsgt import DSGT
-from optimizers.graphs import make_graph
-from optimizers.network import InProcessNetwork
+from optimizers.comm.graphs import make_graph
+from optimizers.comm.network import InProcessNetwork
 from problems.base import consensus_distances
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,8 +106,8 @@ def run_all(num_nodes: int, make_network, rows: slice) -> dict:
 
 
 def worker(scenario: str, out_dir: str, num_nodes: int) -> None:
-    from optimizers import dist_launch
-    from optimizers.distributed import (TorchDistributedNetwork, any_rank, check_identical,
+    from optimizers.comm import dist_launch
+    from optimizers.comm.distributed import (TorchDistributedNetwork, any_rank, check_identical,
                                         consensus_error, gather_rows)
 
     timeout = float(os.environ.get("TEST_DIST_TIMEOUT", "30"))
@@ -225,7 +225,7 @@ def test_more_ranks_than_robots_refused():
 
 
 def test_rank_environment_and_backend_checked():
-    from optimizers.dist_launch import RankEnv, rank_env, resolve_backend
+    from optimizers.comm.dist_launch import RankEnv, rank_env, resolve_backend
 
     assert rank_env({}) is None
     assert rank_env({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1"}) == RankEnv(1, 3, 1)

@@ -15,7 +15,7 @@ from floorplans import (
     save_floorplan,
     signed_distance_field,
 )
-from floorplans.make_shipped_plans import PLANS, STYLES, make_plan
+from planner.make_shipped_plans import PLANS, STYLES, make_plan
 from lidar import Lidar2D, trajectory_from_waypoints
 from planner import free_mask
 

@@ -4,16 +4,15 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from optimizers.graphs import (
+from optimizers.comm.graphs import (
     GRAPH_TYPES,
     GraphError,
     disk_graph,
     fiedler_value,
-    graph_from_json,
-    graph_to_json,
     make_graph,
     metropolis_weights,
 )
+from foundation.graph_files import graph_from_json, graph_to_json
 
 GRAPH_ARGS = {"p": 0.4, "radius": 0.45, "target_fiedler": 1.0}
 

@@ -5,14 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from problems.mnist_data import (
-    DATASET_CHOICES,
-    SPLIT_TYPES,
-    DataError,
-    images_to_tensor,
-    load_mnist,
-    split_indices,
-)
+from problems.mnist_data import DATASET_CHOICES, images_to_tensor, load_mnist
+from problems.splits import SPLIT_TYPES, DataError, split_indices
 from tests.conftest import shared_mnist_dir
 
 SHARED_MNIST = shared_mnist_dir() or Path("/nonexistent")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from optimizers import ConfigError, PushDIGing, SGP, validate_optimizer_config
-from optimizers.counters import code, uniform
-from optimizers.link_models import make_link_model
-from optimizers.network import InProcessNetwork
+from foundation.counters import code, uniform
+from optimizers.comm.link_models import make_link_model
+from optimizers.comm.network import InProcessNetwork
 from optimizers.push_sum import out_edges
 from tests.test_algorithms import run_stack
 from tests.test_optimizers import DT, N, Reference, least_squares_problem

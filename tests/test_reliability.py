@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from optimizers import results_io
+from foundation import results_io
 from experiments.run_record import run_is_live
 from experiments.runner import main
 from optimizers.dinno import DiNNO
@@ -311,7 +311,7 @@ def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_
 def test_a_checkpoint_with_the_earlier_network_layout_still_resumes():
     """Checkpoints once kept the lossy links' held rows at the network state's top level."""
     import networkx as nx
-    from optimizers.network import InProcessNetwork
+    from optimizers.comm.network import InProcessNetwork
 
     def lossy():
         net = InProcessNetwork(nx.cycle_graph(4))

@@ -13,7 +13,8 @@ import yaml
 from experiments import runner
 from experiments.config import ConfigError, validate_scaling_config
 from experiments.scaling import trial_plan
-from optimizers.graphs import fiedler_value, graph_from_json
+from optimizers.comm.graphs import fiedler_value
+from foundation.graph_files import graph_from_json
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_CONFIG = REPO.parent / "shared" / "seed" / "configs" / "dist_mnist_scaling.yaml"
@@ -163,7 +164,8 @@ def test_resume_of_a_folder_that_is_not_a_sweep_is_refused(tmp_path, capsys):
 
 def test_eval_nodes_evaluates_a_fixed_sample_in_chunks_with_the_same_numbers(tmp_path):
     from problems.mnist import MNISTProblem, mnist_cnn
-    from problems.mnist_data import images_to_tensor, load_mnist, split_indices
+    from problems.mnist_data import images_to_tensor, load_mnist
+    from problems.splits import split_indices
 
     data = load_mnist(tmp_path, "mnist_subset")
     x, y = images_to_tensor(data.train_images), data.train_labels

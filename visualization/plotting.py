@@ -18,7 +18,7 @@ import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from optimizers.results_io import atomic_path, save_figure  # noqa: E402
+from foundation.results_io import atomic_path, save_figure  # noqa: E402
 from problems.metrics import label  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def load_results(folder: str | Path) -> dict[str, dict]:
 
 
 def load_graph(folder: str | Path) -> nx.Graph:
-    from optimizers.graphs import graph_from_json
+    from foundation.graph_files import graph_from_json
     return graph_from_json(json.loads((Path(folder) / "graph.json").read_text()))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from experiments.kinds import density, logreg, mnist
 from experiments.kinds.base import ExperimentSetup, ProblemKind
-from optimizers.schema import ConfigError, did_you_mean, excerpt
+from foundation.schema import ConfigError, did_you_mean, excerpt
 
 KINDS: dict[str, ProblemKind] = {kind.name: kind for kind in (
     mnist.KIND,

@@ -17,8 +17,8 @@ import networkx as nx
 import torch
 
 from optimizers import OPTIMIZER_CONFIG
-from optimizers.graphs import GRAPH_PARAMETERS, GRAPH_TYPES, graph_from_config
-from optimizers.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
+from optimizers.comm.graphs import GRAPH_PARAMETERS, GRAPH_TYPES, graph_from_config
+from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
                                ConfigError, Float, Int, ListOf, Name, Str)
 from problems.base import RobotBlock
 from problems.node_stack import default_plan_cache
@@ -53,7 +53,7 @@ INDIVIDUAL_SCHEMA = {
     "verbose": (Bool, True),
 }
 
-# how radio links lose messages (optimizers/link_models.py)
+# how radio links lose messages (optimizers/comm/link_models.py)
 LINKS_SCHEMA = {
     "model": (Choice(("independent", "symmetric", "bursty", "distance")), "independent"),
     "drop_prob": (Float, 0.0, UNIT_INTERVAL),  # independent and symmetric
@@ -83,12 +83,12 @@ COMMON_EXPERIMENT = {
     "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
     "tensorboard": (Bool, False),  # TensorBoard event files per pair (experiments/tensorboard_log.py)
-    # lossy and time-varying communication (optimizers/links.py)
+    # lossy and time-varying communication (optimizers/comm/links.py)
     "links": (LINKS_SCHEMA, {}),
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
-    # robots that wake at random and messages that arrive late (optimizers/asynchrony.py)
+    # robots that wake at random and messages that arrive late (optimizers/comm/asynchrony.py)
     "asynchrony": ({"activation": (Float, 1.0, Range(0.0, 1.0, low_open=True)),
                     "max_delay": (Int, 0, Range(0, 1000)),
                     "seed": (Int, 0, SEED_RANGE)}, {}),

@@ -7,7 +7,7 @@ trajectory; ``random`` gives every robot its own scans from ``num_scans`` random
 ``online_density``: each robot scans along its trajectory once; during training it sees a window of
 ``num_scans_in_window`` poses that moves on after each epoch (:class:`problems.density.WindowSampler`).
 The graph is a disk graph of ``comm_radius`` pixels on the robots' current positions, rebuilt before
-every round when ``dynamic_graph`` (:class:`optimizers.links.FollowPositions`).
+every round when ``dynamic_graph`` (:class:`optimizers.comm.links.FollowPositions`).
 
 Keys follow the original research code's density configs.
 """
@@ -24,11 +24,12 @@ import torch
 from experiments.kinds.base import (COMMON_EXPERIMENT, GRAPH_SCHEMA, METRICS_CONFIG, REPO_ROOT, ExperimentSetup,
                                     ProblemKind, build_graph, check_batches_fit, check_graph_parameters,
                                     first_problem, problem_schema, resolve_path)
+from floorplans.io import load_floorplan
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
-from optimizers.graphs import disk_graph
-from optimizers.links import FollowPositions
-from optimizers.schema import (AT_LEAST_ONE, NON_NEGATIVE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError,
+from optimizers.comm.graphs import disk_graph
+from optimizers.comm.links import FollowPositions
+from foundation.schema import (AT_LEAST_ONE, NON_NEGATIVE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError,
                                Float, Int, ListOf, Str, excerpt, schema_entry)
 from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net, observable_walls
 
@@ -180,7 +181,7 @@ class DensitySetup(ExperimentSetup):
         if not self.image_path.is_file():
             raise ConfigError(f"experiment.data.floor_img: floor plan image not found: {self.image_path}")
         try:
-            self.lidar = Lidar2D(str(self.image_path), num_beams=data["num_beams"],
+            self.lidar = Lidar2D(load_floorplan(self.image_path), num_beams=data["num_beams"],
                                  beam_length=data["beam_length"], beam_samps=data["beam_samps"],
                                  samp_distribution_factor=data["samp_distribution_factor"],
                                  collision_samps=data["collision_samps"], fine_samps=data["fine_samps"],

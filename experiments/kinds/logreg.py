@@ -8,9 +8,9 @@ import torch
 
 from experiments.kinds.base import (COMMON_EXPERIMENT, GRAPH_SCHEMA, ExperimentSetup, ProblemKind, build_graph,
                                     check_batches_fit, check_graph_parameters, problem_schema)
-from optimizers.schema import (POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Range)
+from foundation.schema import (POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Range)
 from problems.logreg import LOSSES, LogRegProblem, TeamObjective, linear_model, load_tabular, split_labels
-from problems.mnist_data import DataError, split_indices
+from problems.splits import DataError, split_indices
 
 EXPERIMENT_SCHEMA = {
     **COMMON_EXPERIMENT,

@@ -11,9 +11,10 @@ import torch
 from experiments.kinds.base import (COMMON_EXPERIMENT, DEFAULT_DATA_DIR, GRAPH_SCHEMA, ExperimentSetup, ProblemKind,
                                     build_graph, check_batches_fit, check_graph_parameters, problem_schema,
                                     resolve_path)
-from optimizers.schema import AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Int
+from foundation.schema import AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Int
 from problems.mnist import MNISTProblem, mnist_cnn
-from problems.mnist_data import DATASET_CHOICES, SPLIT_TYPES, images_to_tensor, load_mnist, split_indices
+from problems.mnist_data import DATASET_CHOICES, images_to_tensor, load_mnist
+from problems.splits import SPLIT_TYPES, split_indices
 
 EXPERIMENT_SCHEMA = {
     **COMMON_EXPERIMENT,

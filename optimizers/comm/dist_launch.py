@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from optimizers.distributed import HEARTBEAT_S, PeerLostError, start_heartbeat
+from optimizers.comm.distributed import HEARTBEAT_S, PeerLostError, start_heartbeat
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 60.0

@@ -1,4 +1,4 @@
-"""The network of ``optimizers.network`` across processes, on ``torch.distributed``.
+"""The network of ``optimizers.comm.network`` across processes, on ``torch.distributed``.
 
 Rank r of K hosts the contiguous block ``robot_blocks(N, K)[r]`` of the N robots (blocks differ in
 size by at most one; K > N is refused) and holds only those rows of every node-stack tensor. Every
@@ -34,7 +34,7 @@ Helpers for metrics across ranks: ``gather_rows`` (local rows to rank 0), ``cons
 robot's distance to the mean unit-normalized row, the mean from one all_reduce of block sums),
 ``any_rank`` (a flag every rank agrees on) and ``check_identical`` (a tensor is bit-identical on every
 rank, compared by checksum). Starting the process group from torchrun's environment is
-``optimizers.dist_launch``.
+``optimizers.comm.dist_launch``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from optimizers.graphs import metropolis_weights
-from optimizers.link_models import IndependentLoss
-from optimizers.network import EdgeExchange, HeldRows, lossy_combine, make_operator, operator_kind
+from optimizers.comm.graphs import metropolis_weights
+from optimizers.comm.link_models import IndependentLoss
+from optimizers.comm.network import EdgeExchange, HeldRows, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -161,7 +161,7 @@ class TorchDistributedNetwork(EdgeExchange):
                  dtype: torch.dtype = torch.float32, group=None):
         if not dist.is_initialized():
             raise RuntimeError("TorchDistributedNetwork needs an initialized process group "
-                               "(optimizers.dist_launch.init_distributed)")
+                               "(optimizers.comm.dist_launch.init_distributed)")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -199,7 +199,7 @@ class TorchDistributedNetwork(EdgeExchange):
         return {**super().state_dict(), "wire_bytes_sent": self.wire_bytes_sent}
 
     def load_state_dict(self, saved: dict) -> None:
-        """From a team state (:func:`optimizers.network.team_network_state`) cut to this rank's robots."""
+        """From a team state (:func:`optimizers.comm.network.team_network_state`) cut to this rank's robots."""
         super().load_state_dict(saved)
         self.wire_bytes_sent = int(saved.get("wire_bytes_sent", 0))
 

@@ -4,7 +4,7 @@
   An asleep robot does nothing that round: every row of the optimizer's state that belongs to it
   (parameters, duals, trackers, push-sum weights, held rows of its in-edges, bytes sent) is as it was before
   the round, it sends nothing and hears nothing (those messages are lost). Its neighbours go on with what
-  they last heard from it (the lossy-link rules of ``optimizers/network.py``).
+  they last heard from it (the lossy-link rules of ``optimizers/comm/network.py``).
 - ``max_delay`` D: a message sent in round s arrives in round s + d, d drawn uniformly from 0..D
   (counter-based on (seed, s, src, dst, channel)); a receiver uses the newest message (by the round it was
   sent) that has arrived, and an older one arriving later is dropped. Rounds count the exchanges of each
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from optimizers import counters
+from foundation import counters
 
 _WAKE = counters.code("asynchrony wake")
 _DELAY = counters.code("asynchrony delay")

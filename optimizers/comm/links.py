@@ -1,14 +1,14 @@
 """Unreliable and changing links for every optimizer: ``experiment.links`` and ``experiment.graph_schedule``.
 
 - ``links: {model: ..., drop_prob: p, seed: s, bursty: {...}, distance: {...}}``: how messages are lost
-  (:mod:`optimizers.link_models`; see ``InProcessNetwork`` for what the receiver does then).
+  (:mod:`optimizers.comm.link_models`; see ``InProcessNetwork`` for what the receiver does then).
 - ``graph_schedule: {graphs: [graph, ...]}``: round k uses graphs[(k - 1) mod len] (each built like
   ``experiment.graph``, seeded with experiment.seed + its position in the list);
   ``graph_schedule: {random_edges_per_round: m, seed: s}``: round k uses m edges of
   ``experiment.graph`` drawn uniformly at random (a ``torch.Generator`` seeded with s).
 
 ``configure_network`` applies both to a network and returns the per-round hook (or None);
-``configure_asynchrony`` adds ``experiment.asynchrony`` (:mod:`optimizers.asynchrony`) on top of the links.
+``configure_asynchrony`` adds ``experiment.asynchrony`` (:mod:`optimizers.comm.asynchrony`) on top of the links.
 :class:`FollowPositions` is the schedule of robots that move: a disk graph on their current positions.
 Only these schedules change a network's graph; each is called before every round.
 """
@@ -21,8 +21,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from optimizers.graphs import disk_graph, graph_from_config
-from optimizers.link_models import make_link_model
+from optimizers.comm.graphs import disk_graph, graph_from_config
+from optimizers.comm.link_models import make_link_model
 
 
 class GraphSchedule:
@@ -135,7 +135,7 @@ def configure_asynchrony(network, experiment: dict):
     spec = experiment.get("asynchrony") or {}
     if spec.get("activation", 1.0) >= 1.0 and not spec.get("max_delay", 0):
         return None
-    from optimizers.asynchrony import Asynchrony
+    from optimizers.comm.asynchrony import Asynchrony
 
     return Asynchrony(network, spec.get("activation", 1.0), spec.get("max_delay", 0), spec.get("seed", 0),
                       inner=network.link_model)

@@ -1,7 +1,7 @@
 """How radio links lose messages (``experiment.links.model``).
 
 Every model decides, for each directed message src -> dst of exchange k on a channel, whether it is
-lost, as a counter-based function of (seed, k, src, dst, ...) (:mod:`optimizers.counters`): the same
+lost, as a counter-based function of (seed, k, src, dst, ...) (:mod:`foundation.counters`): the same
 messages are lost whether the robots live in one process or in many.
 
 - ``independent`` (``drop_prob`` p): each message is lost with probability p on its own.
@@ -30,7 +30,7 @@ from __future__ import annotations
 import networkx as nx
 import torch
 
-from optimizers import counters
+from foundation import counters
 
 _STATE = counters.code("link state")
 

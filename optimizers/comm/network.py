@@ -21,7 +21,7 @@ keeps its own buffers saves allocating (and page-faulting) a new stack-sized ten
 
 ``row_bytes`` is what one message really costs on the radio (a number, or one number per node):
 a dense float row by default (n * element size); a compressed message says its own size (see
-``optimizers/compressors.py``). ``bytes_sent[i]`` adds degree_i * row_bytes_i per exchange; a
+``optimizers/comm/compressors.py``). ``bytes_sent[i]`` adds degree_i * row_bytes_i per exchange; a
 dropped message was still transmitted and still counts. ``channel`` names the quantity being
 exchanged (e.g. "theta", "tracker"): a receiver keeps one last-received row per neighbour and
 channel.
@@ -31,7 +31,7 @@ same calls by sending each local row (and its byte size) to the processes that h
 neighbours and combining what arrives, so optimizer code never changes. The receiving side of a
 lossy link is the same for both: ``lossy_combine`` works from (source, destination) rows.
 
-Lossy links (``set_link_model(model)``, a model of :mod:`optimizers.link_models`; ``set_links(drop_prob,
+Lossy links (``set_link_model(model)``, a model of :mod:`optimizers.comm.link_models`; ``set_links(drop_prob,
 seed)`` for independent losses): the model decides, counter-based on (seed, exchange, src, dst, channel),
 which directed messages are lost, so the same messages are lost however the robots are spread over
 processes. A receiver then uses the last row it received from that neighbour on that channel, or its own
@@ -48,10 +48,10 @@ import networkx as nx
 import numpy as np
 import torch
 
-from optimizers import state
-from optimizers.asynchrony import deliver
-from optimizers.graphs import metropolis_weights
-from optimizers.link_models import IndependentLoss, join_link_states
+from foundation import state
+from optimizers.comm.asynchrony import deliver
+from optimizers.comm.graphs import metropolis_weights
+from optimizers.comm.link_models import IndependentLoss, join_link_states
 
 # Above this many nodes a sparse product beats a dense one for sparse graphs.
 _SPARSE_MIN_NODES = 32
@@ -344,7 +344,7 @@ class InProcessNetwork(EdgeExchange):
         return torch.arange(self.num_nodes)
 
     def set_link_model(self, model) -> None:
-        """Lose messages as ``model`` (:mod:`optimizers.link_models`) says from now on (None: none)."""
+        """Lose messages as ``model`` (:mod:`optimizers.comm.link_models`) says from now on (None: none)."""
         self.link_model = model
 
     def set_links(self, drop_prob: float, seed: int) -> None:

@@ -1,8 +1,8 @@
 """Regenerate the floor plans shipped with the repository and their robot waypoints.
 
-    python -m floorplans.make_shipped_plans [--out DIR] [--only paper|demo]
+    python -m planner.make_shipped_plans [--out DIR] [--only paper|demo]
 
-Writes ``<DIR>/paper_plan`` and ``<DIR>/demo_plan`` (default ``DIR`` = this package's folder), each with
+Writes ``<DIR>/paper_plan`` and ``<DIR>/demo_plan`` (default ``DIR`` = the ``floorplans`` package's folder), each with
 ``floor_img.png`` and three folders of waypoint files ``robot_0.npy`` ... ``robot_6.npy``:
 
 * ``minimal_overlap/``: the rooms are split into 7 groups by angle around the building centre; each
@@ -24,14 +24,14 @@ import os
 
 import numpy as np
 
+import floorplans
+from floorplans.generator import generate_layout
+from floorplans.io import save_floorplan
 from planner import downsample_grid, follow_waypoints, free_mask, path_to_waypoints
-
-from .generator import generate_layout
-from .io import save_floorplan
 
 NUM_ROBOTS = 7
 STYLES = ("minimal_overlap", "some_overlap", "tight_paths")
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(floorplans.__file__))
 
 PLANS = {
     "paper": dict(

@@ -20,7 +20,7 @@
 tensor, one norm per tensor), as reference implementations of CHOCO-SGD do. A whole-row top-k can leave
 small-valued layers out of every message; per tensor, every layer sends its share.
 
-Random choices are counter-based (:class:`optimizers.counters.CounterStream`): the optimizer holds
+Random choices are counter-based (:class:`foundation.counters.CounterStream`): the optimizer holds
 ``compressor.stream(robot_ids)`` as an attribute and passes it to every call, so a robot's draws depend
 on the seed, the call and its own id, never on which process hosts it.
 """
@@ -32,8 +32,8 @@ from typing import Sequence
 
 import torch
 
-from optimizers.counters import CounterStream
-from optimizers.schema import AT_LEAST_ONE, OPTIONAL, REQUIRED, ConfigError, Custom, Range, Str, did_you_mean, \
+from foundation.counters import CounterStream
+from foundation.schema import AT_LEAST_ONE, OPTIONAL, REQUIRED, ConfigError, Custom, Range, Str, did_you_mean, \
     validate_mapping
 
 FRACTION = Range(0.0, 1.0, low_open=True)
