@@ -28,7 +28,7 @@ from optimizers.comm.links import Chain, configure_asynchrony, configure_network
 from experiments.config import config_hash
 from foundation.schema import ConfigError
 from optimizers.comm.network import InProcessNetwork, team_network_state
-from problems.metrics import CSV_COLUMNS, SUMMARY
+from problems.metrics import csv_columns, progress_metrics, summary_metrics
 
 FINISHED = ("completed", "diverged")
 CHECKPOINT_FORMAT = 2  # {format, identity, sha256, payload (the checkpoint's torch.save bytes as uint8)}
@@ -99,7 +99,7 @@ def pair_specs(cfg: dict) -> list[PairSpec]:
 def history_rows(history: dict) -> list[dict]:
     """Tidy rows: one per (round, node) with one column per scalar metric."""
     rows = []
-    metrics = [m for m in CSV_COLUMNS if m in history]
+    metrics = [m for m in csv_columns() if m in history]
     for e, round_index in enumerate(history.get("round", [])):
         columns = {}
         for m in metrics:
@@ -119,7 +119,7 @@ def summarize(pair: dict, history: dict) -> dict:
     summary metric (robots that were not evaluated, NaN, left out)."""
     row = {"problem_name": pair["problem_name"], "alg_name": pair["alg_name"], "status": pair["status"],
            "rounds": pair.get("rounds_completed", 0), "seconds": round(pair.get("seconds", 0.0), 3)}
-    for m in SUMMARY:
+    for m in summary_metrics():
         if history.get(m):
             final = torch.as_tensor(history[m][-1], dtype=torch.float64).reshape(-1)
             final = final[~final.isnan()] if not final.isnan().all() else final
@@ -136,7 +136,7 @@ def load_history(out_dir: Path, name: str) -> dict:
 
 def format_ranges(metrics: dict) -> str:
     parts = []
-    for m in ("validation_loss", "top1_accuracy", "optimality_gap", "consensus_error", "train_loss_moving_average"):
+    for m in progress_metrics():
         if m in metrics:
             v = metrics[m].to(torch.float64)
             parts.append(f"{m} {float(v.min()):.4g}..{float(v.max()):.4g}")

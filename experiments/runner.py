@@ -60,6 +60,7 @@ from optimizers.comm.distributed import PeerLostError
 from optimizers.comm.graphs import GraphError
 from foundation.graph_files import graph_to_json
 from foundation.schema import ConfigError
+from problems.metrics import table_columns
 from problems.splits import DataError
 
 PAIR_STATUSES = ("not started", "running", "completed", "diverged", "failed", "interrupted")
@@ -86,11 +87,7 @@ def parse_args(argv):
 
 def print_table(rows: list[dict]) -> None:
     cols = [("problem_name", "pair", "{}"), ("alg_name", "alg", "{}"), ("status", "status", "{}"),
-            ("rounds", "rounds", "{}"), ("seconds", "seconds", "{:.1f}"),
-            ("validation_loss_mean", "val loss (mean)", "{:.4f}"),
-            ("top1_accuracy_mean", "top-1 mean", "{:.4f}"), ("top1_accuracy_min", "top-1 min", "{:.4f}"),
-            ("consensus_error_mean", "consensus err", "{:.3g}"),
-            ("map_balanced_accuracy_mean", "map bal. acc.", "{:.3f}"), ("map_wall_iou_mean", "wall IoU", "{:.3f}")]
+            ("rounds", "rounds", "{}"), ("seconds", "seconds", "{:.1f}"), *table_columns()]
     cols = [c for c in cols if any(c[0] in r for r in rows)]
     cells = [[c[1] for c in cols]]
     for r in rows:

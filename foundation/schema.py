@@ -198,6 +198,8 @@ def validate_mapping(prefix: str, schema: dict, data: Any) -> dict:
             raise ConfigError(f"{full}: required key is missing")
         elif isinstance(kind, dict):
             out[key] = validate_mapping(full, kind, default)
+        elif isinstance(kind, Custom) and default is not None:
+            out[key] = kind.validate(full, copy.deepcopy(default))  # a default is filled in like a given value
         else:
             out[key] = copy.deepcopy(default)
     return out

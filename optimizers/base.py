@@ -222,10 +222,18 @@ class DistributedOptimizer:
             raise DivergedError(k, "parameter")
 
     # ----------------------------------------------------------------------- checkpoints
-    # Attributes that are wiring or derived from the configuration, not state that evolves in training.
-    _not_state = ("problem", "network", "config", "outer_iterations", "compressor", "lrs", "_workspace", "pusher",
-                  "asynchrony",
-                  "_grads_take_out", "_round_opt")
+    # Attributes every optimizer has that are wiring, not state that evolves in training; a subclass names the
+    # attributes it rebuilds from its config in setup() in its own ``derived``.
+    _WIRING = ("problem", "network", "config", "outer_iterations", "_workspace", "asynchrony", "_grads_take_out")
+    derived: tuple[str, ...] = ()
+    example_config: dict[str, Any] = {}  # the keys a working config needs besides outer_iterations
+
+    @property
+    def _not_state(self) -> frozenset[str]:
+        names = set(self._WIRING)
+        for cls in type(self).__mro__:
+            names.update(cls.__dict__.get("derived", ()))
+        return frozenset(names)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything this optimizer has learned or counted (tensors, schedules, torch optimizers)."""

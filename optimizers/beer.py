@@ -31,6 +31,8 @@ from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
 
 class BEER(DistributedOptimizer):
     alg_name = "beer"
+    example_config = {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}  # a small working config (contract tests, docs)
+    derived = ("lrs", "compressor")
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "lr": (float, REQUIRED, POSITIVE),

@@ -25,6 +25,8 @@ from foundation.schedules import learning_rates
 
 class DiNNO(DistributedOptimizer):
     alg_name = "dinno"
+    example_config = {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}  # a small working config (contract tests, docs)
+    derived = ("lrs", "_round_opt")
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "rho_init": (float, REQUIRED, NON_NEGATIVE),

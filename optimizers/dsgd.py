@@ -20,6 +20,7 @@ from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
 
 class DSGD(DistributedOptimizer):
     alg_name = "dsgd"
+    example_config = {"alpha0": 0.05, "mu": 0.1}  # a small working config (contract tests, docs)
     retired_keys = {"compressor": "dsgd sends its model uncompressed (a compressed model without error feedback "
                                   "does not average); for compressed messages use deepsqueeze, choco_sgd or beer"}
     config_schema = {

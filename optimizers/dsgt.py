@@ -21,6 +21,7 @@ from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
 
 class DSGT(DistributedOptimizer):
     alg_name = "dsgt"
+    example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "alpha": (float, REQUIRED, NON_NEGATIVE),

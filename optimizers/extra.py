@@ -24,6 +24,7 @@ from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 class EXTRA(DistributedOptimizer):
     alg_name = "extra"
+    example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "alpha": (float, REQUIRED, POSITIVE),

@@ -14,6 +14,8 @@ from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 class LocalTraining(DistributedOptimizer):
     alg_name = "local"
+    example_config = {"lr": 0.05}  # a small working config (contract tests, docs)
+    derived = ("lrs",)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "optimizer": (("adam", "adamw", "sgd"), "adam"),

@@ -24,6 +24,7 @@ from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Ra
 
 class NEXT(DistributedOptimizer):
     alg_name = "next"
+    example_config = {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}  # a small working config (contract tests, docs)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "alpha0": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),

@@ -24,6 +24,7 @@ from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 class ProxPDA(DistributedOptimizer):
     alg_name = "prox_pda"
+    example_config = {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}  # a small working config (contract tests, docs)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "beta": (float, REQUIRED, POSITIVE),

@@ -23,6 +23,8 @@ from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 class PushDIGing(DistributedOptimizer):
     alg_name = "push_diging"
+    example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
+    derived = ("pusher",)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "alpha": (float, REQUIRED, POSITIVE),

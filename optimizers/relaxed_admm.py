@@ -30,6 +30,7 @@ _PRIMAL_KEYS = ("outer_iterations", "primal_iterations", "primal_optimizer", "pe
 
 class RelaxedADMM(DiNNO):
     alg_name = "relaxed_admm"
+    example_config = {"rho": 1.0, "primal_iterations": 2, "primal_lr_start": 0.01}  # a small working config (contract tests, docs)
     config_schema = {"rho": (float, REQUIRED, POSITIVE),
                      "relaxation": (float, 0.5, Range(0.0, 1.0, low_open=True, high_open=True)),
                      **{key: DiNNO.config_schema[key] for key in _PRIMAL_KEYS}}

@@ -22,6 +22,8 @@ from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED
 
 class SGP(DistributedOptimizer):
     alg_name = "sgp"
+    example_config = {"lr": 0.05}  # a small working config (contract tests, docs)
+    derived = ("pusher",)
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "lr": (float, REQUIRED, POSITIVE),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from foundation import state
-from problems.metrics import PER_ROBOT
+from problems.metrics import per_robot
 from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
 
@@ -261,7 +261,7 @@ class SupervisedProblem:
         for key, value in (extras or {}).items():
             values[key] = torch.as_tensor(value).detach().cpu().clone()
         if self.ranks is not None:  # every robot's rows on rank 0, which alone keeps the history
-            values = self.ranks.combine(values, PER_ROBOT)
+            values = self.ranks.combine(values, per_robot())
             if values is None:
                 return None
         self.history.setdefault("round", []).append(round_index)

@@ -1,9 +1,9 @@
 """The one catalogue of recorded metrics: what each is, whether it has a row per robot, whether it goes
 into the tidy CSV and the summary, and how plots label it.
 
-The runner (CSV columns, ``summary.csv``, the printed table), the gather across processes (rows per
-robot are concatenated in robot order on rank 0) and the plots read this table; a problem kind that
-records a new metric adds one entry here.
+The runner (CSV columns, ``summary.csv``, the printed table, the progress lines), the gather across
+processes (rows per robot are concatenated in robot order on rank 0) and the plots (standard figures, log
+axes) read this table; a problem that records a new metric adds one entry here.
 """
 
 from __future__ import annotations
@@ -18,34 +18,66 @@ class Metric:
     scalar: bool = True  # one number (per robot, or for the team) per evaluation: a column of <pair>_metrics.csv
     summary: bool = False  # final mean / min / max in summary.csv and the printed table
     better: str | None = None  # "higher" or "lower": which robot is the worst one (TensorBoard, tuning)
+    log_scale: bool = False  # plotted on a log axis
+    figure: bool = False  # a standard figure figures/<name>.png against round
+    progress: bool = False  # its range over the robots in the per-evaluation progress lines
+    table: tuple = ()  # columns of the printed table: (statistic of summary.csv, header, format) each
 
 
 METRICS: dict[str, Metric] = {
     "forward_pass_count": Metric("training samples processed", summary=True),
-    "validation_loss": Metric("validation loss", summary=True, better="lower"),
+    "validation_loss": Metric("validation loss", summary=True, better="lower", figure=True, progress=True,
+                              table=(("mean", "val loss (mean)", "{:.4f}"),)),
     "validation_loss_wall": Metric("validation loss on wall points", summary=True, better="lower"),
     "validation_loss_free": Metric("validation loss on free points", summary=True, better="lower"),
-    "top1_accuracy": Metric("top-1 accuracy", summary=True, better="higher"),
+    "top1_accuracy": Metric("top-1 accuracy", summary=True, better="higher", figure=True, progress=True,
+                            table=(("mean", "top-1 mean", "{:.4f}"), ("min", "top-1 min", "{:.4f}"))),
     "mean_model_top1_accuracy": Metric("top-1 accuracy of the robots' mean model", per_robot=False, summary=True,
-                                       better="higher"),
-    "optimality_gap": Metric("optimality gap f(x) - f*", summary=True, better="lower"),
+                                       better="higher", figure=True, table=(("mean", "mean model top-1", "{:.4f}"),)),
+    "optimality_gap": Metric("optimality gap f(x) - f*", summary=True, better="lower", log_scale=True, figure=True,
+                             progress=True),
     "mean_optimality_gap": Metric("optimality gap of the robots' mean, f(mean x) - f*", per_robot=False,
-                                  summary=True, better="lower"),
+                                  summary=True, better="lower", log_scale=True, figure=True),
     "validation_as_vector": Metric("per-sample correctness on the validation set", scalar=False),
-    "consensus_error": Metric("consensus error (unit-normalized parameters)", summary=True, better="lower"),
+    "consensus_error": Metric("consensus error (unit-normalized parameters)", summary=True, better="lower",
+                              log_scale=True, figure=True, progress=True,
+                              table=(("mean", "consensus err", "{:.3g}"),)),
     "current_epoch": Metric("passes over the robot's data", summary=True),
-    "train_loss_moving_average": Metric("training loss (moving average)", summary=True, better="lower"),
+    "train_loss_moving_average": Metric("training loss (moving average)", summary=True, better="lower",
+                                        progress=True),
     "bytes_sent": Metric("bytes sent", summary=True),
-    "map_balanced_accuracy": Metric("map balanced accuracy", summary=True, better="higher"),
-    "map_wall_iou": Metric("map wall IoU", summary=True, better="higher"),
+    "map_balanced_accuracy": Metric("map balanced accuracy", summary=True, better="higher",
+                                    table=(("mean", "map bal. acc.", "{:.3f}"),)),
+    "map_wall_iou": Metric("map wall IoU", summary=True, better="higher", table=(("mean", "wall IoU", "{:.3f}"),)),
     "mesh_grid_density": Metric("density on the mesh grid", scalar=False),
     "current_position": Metric("position", scalar=False),
     "current_graph": Metric("communication graph", per_robot=False, scalar=False),
 }
 
-PER_ROBOT = tuple(name for name, m in METRICS.items() if m.per_robot)
-CSV_COLUMNS = tuple(name for name, m in METRICS.items() if m.scalar)
-SUMMARY = tuple(name for name, m in METRICS.items() if m.summary)
+# Views of the registry, read when used (so that an entry added at run time counts too).
+def per_robot() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.per_robot)
+
+
+def csv_columns() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.scalar)
+
+
+def summary_metrics() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.summary)
+
+
+def figure_metrics() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.figure)
+
+
+def progress_metrics() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.progress)
+
+
+def table_columns() -> tuple[tuple[str, str, str], ...]:
+    """(summary.csv column, header, format) of every column the printed table shows."""
+    return tuple((f"{name}_{stat}", header, fmt) for name, m in METRICS.items() for stat, header, fmt in m.table)
 
 
 def label(name: str) -> str:

@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers import BEER, CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DeepSqueeze, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
+from optimizers import OPTIMIZERS, BEER, CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DeepSqueeze, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
 from optimizers.comm.compressors import make_compressor
 from foundation.counters import code, uniform
 from optimizers.comm.network import InProcessNetwork
@@ -379,13 +379,8 @@ def test_each_optimizer_counts_what_it_sends():
 
 # ------------------------------------------------------------------------------------ lossy links
 
-ALL = [(DSGD, {"alpha0": 0.05, "mu": 0.1}), (DSGT, {"alpha": 0.05}),
-       (DiNNO, {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}),
-       (EXTRA, {"alpha": 0.05}), (NEXT, {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}),
-       (ProxPDA, {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}),
-       (CHOCOSGD, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}),
-       (BEER, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}),
-       (DeepSqueeze, {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}})]
+# every registered optimizer, with the small working config its class carries
+ALL = [(cls, cls.example_config) for cls in OPTIMIZERS.values()]
 
 
 @pytest.mark.parametrize("cls,cfg", ALL, ids=[c.alg_name for c, _ in ALL])

@@ -19,11 +19,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from foundation.results_io import atomic_path, save_figure  # noqa: E402
-from problems.metrics import label  # noqa: E402
+from problems.metrics import METRICS, figure_metrics, label  # noqa: E402
 
 
 
-LOG_SCALE_METRICS = ("consensus_error", "optimality_gap", "mean_optimality_gap")
 
 
 def load_results(folder: str | Path) -> dict[str, dict]:
@@ -83,7 +82,7 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
     if x == "megabytes" and drawn:
         ax.set_xscale("log")
     ax.set_ylabel(label(metric))
-    if log_scale or (log_scale is None and metric in LOG_SCALE_METRICS):
+    if log_scale or (log_scale is None and metric in METRICS and METRICS[metric].log_scale):
         ax.set_yscale("log")
     if drawn:
         ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
@@ -104,15 +103,14 @@ def plot_graph(graph: nx.Graph, ax=None, title: str | None = None):
     return ax
 
 
-def save_standard_figures(folder: str | Path, metrics=("validation_loss", "top1_accuracy", "consensus_error",
-                                                     "optimality_gap", "mean_optimality_gap")) -> list[Path]:
+def save_standard_figures(folder: str | Path, metrics=None) -> list[Path]:
     """Write figures/<metric>.png for each metric any pair recorded, and figures/graph.png."""
     folder = Path(folder)
     out = folder / "figures"
     out.mkdir(exist_ok=True)
     results = load_results(folder)
     written = []
-    for metric in metrics:
+    for metric in figure_metrics() if metrics is None else metrics:
         if not any(metric in res and res[metric] for res in results.values()):
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -17,7 +17,8 @@ import networkx as nx
 import torch
 
 from optimizers import OPTIMIZER_CONFIG
-from optimizers.comm.graphs import GRAPH_PARAMETERS, GRAPH_TYPES, graph_from_config
+from optimizers.comm.link_models import LINKS
+from optimizers.comm.graphs import GRAPH_TYPES, GRAPHS, graph_from_config
 from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
                                ConfigError, Float, Int, ListOf, Name, Str)
 from problems.base import RobotBlock
@@ -53,19 +54,6 @@ INDIVIDUAL_SCHEMA = {
     "verbose": (Bool, True),
 }
 
-# how radio links lose messages (optimizers/comm/link_models.py)
-LINKS_SCHEMA = {
-    "model": (Choice(("independent", "symmetric", "bursty", "distance")), "independent"),
-    "drop_prob": (Float, 0.0, UNIT_INTERVAL),  # independent and symmetric
-    "seed": (Int, 0, SEED_RANGE),
-    # bursty: Gilbert-Elliott; the defaults lose 30% of the messages in the long run, in bursts
-    "bursty": ({"enter_bad": (Float, 0.1, UNIT_INTERVAL), "leave_bad": (Float, 0.2, UNIT_INTERVAL),
-                "loss_good": (Float, 0.05, UNIT_INTERVAL), "loss_bad": (Float, 0.8, UNIT_INTERVAL)}, {}),
-    # distance: loss max_loss (d / radius)^power; radius defaults to the disk graph's
-    "distance": ({"radius": (Float, OPTIONAL, POSITIVE), "power": (Float, 4.0, POSITIVE),
-                  "max_loss": (Float, 1.0, UNIT_INTERVAL)}, {}),
-}
-
 COMMON_EXPERIMENT = {
     "name": (Name, REQUIRED),
     "problem": (Str, OPTIONAL),  # a registered kind (checked against the registry before the schema)
@@ -84,7 +72,7 @@ COMMON_EXPERIMENT = {
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
     "tensorboard": (Bool, False),  # TensorBoard event files per pair (experiments/tensorboard_log.py)
     # lossy and time-varying communication (optimizers/comm/links.py)
-    "links": (LINKS_SCHEMA, {}),
+    "links": (LINKS, {}),
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
@@ -123,9 +111,9 @@ def problem_schema(metrics: tuple[str, ...], default_metrics: list[str], train_b
 
 def check_graph_parameters(graph: dict, where: str = "experiment.graph") -> None:
     """The parameter the graph type needs is given."""
-    needs = GRAPH_PARAMETERS.get(graph["type"])
-    if needs is not None and graph.get(needs[0]) is None:
-        raise ConfigError(f"{where}.{needs[0]}: required for graph type {graph['type']} ({needs[1]})")
+    spec = GRAPHS[graph["type"]]
+    if spec.parameter is not None and graph.get(spec.parameter) is None:
+        raise ConfigError(f"{where}.{spec.parameter}: required for graph type {graph['type']} ({spec.meaning})")
 
 
 def check_batches_fit(cfg: dict, limit: int, what: str) -> None:

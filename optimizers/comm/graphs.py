@@ -10,17 +10,13 @@ same arguments always give the same graph.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import networkx as nx
 import numpy as np
 import scipy.linalg
 from scipy.spatial import Delaunay, QhullError
-
-GRAPH_TYPES = ("wheel", "cycle", "complete", "random", "disk", "delaunay", "fiedler")
-# The one parameter each graph type needs (a key of a graph config mapping) and what it means.
-GRAPH_PARAMETERS = {"random": ("p", "edge probability in [0, 1]"), "disk": ("radius", "link distance"),
-                    "fiedler": ("target_fiedler", "algebraic connectivity to reach")}
 
 FIEDLER_REL_TOL = 0.05
 
@@ -222,70 +218,92 @@ def _fiedler_graph(n: int, target: float, rng: np.random.Generator, attempts: in
     return best
 
 
-def make_graph(
-    kind: str,
-    num_nodes: int,
-    seed: int = 0,
-    p: float | None = None,
-    radius: float | None = None,
-    target_fiedler: float | None = None,
-    gen_attempts: int = 100,
-) -> nx.Graph:
+@dataclass(frozen=True)
+class GraphType:
+    """One entry of ``GRAPHS``: how ``build(n, rng, attempts, value)`` draws a graph of ``n`` robots (with their
+    positions when it knows them) and the one parameter it needs, if any (a key of a graph config mapping)."""
+
+    build: Callable[..., tuple[nx.Graph, np.ndarray | None]]
+    parameter: str | None = None
+    meaning: str = ""
+    example: float | None = None  # a value of the parameter that gives a connected graph of a few robots
+
+
+def _wheel(n, rng, attempts, value):
+    return nx.wheel_graph(n), _wheel_positions(n)
+
+
+def _cycle(n, rng, attempts, value):
+    return nx.cycle_graph(n), _circular_positions(n)
+
+
+def _complete(n, rng, attempts, value):
+    return nx.complete_graph(n), _circular_positions(n)
+
+
+def _random(n, rng, attempts, p):
+    if not 0.0 <= p <= 1.0:
+        raise GraphError(f"graph.p must be in [0, 1] for graph.type random (got {p:g})")
+    if n == 1:
+        return nx.empty_graph(1), _circular_positions(1)
+    return _random_graph(n, p, rng, attempts), None
+
+
+def _disk(n, rng, attempts, radius):
+    if radius <= 0.0:
+        raise GraphError(f"graph.radius must be > 0 for graph.type disk (got {radius:g})")
+    return _disk_random_graph(n, radius, rng, attempts), None
+
+
+def _delaunay(n, rng, attempts, value):
+    return _delaunay_graph(n, rng, attempts), None
+
+
+def _fiedler(n, rng, attempts, target):
+    if target <= 0.0:
+        raise GraphError(f"graph.target_fiedler must be > 0 for graph.type fiedler (got {target:g})")
+    if n < 2:
+        raise GraphError("graph.target_fiedler needs graph.num_nodes >= 2 for graph.type fiedler")
+    if target > n * (1.0 + 1e-12):
+        raise GraphError(f"graph.target_fiedler {target:g} is above the complete graph's value {n} for {n} nodes;"
+                         f" use a target <= {n}")
+    return _fiedler_graph(n, target, rng, attempts), None
+
+
+# The graph types a config can name: a new one is one builder and one entry.
+GRAPHS: dict[str, GraphType] = {
+    "wheel": GraphType(_wheel),
+    "cycle": GraphType(_cycle),
+    "complete": GraphType(_complete),
+    "random": GraphType(_random, "p", "edge probability in [0, 1]", 0.5),
+    "disk": GraphType(_disk, "radius", "link distance", 0.6),
+    "delaunay": GraphType(_delaunay),
+    "fiedler": GraphType(_fiedler, "target_fiedler", "algebraic connectivity to reach", 0.5),
+}
+GRAPH_TYPES = tuple(GRAPHS)
+
+
+def make_graph(kind: str, num_nodes: int, seed: int = 0, gen_attempts: int = 100, **parameters) -> nx.Graph:
     """Build a seeded communication graph of ``num_nodes`` robots (nodes 0..N-1, "pos" attribute).
 
     random: Erdos-Renyi G(N, p), redrawn until connected; disk: uniform points in the unit square,
     edge when distance <= radius, redrawn until connected; delaunay: Delaunay triangulation of uniform
     points; fiedler: disk graph whose radius is searched so that the algebraic connectivity is the
     closest to target_fiedler (within 5% where the sampled points allow it; new points are drawn, up
-    to gen_attempts times, only when a draw misses that tolerance). graph.graph records "type" and,
-    where relevant, "radius" and "fiedler".
+    to gen_attempts times, only when a draw misses that tolerance). ``parameters`` holds the type's one
+    parameter (p, radius, target_fiedler; the others are ignored). graph.graph records "type" and, where
+    relevant, "radius" and "fiedler".
     """
-    if kind not in GRAPH_TYPES:
+    if kind not in GRAPHS:
         raise GraphError(f"graph.type {kind!r} is not one of: {', '.join(GRAPH_TYPES)}")
     n = _check_positive_int("graph.num_nodes", num_nodes)
     attempts = _check_positive_int("graph.gen_attempts", gen_attempts)
     rng = np.random.default_rng(seed)
-
-    if kind == "wheel":
-        graph = nx.wheel_graph(n)
-        positions = _wheel_positions(n)
-    elif kind == "cycle":
-        graph = nx.cycle_graph(n)
-        positions = _circular_positions(n)
-    elif kind == "complete":
-        graph = nx.complete_graph(n)
-        positions = _circular_positions(n)
-    elif kind == "random":
-        p = _check_number("graph.p", p, kind)
-        if not 0.0 <= p <= 1.0:
-            raise GraphError(f"graph.p must be in [0, 1] for graph.type random (got {p:g})")
-        if n == 1:
-            graph, positions = nx.empty_graph(1), _circular_positions(1)
-        else:
-            graph, positions = _random_graph(n, p, rng, attempts), None
-    elif kind == "disk":
-        radius = _check_number("graph.radius", radius, kind)
-        if radius <= 0.0:
-            raise GraphError(f"graph.radius must be > 0 for graph.type disk (got {radius:g})")
-        graph = _disk_random_graph(n, radius, rng, attempts)
-        positions = None
-    elif kind == "delaunay":
-        graph = _delaunay_graph(n, rng, attempts)
-        positions = None
-    else:
-        target = _check_number("graph.target_fiedler", target_fiedler, kind)
-        if target <= 0.0:
-            raise GraphError(f"graph.target_fiedler must be > 0 for graph.type fiedler (got {target:g})")
-        if n < 2:
-            raise GraphError("graph.target_fiedler needs graph.num_nodes >= 2 for graph.type fiedler")
-        if target > n * (1.0 + 1e-12):
-            raise GraphError(
-                f"graph.target_fiedler {target:g} is above the complete graph's value {n} for {n} nodes;"
-                f" use a target <= {n}"
-            )
-        graph = _fiedler_graph(n, target, rng, attempts)
-        positions = None
-
+    spec = GRAPHS[kind]
+    value = None
+    if spec.parameter is not None:
+        value = _check_number(f"graph.{spec.parameter}", parameters.get(spec.parameter), kind)
+    graph, positions = spec.build(n, rng, attempts, value)
     graph.remove_edges_from(list(nx.selfloop_edges(graph)))
     if positions is not None:
         _set_positions(graph, positions)

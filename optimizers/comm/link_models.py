@@ -23,6 +23,11 @@ A model's ``lost(exchange, src, dst, ids, channel, graph)`` returns a boolean te
 directed messages (``ids``: the network's stable numbers of those directed links); ``state(count)`` /
 ``load_state`` keep what it remembers per link (the bursty chains), aligned with the network's link
 numbers, so that a run resumes on any number of processes.
+
+Each model carries its config schema: ``top_schema`` (keys of ``experiment.links`` itself, e.g. ``drop_prob``)
+and ``block_schema`` (keys of its own block ``experiment.links.<name>``), and builds itself from a validated
+block with ``from_config``. ``LINK_MODELS`` is the registry and ``LINKS_SCHEMA`` the schema of
+``experiment.links`` it makes: a new model is one class and one registry entry.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import networkx as nx
 import torch
 
 from foundation import counters
+from foundation.schema import (OPTIONAL, POSITIVE, SEED_RANGE, UNIT_INTERVAL, Choice, ConfigError, Custom, Float, Int,
+                               did_you_mean, validate_mapping)
 
 _STATE = counters.code("link state")
 
@@ -38,9 +45,19 @@ _STATE = counters.code("link state")
 class IndependentLoss:
     name = "independent"
     absent_when_lost = False  # a receiver falls back on the last row it received from that neighbour
+    top_schema = {"drop_prob": (Float, 0.0, UNIT_INTERVAL)}
+    block_schema: dict = {}
 
     def __init__(self, seed: int, drop_prob: float):
         self.seed, self.drop_prob = int(seed), float(drop_prob)
+
+    @classmethod
+    def from_config(cls, links: dict):
+        """The model of a validated ``experiment.links`` (None: it loses nothing)."""
+        return cls(links["seed"], links["drop_prob"]) if links["drop_prob"] else None
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.drop_prob:g})"
 
     def lost(self, exchange: int, src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, channel: str,
              graph: nx.Graph) -> torch.Tensor:
@@ -67,6 +84,18 @@ class BurstyLoss:
 
     name = "bursty"
     absent_when_lost = False
+    top_schema: dict = {}
+    # the defaults lose 30% of the messages in the long run, in bursts
+    block_schema = {"enter_bad": (Float, 0.1, UNIT_INTERVAL), "leave_bad": (Float, 0.2, UNIT_INTERVAL),
+                    "loss_good": (Float, 0.05, UNIT_INTERVAL), "loss_bad": (Float, 0.8, UNIT_INTERVAL)}
+
+    @classmethod
+    def from_config(cls, links: dict):
+        b = links["bursty"]
+        return cls(links["seed"], b["enter_bad"], b["leave_bad"], b["loss_good"], b["loss_bad"])
+
+    def describe(self) -> str:
+        return f"bursty (long-run loss {self.mean_loss():.3f})"
 
     def __init__(self, seed: int, enter_bad: float, leave_bad: float, loss_good: float, loss_bad: float):
         self.seed = int(seed)
@@ -110,6 +139,18 @@ class BurstyLoss:
 
 class DistanceLoss(IndependentLoss):
     name = "distance"
+    top_schema: dict = {}
+    # radius defaults to the disk graph's
+    block_schema = {"radius": (Float, OPTIONAL, POSITIVE), "power": (Float, 4.0, POSITIVE),
+                    "max_loss": (Float, 1.0, UNIT_INTERVAL)}
+
+    @classmethod
+    def from_config(cls, links: dict):
+        d = links["distance"]
+        return cls(links["seed"], d["radius"], d["power"], d["max_loss"])
+
+    def describe(self) -> str:
+        return f"distance (max loss {self.max_loss:g}, power {self.power:g})"
 
     def __init__(self, seed: int, radius: float | None, power: float, max_loss: float):
         self.seed, self.radius, self.power, self.max_loss = int(seed), radius, float(power), float(max_loss)
@@ -141,27 +182,33 @@ def join_link_states(parts: list[dict]) -> dict:
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
+LINK_MODELS = {cls.name: cls for cls in (IndependentLoss, SymmetricLoss, BurstyLoss, DistanceLoss)}
+
+def links_schema() -> dict:
+    """The schema of ``experiment.links`` from the registry: the model, its seed, every model's top-level keys,
+    and one block per model with its own keys."""
+    schema = {"model": (Choice(tuple(LINK_MODELS)), "independent"), "seed": (Int, 0, SEED_RANGE)}
+    for model in LINK_MODELS.values():
+        schema.update(model.top_schema)
+        if model.block_schema:
+            schema[model.name] = (model.block_schema, {})
+    return schema
+
+
+def validate_links(prefix: str, data) -> dict:
+    if isinstance(data, dict) and isinstance(data.get("model"), str) and data["model"] not in LINK_MODELS:
+        raise ConfigError(f"{prefix}.model: {data['model']!r} is not allowed{did_you_mean(data['model'], LINK_MODELS)}; "
+                          f"allowed: {', '.join(LINK_MODELS)}")
+    return validate_mapping(prefix, links_schema(), data)
+
+
+LINKS = Custom(validate_links)  # the schema kind of ``experiment.links``
+
+
 def make_link_model(links: dict):
     """The model a validated ``experiment.links`` block describes (None: every message arrives)."""
-    model = links.get("model", "independent")
-    seed = links.get("seed", 0)
-    if model in ("independent", "symmetric"):
-        if not links.get("drop_prob"):
-            return None
-        return (IndependentLoss if model == "independent" else SymmetricLoss)(seed, links["drop_prob"])
-    if model == "bursty":
-        b = links["bursty"]
-        return BurstyLoss(seed, b["enter_bad"], b["leave_bad"], b["loss_good"], b["loss_bad"])
-    d = links["distance"]
-    return DistanceLoss(seed, d["radius"], d["power"], d["max_loss"])
+    return LINK_MODELS[links.get("model", "independent")].from_config(links)
 
 
 def describe(model) -> str:
-    if model is None:
-        return "lossless"
-    if isinstance(model, BurstyLoss):
-        return f"bursty (long-run loss {model.mean_loss():.3f})"
-    if isinstance(model, DistanceLoss):
-        return f"distance (max loss {model.max_loss:g}, power {model.power:g})"
-    return f"{model.name} ({model.drop_prob:g})"
-
+    return "lossless" if model is None else model.describe()
