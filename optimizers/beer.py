@@ -27,6 +27,8 @@ import torch
 from optimizers.base import DistributedOptimizer
 from optimizers.comm.compressors import COMPRESSOR
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from foundation.schedules import learning_rates
+from optimizers.comm.compressors import make_compressor
 
 
 class BEER(DistributedOptimizer):
@@ -71,3 +73,25 @@ class BEER(DistributedOptimizer):
         self.recycle("grads", self.grads)
         self.grads = new_grads
         self.public_tracker += self.compressor(self.tracker - self.public_tracker, self.compression_rng)
+
+
+def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
+    """BEER robot by robot: gossip on the public copies, the tracked gradient step, the compressed updates of
+    the copies (of the model, then of the tracker)."""
+    lrs = learning_rates(config["lr_decay_type"], config["lr"],
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+    gamma = config["consensus_stepsize"]
+    compressor = make_compressor(config["compressor"], segments)
+    streams = [compressor.stream([i]) for i in range(robots.n)]
+    public = list(robots.x)  # the shared initial model
+    public_tracker = [torch.zeros_like(x) for x in robots.x]
+    grads = robots.gradients()
+    tracker = list(grads)
+    for k in range(1, rounds + 1):
+        robots.x = [robots.x[i] + gamma * robots.gossip(public, i) - float(lrs[k - 1]) * tracker[i]
+                    for i in range(robots.n)]
+        public = [p + compressor((x - p).unsqueeze(0), s)[0] for p, x, s in zip(public, robots.x, streams)]
+        new = robots.gradients()
+        tracker = [tracker[i] + gamma * robots.gossip(public_tracker, i) + new[i] - grads[i] for i in range(robots.n)]
+        grads = new
+        public_tracker = [p + compressor((v - p).unsqueeze(0), s)[0] for p, v, s in zip(public_tracker, tracker, streams)]

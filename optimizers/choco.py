@@ -23,6 +23,8 @@ import torch
 from optimizers.base import DistributedOptimizer
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
 from optimizers.comm.compressors import COMPRESSOR
+from foundation.schedules import learning_rates
+from optimizers.comm.compressors import make_compressor
 
 
 class CHOCOSGD(DistributedOptimizer):
@@ -52,3 +54,18 @@ class CHOCOSGD(DistributedOptimizer):
         self.public += self.compressor(theta - self.public, self.compression_rng)
         mixed = self.network.mix(self.public, "public", self.message_bytes(self.compressor))
         theta.add_(mixed - self.public, alpha=float(self.config["consensus_stepsize"]))
+
+
+def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
+    """CHOCO-SGD robot by robot: a gradient step, the compressed update of the public copy, gossip on the
+    copies."""
+    lrs = learning_rates(config["lr_decay_type"], config["lr"],
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+    compressor = make_compressor(config["compressor"], segments)
+    streams = [compressor.stream([i]) for i in range(robots.n)]  # robot i's draws, as in the team's stream
+    public = [torch.zeros_like(x) for x in robots.x]
+    for k in range(1, rounds + 1):
+        grads = robots.gradients()
+        half = [x - float(lrs[k - 1]) * g for x, g in zip(robots.x, grads)]
+        public = [p + compressor((h - p).unsqueeze(0), s)[0] for p, h, s in zip(public, half, streams)]
+        robots.x = [half[i] + config["consensus_stepsize"] * robots.gossip(public, i) for i in range(robots.n)]

@@ -26,6 +26,8 @@ import torch
 from optimizers.base import DistributedOptimizer
 from optimizers.comm.compressors import COMPRESSOR
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from foundation.schedules import learning_rates
+from optimizers.comm.compressors import make_compressor
 
 
 class DeepSqueeze(DistributedOptimizer):
@@ -57,3 +59,19 @@ class DeepSqueeze(DistributedOptimizer):
         self.error = compensated.sub_(sent)
         mixed = self.network.mix(sent, "sent", self.message_bytes(self.compressor), out=self.workspace("mixed", theta))
         theta.add_(mixed.sub_(sent), alpha=float(self.config["consensus_stepsize"]))
+
+
+def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
+    """DeepSqueeze robot by robot: a gradient step, the compressed error-compensated model, gossip on what
+    was sent."""
+    lrs = learning_rates(config["lr_decay_type"], config["lr"],
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+    compressor = make_compressor(config["compressor"], segments)
+    streams = [compressor.stream([i]) for i in range(robots.n)]
+    error = [torch.zeros_like(x) for x in robots.x]
+    for k in range(1, rounds + 1):
+        grads = robots.gradients()
+        half = [x - float(lrs[k - 1]) * g for x, g in zip(robots.x, grads)]
+        sent = [compressor((h + e).unsqueeze(0), s)[0] for h, e, s in zip(half, error, streams)]
+        error = [h + e - q for h, e, q in zip(half, error, sent)]
+        robots.x = [half[i] + config["consensus_stepsize"] * robots.gossip(sent, i) for i in range(robots.n)]

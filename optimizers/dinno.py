@@ -100,3 +100,35 @@ class DiNNO(DistributedOptimizer):
             return grad.sub_(pull).mul_(2.0 * rho).add_(self.duals)
 
         self.primal_update(k, penalty_grad)
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """DiNNO robot by robot: each robot's dual step from the round's snapshot, then its primal optimizer
+    steps on f_i(x) + <x, lambda_i> + rho sum_j ||x - (x_i^k + x_j^k) / 2||^2."""
+    start = config["primal_lr_start"] if config["primal_lr_start"] is not None else config["primal_lr"]
+    finish = config["primal_lr_finish"] if config["primal_lr_finish"] is not None else start
+    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"])
+    rho = config["rho_init"]
+    duals = [torch.zeros_like(x) for x in robots.x]
+    leaves = optimizers = None
+    if config["persistant_primal_opt"]:
+        leaves, optimizers = robots.optimizers(config["primal_optimizer"], float(lrs[0]))
+    for k in range(1, rounds + 1):
+        rho *= config["rho_scaling"]
+        snapshot = list(robots.x)
+        for i in range(robots.n):
+            duals[i] = duals[i] + rho * sum(snapshot[i] - snapshot[j] for j in robots.neighbours(i))
+        if config["persistant_primal_opt"]:
+            for leaf, x in zip(leaves, robots.x):
+                leaf.data.copy_(x)
+        else:
+            leaves, optimizers = robots.optimizers(config["primal_optimizer"], float(lrs[k - 1]))
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = float(lrs[k - 1])
+
+        def penalty(i, x, rho=rho, snapshot=snapshot):
+            return duals[i] + 2.0 * rho * sum(x - (snapshot[i] + snapshot[j]) / 2 for j in robots.neighbours(i))
+
+        for _ in range(config["primal_iterations"]):
+            robots.step(leaves, optimizers, penalty)

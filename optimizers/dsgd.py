@@ -46,3 +46,16 @@ class DSGD(DistributedOptimizer):
         theta.sub_(grads, alpha=self.alpha)
         if self.config["adapt_then_combine"]:
             self.combine(theta)
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """DSGD robot by robot (see :mod:`optimizers.reference`): mix, then each robot's gradient step."""
+    alpha = config["alpha0"]
+    for _ in range(rounds):
+        alpha *= 1.0 - config["mu"] * alpha
+        if not config["adapt_then_combine"]:
+            robots.x = robots.mix(robots.x)
+        grads = robots.gradients()
+        robots.x = [x - alpha * g for x, g in zip(robots.x, grads)]
+        if config["adapt_then_combine"]:
+            robots.x = robots.mix(robots.x)

@@ -50,3 +50,15 @@ class DSGT(DistributedOptimizer):
         self.recycle("tracker", self.tracker)
         self.recycle("grads", self.grads)
         self.tracker, self.grads = tracker, new_grads
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """DSGT robot by robot: x <- W (x - alpha y); y <- W y + g_new - g_old."""
+    alpha = config["alpha"]
+    grads = robots.gradients() if config["init_grads"] else [torch.zeros_like(x) for x in robots.x]
+    tracker = list(grads)
+    for _ in range(rounds):
+        robots.x = robots.mix([x - alpha * y for x, y in zip(robots.x, tracker)])
+        new = robots.gradients()
+        tracker = [y + g_new - g_old for y, g_new, g_old in zip(robots.mix(tracker), new, grads)]
+        grads = new

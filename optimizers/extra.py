@@ -48,3 +48,21 @@ class EXTRA(DistributedOptimizer):
             new = theta + mixed - 0.5 * (self.prev_theta + self.prev_mixed) - alpha * (grads - self.prev_grads)
         self.prev_theta, self.prev_mixed, self.prev_grads = theta.clone(), mixed, grads
         theta.copy_(new)
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """EXTRA robot by robot: x^1 = W x^0 - alpha g^0, then x^{k+1} = x^k + W x^k - (x^{k-1} + W x^{k-1}) / 2
+    - alpha (g^k - g^{k-1})."""
+    alpha = config["alpha"]
+    previous = None
+    for _ in range(rounds):
+        grads = robots.gradients()
+        mixed = robots.mix(robots.x)
+        if previous is None:
+            new = [m - alpha * g for m, g in zip(mixed, grads)]
+        else:
+            x_old, mixed_old, grads_old = previous
+            new = [x + m - 0.5 * (xo + mo) - alpha * (g - go)
+                   for x, m, xo, mo, g, go in zip(robots.x, mixed, x_old, mixed_old, grads, grads_old)]
+        previous = (robots.x, mixed, grads)
+        robots.x = new

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from optimizers.base import DistributedOptimizer, make_torch_optimizer
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+import torch
+from foundation.schedules import learning_rates
 
 
 class LocalTraining(DistributedOptimizer):
@@ -40,3 +42,16 @@ class LocalTraining(DistributedOptimizer):
             theta.grad = grads
             self.opt.step()
         theta.grad = None
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """Every robot alone: its own optimizer on its own batches, ``steps_per_round`` steps a round."""
+    lrs = learning_rates(config["lr_decay_type"], config["lr"],
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+    leaves, optimizers = robots.optimizers(config["optimizer"], float(lrs[0]))
+    for k in range(1, rounds + 1):
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = float(lrs[k - 1])
+        for _ in range(config["steps_per_round"]):
+            robots.step(leaves, optimizers, lambda i, x: torch.zeros_like(x))

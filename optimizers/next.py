@@ -46,3 +46,22 @@ class NEXT(DistributedOptimizer):
         _, new_grads = self.problem.local_grads(theta)
         self.tracker = self.network.mix(self.tracker, "tracker").add_(new_grads).sub_(self.grads)
         self.grads = new_grads
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """NEXT robot by robot: each robot minimizes its linearized surrogate (the others' gradient estimated as
+    N y_i - g_i), steps alpha toward it, mixes; the tracker follows the mean gradient."""
+    alpha, tau, n = config["alpha0"], config["tau"], robots.n
+    grads = robots.gradients()
+    tracker = list(grads)
+    for _ in range(rounds):
+        alpha *= 1.0 - config["mu"] * alpha
+        towards = []
+        for i in range(n):
+            others = n * tracker[i] - grads[i]
+            surrogate_min = robots.x[i] - (grads[i] + others) / tau
+            towards.append(robots.x[i] + alpha * (surrogate_min - robots.x[i]))
+        robots.x = robots.mix(towards)
+        new = robots.gradients()
+        tracker = [y + g_new - g_old for y, g_new, g_old in zip(robots.mix(tracker), new, grads)]
+        grads = new

@@ -50,3 +50,21 @@ class ProxPDA(DistributedOptimizer):
                           lambda x: self.duals + 2.0 * beta * (degree * x - pull))
         self.neighbours = self.network.neighbor_sum(theta, "theta")
         self.duals += beta * (degree * theta - self.neighbours)
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """Prox-PDA robot by robot: primal optimizer steps on f_i(x) + <lambda_i, x> + beta sum_j
+    ||x - (x_i^r + x_j^r) / 2||^2, then the dual ascent on the new iterates."""
+    beta = config["beta"]
+    duals = [torch.zeros_like(x) for x in robots.x]
+    for _ in range(rounds):
+        snapshot = list(robots.x)
+        leaves, optimizers = robots.optimizers(config["primal_optimizer"], config["primal_lr"])
+
+        def penalty(i, x, snapshot=snapshot):
+            return duals[i] + 2.0 * beta * sum(x - (snapshot[i] + snapshot[j]) / 2 for j in robots.neighbours(i))
+
+        for _ in range(config["primal_iterations"]):
+            robots.step(leaves, optimizers, penalty)
+        for i in range(robots.n):
+            duals[i] = duals[i] + beta * sum(robots.x[i] - robots.x[j] for j in robots.neighbours(i))

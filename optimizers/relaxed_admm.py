@@ -23,6 +23,7 @@ import torch
 
 from optimizers.dinno import DiNNO
 from foundation.schema import POSITIVE, REQUIRED, Range
+from foundation.schedules import learning_rates
 
 _PRIMAL_KEYS = ("outer_iterations", "primal_iterations", "primal_optimizer", "persistant_primal_opt",
                 "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type")
@@ -56,3 +57,20 @@ class RelaxedADMM(DiNNO):
         received, arrived = net.edge_exchange(replies, "relaxed_admm_y")
         relaxed = torch.lerp(z, received, alpha)
         net.keep_edge_rows("relaxed_admm_z", torch.where(arrived.unsqueeze(1), relaxed, z))
+
+
+def reference_rounds(robots, config: dict, rounds: int) -> None:
+    """Relaxed ADMM robot by robot, every message delivered: primal optimizer steps on f_i(x) - <x, s_i>
+    + rho d_i / 2 ||x||^2, then each edge end z_ij <- (1 - alpha) z_ij + alpha (2 rho x_j - z_ji)."""
+    rho, alpha = config["rho"], config["relaxation"]
+    start = config["primal_lr_start"] if config["primal_lr_start"] is not None else config["primal_lr"]
+    finish = config["primal_lr_finish"] if config["primal_lr_finish"] is not None else start
+    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"])
+    z = {(i, j): rho * robots.x[i] for i in range(robots.n) for j in robots.neighbours(i)}
+    for k in range(1, rounds + 1):
+        sums = [sum(z[i, j] for j in robots.neighbours(i)) for i in range(robots.n)]
+        leaves, optimizers = robots.optimizers(config["primal_optimizer"], float(lrs[k - 1]))
+        for _ in range(config["primal_iterations"]):
+            robots.step(leaves, optimizers, lambda i, x: rho * robots.degree(i) * x - sums[i])
+        replies = {(i, j): 2.0 * rho * robots.x[i] - z[i, j] for (i, j) in z}
+        z = {(i, j): (1.0 - alpha) * z[i, j] + alpha * replies[j, i] for (i, j) in z}

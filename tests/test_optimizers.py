@@ -103,87 +103,53 @@ def run_stack(cls, cfg, rounds=5):
     return problem.theta
 
 
-def test_dsgd_matches_per_node_loop():
-    theta = run_stack(DSGD, {"alpha0": 0.1, "mu": 0.5})
+def reference_theta(cls, cfg, rounds=5, **kwargs):
+    """theta after ``rounds`` rounds of ``cls``'s plain per-robot reference step (in its own module), run on
+    N ordinary modules that draw the same batches as the stacked problem."""
+    import importlib
+
+    from foundation.schema import defaults
+    from optimizers.reference import Robots
+
     ref = Reference()
-    alpha = 0.1
-    for _ in range(5):
-        alpha *= 1 - 0.5 * alpha
-        mixed = ref.mix([ref.vec(i) for i in range(N)])
-        for i in range(N):
-            ref.set_vec(i, mixed[i])
-        grads = ref.grads()
-        for i in range(N):
-            ref.set_vec(i, ref.vec(i) - alpha * grads[i])
-    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+
+    def gradients(vectors):
+        for i, v in enumerate(vectors):
+            ref.set_vec(i, v)
+        return ref.grads()
+
+    robots = Robots([ref.vec(i) for i in range(N)], ref.graph, gradients)
+    config = {**defaults(cls.config_schema), "outer_iterations": rounds, **cfg}
+    importlib.import_module(cls.__module__).reference_rounds(robots, config, rounds, **kwargs)
+    return torch.stack(robots.x)
+
+
+@pytest.mark.parametrize("cfg", [{"alpha0": 0.1, "mu": 0.5}, {"alpha0": 0.1, "adapt_then_combine": True}])
+def test_dsgd_matches_its_per_robot_reference(cfg):
+    theta = run_stack(DSGD, cfg)
+    assert torch.allclose(theta, reference_theta(DSGD, cfg), atol=1e-5, rtol=0)
     assert not torch.allclose(theta, make_problem().theta, atol=1e-3)  # it did move
 
 
 @pytest.mark.parametrize("init_grads", [True, False])
-def test_dsgt_matches_per_node_loop(init_grads):
-    theta = run_stack(DSGT, {"alpha": 0.05, "init_grads": init_grads})
-    ref = Reference()
-    zeros = [torch.zeros_like(ref.vec(0)) for _ in range(N)]
-    g = ref.grads() if init_grads else zeros
-    y = list(g)
-    for _ in range(5):
-        stepped = [ref.vec(i) - 0.05 * y[i] for i in range(N)]
-        new_theta = ref.mix(stepped)
-        for i in range(N):
-            ref.set_vec(i, new_theta[i])
-        g_new = ref.grads()
-        y_mixed = ref.mix(y)
-        y = [y_mixed[i] + g_new[i] - g[i] for i in range(N)]
-        g = g_new
-    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+def test_dsgt_matches_its_per_robot_reference(init_grads):
+    cfg = {"alpha": 0.05, "init_grads": init_grads}
+    assert torch.allclose(run_stack(DSGT, cfg), reference_theta(DSGT, cfg), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("primal_optimizer,persistent,decay", [("adam", False, "log"), ("sgd", False, "linear"),
                                                                ("adamw", True, "constant")])
-def test_dinno_matches_per_node_loop(primal_optimizer, persistent, decay):
+def test_dinno_matches_its_per_robot_reference(primal_optimizer, persistent, decay):
     cfg = {"rho_init": 0.5, "rho_scaling": 1.1, "primal_iterations": 3, "primal_optimizer": primal_optimizer,
            "persistant_primal_opt": persistent, "primal_lr_start": 0.05, "primal_lr_finish": 0.005,
            "lr_decay_type": decay}
-    theta = run_stack(DiNNO, cfg)
-    ref = Reference()
-    lrs = learning_rates(decay, 0.05, 0.005, 5)
-    duals = [torch.zeros_like(ref.vec(0)) for _ in range(N)]
-    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[primal_optimizer]
-    persistent_opts = [opt_cls(ref.models[i].parameters(), lr=lrs[0]) for i in range(N)]
-    rho = 0.5
-    for k in range(5):
-        rho *= 1.1
-        snap = [ref.vec(i) for i in range(N)]
-        for i in range(N):
-            duals[i] = duals[i] + rho * sum(snap[i] - snap[j] for j in ref.graph.neighbors(i))
-        opts = persistent_opts if persistent else [opt_cls(ref.models[i].parameters(), lr=lrs[k])
-                                                   for i in range(N)]
-        for o in opts:
-            for group in o.param_groups:
-                group["lr"] = lrs[k]
-        for _ in range(3):
-            idx = ref.batch_indices()
-            for i in range(N):
-                opts[i].zero_grad()
-                th = torch.cat([p.reshape(-1) for p in ref.models[i].parameters()])
-                penalty = sum(((th - (snap[i] + snap[j]) / 2) ** 2).sum() for j in ref.graph.neighbors(i))
-                total = ref.loss(i, idx) + th @ duals[i] + rho * penalty
-                total.backward()
-                opts[i].step()
-    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+    assert torch.allclose(run_stack(DiNNO, cfg), reference_theta(DiNNO, cfg), atol=1e-5, rtol=0)
 
 
-def test_local_training_is_independent_adam_per_node():
-    theta = run_stack(LocalTraining, {"optimizer": "adam", "lr": 0.01})
-    ref = Reference()
-    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in ref.models]
-    for _ in range(5):
-        idx = ref.batch_indices()
-        for i in range(N):
-            opts[i].zero_grad()
-            ref.loss(i, idx).backward()
-            opts[i].step()
-    assert torch.allclose(theta, ref.stacked(), atol=1e-5, rtol=0)
+@pytest.mark.parametrize("steps", [1, 2])
+def test_local_training_is_independent_adam_per_node(steps):
+    cfg = {"optimizer": "adam", "lr": 0.01, "steps_per_round": steps}
+    assert torch.allclose(run_stack(LocalTraining, cfg), reference_theta(LocalTraining, cfg), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------- convex: distributed least squares
