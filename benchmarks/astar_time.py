@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from floorplans import generate_floorplan  # noqa: E402
 from planner import astar, free_mask, path_length  # noqa: E402

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 N, BATCH, PRIMAL, SHAPE, SCALE = 7, 12500, 5, [2, 256, 64, 64, 64, 1], 0.05
 

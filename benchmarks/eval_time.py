@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.round_time import PeakMemory  # noqa: E402
+try:  # imported as benchmarks.eval_time (the tests), or run as a script beside round_time.py
+    from benchmarks.round_time import PeakMemory  # noqa: E402
+except ModuleNotFoundError:
+    from round_time import PeakMemory  # noqa: E402
 from problems import node_stack  # noqa: E402
 from problems.mnist import MNISTProblem, mnist_cnn  # noqa: E402
 from problems.mnist_data import images_to_tensor, load_mnist  # noqa: E402

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import floorplans  # noqa: E402
 from lidar import Lidar2D, random_free_poses  # noqa: E402

@@ -32,9 +32,6 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 from optimizers import DSGD, DSGT, DiNNO  # noqa: E402
 from optimizers.comm.graphs import make_graph, metropolis_weights  # noqa: E402
 from optimizers.comm.network import InProcessNetwork  # noqa: E402

@@ -27,9 +27,6 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 from round_time import SHARED_MNIST, CentralRunner, PeakMemory, time_block  # noqa: E402
 

@@ -32,8 +32,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from foundation.log import LOG
+from foundation.log import configure as configure_logging
 from experiments.config import (apply_overrides, check_output_folder, load_yaml,  # noqa: E402
                                 validate_config)
 from foundation.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
@@ -261,6 +261,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    configure_logging()
     if args.combine is not None:
         try:
             out_dir, rows, names = combined_rows(args)
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
     names = list(configs) if not args.only else args.only.split(",")
     status = 0
     for name in names:
-        print(f"condition {name}: {out_dir / name}", flush=True)
+        LOG.info(f"condition {name}: {out_dir / name}")
         code = run_condition(name, configs[name], out_dir)
         status = status or code
         if code == 130:

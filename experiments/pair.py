@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from foundation.log import LOG
 from optimizers import BASELINES, OPTIMIZERS
 from foundation import results_io, state
 from optimizers.base import DivergedError
@@ -164,8 +165,8 @@ def block_checkpoint(saved: dict, start: int, stop: int, total: int) -> dict:
     return {"round": saved["round"], "optimizer": rows("optimizer"), "problem": problem, "network": network}
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+def _note(message: str) -> None:
+    LOG.warning(message)
 
 
 class PairRun:
@@ -173,7 +174,7 @@ class PairRun:
     its status and facts kept in ``record`` (a :class:`experiments.run_record.RunRecord`)."""
 
     def __init__(self, spec: PairSpec, setup, device, out_dir: Path | None, record, interrupts=None,
-                 world=None, checkpoints: bool = True, log: Callable[[str], None] = _stderr,
+                 world=None, checkpoints: bool = True, log: Callable[[str], None] = _note,
                  tensorboard_dir: Path | None = None):
         self.spec, self.name, self.alg_name = spec, spec.name, spec.alg_name
         self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
@@ -263,7 +264,7 @@ class PairRun:
         optimizer, name = self.optimizer, self.name
         first = self.resume_point() if resume else 1
         bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
-                   disable=quiet, dynamic_ncols=True, leave=True, file=sys.stdout, mininterval=1.0)
+                   disable=quiet, dynamic_ncols=True, leave=True, file=sys.stderr, mininterval=1.0)
 
         board = None
         if self.tensorboard_dir is not None:
@@ -276,7 +277,11 @@ class PairRun:
             if "validation_loss" in metrics:
                 bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
             if self.verbose:
-                bar.write(f"  [{name}] round {k}: {format_ranges(metrics)}")
+                line = f"  [{name}] round {k}: {format_ranges(metrics)}"
+                if bar.disable:
+                    LOG.info(line)
+                else:
+                    bar.write(line, file=sys.stderr)
             if board is not None:
                 board.log(k, metrics)
             if on_evaluation is not None:

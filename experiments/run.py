@@ -15,8 +15,6 @@ def _interrupted_while_starting(signum, frame):
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 signal.signal(signal.SIGTERM, _interrupted_while_starting)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from experiments.runner import main  # noqa: E402
 from optimizers.comm.dist_launch import exit_on_peer_loss  # noqa: E402
 

@@ -30,6 +30,7 @@ import sys
 
 import torch
 
+from foundation.log import LOG
 from experiments.kinds.base import REPO_ROOT
 from foundation.results_io import write_json
 from foundation.schema import ConfigError
@@ -72,8 +73,7 @@ def pick_device(requested: str | None, use_cuda: bool, say: bool = True) -> torc
         if requested == "cuda":
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
         if say:
-            print("note: experiment.use_cuda is true but no CUDA device is available; running on CPU",
-                  file=sys.stderr)
+            LOG.warning("note: experiment.use_cuda is true but no CUDA device is available; running on CPU")
     return torch.device("cpu")
 
 

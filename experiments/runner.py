@@ -12,20 +12,25 @@ import platform
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from foundation.log import LOG
+from foundation.log import configure as configure_logging
 from experiments import distributed_run, scaling
 from experiments.config import (
     apply_overrides,
     check_output_folder,
     config_differences,
     config_hash,
+    is_scaling_config,
     load_yaml,
     validate_config,
+    validate_scaling_config,
 )
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
@@ -79,7 +84,7 @@ def parse_args(argv):
     parser.add_argument("--output-dir", help="write into this folder (default: "
                                              "<output_metadir>/<timestamp>_<name>/)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides experiment.use_cuda")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard event files per pair (as experiment.tensorboard: true)")
     return parser.parse_args(argv)
@@ -131,7 +136,7 @@ def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
             problem = check_files(out_dir, pair["files"]) if isinstance(pair.get("files"), dict) else (
                 None if (out_dir / f"{name}_results.pt").is_file() else f"{name}_results.pt is missing")
             if problem is not None:
-                print(f"note: pair {name}: {problem}; it trains again", file=sys.stderr)
+                LOG.warning(f"note: pair {name}: {problem}; it trains again")
                 pair.update(status="not started")
                 pair.pop("files", None)
         checkpoint = out_dir / f"{name}_checkpoint.pt"
@@ -216,22 +221,29 @@ def _main(argv, interrupts: Interrupts) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    configure_logging(quiet=args.quiet)
     try:
         ranks = distributed_run.torchrun_env()  # None: the one-process run
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     say = ranks is None or ranks.rank == 0  # every rank read the same command line: one line is enough
-    restart = continue_after_restart(args, ranks)
     if (args.resume is None) == (args.config is None):
         if say:
             problem = "no CONFIG file given" if args.config is None else "give either a CONFIG file or --resume"
             print(f"error: {problem} ({USAGE})", file=sys.stderr)
         return refused(say)
-    if scaling.handles(args):  # scaling studies: their own sweep over graphs (experiments/scaling.py)
-        return scaling.main(args, interrupts, ranks)
     try:
-        cfg, old_manifest, out_dir, device, world = load_run(args, ranks, say)
+        request = read_request(args, ranks)  # the one read of the command line's config and folder
+    except (ConfigError, GraphError, DataError) as exc:
+        if say:
+            print(f"error: {exc}", file=sys.stderr)
+        return refused(say)
+    if request.sweep:  # scaling studies: their own sweep over graphs (experiments/scaling.py)
+        return scaling.main(args, interrupts, ranks, request.raw, request.cfg)
+    restart = request.restart
+    try:
+        cfg, old_manifest, out_dir, device, world = load_run(args, ranks, say, request)
     except Stop as stop:
         return refused(say) if stop.status == 2 else stop.status
     try:
@@ -251,7 +263,7 @@ def _main(argv, interrupts: Interrupts) -> int:
             return refused(True)
         if old_manifest is not None:
             for path in remove_partial_writes(out_dir):
-                print(f"note: removed {path.name}, a file a killed write left half-written", file=sys.stderr)
+                LOG.info(f"note: removed {path.name}, a file a killed write left half-written")
     record = None
     try:
         record = open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, interrupts, restart)
@@ -285,17 +297,41 @@ def wants_tensorboard(args, exp: dict) -> bool:
     return bool(getattr(args, "tensorboard", False) or exp["tensorboard"])
 
 
-def load_run(args, ranks, say: bool):
+@dataclass
+class Request:
+    """What the command line asks for, read once: a run (or the resume of one) or a scaling sweep (or its
+    resume), with its config as read (``raw``, overrides applied) and validated (``cfg``; for a resumed run,
+    with its folder's manifest). ``restart``: what a torchrun-restarted worker records of its restart."""
+
+    sweep: bool
+    raw: dict | None
+    cfg: dict | None
+    out_dir: Path | None = None
+    old_manifest: dict | None = None
+    restart: dict | None = None
+
+
+def read_request(args, ranks) -> Request:
+    """Load, override and validate the config once, and say what it is (raises ConfigError)."""
+    raw = apply_overrides(load_yaml(args.config), args.overrides) if args.config is not None else None
+    restart = continue_after_restart(args, ranks, raw)
+    if args.resume is not None:
+        if scaling.is_sweep_folder(args.resume):
+            return Request(sweep=True, raw=None, cfg=None, restart=restart)
+        if args.output_dir:
+            raise ConfigError("--output-dir: not with --resume (the run continues in its own folder)")
+        cfg, manifest, out_dir = load_resume(args.resume, args.overrides)
+        return Request(sweep=False, raw=None, cfg=cfg, out_dir=out_dir, old_manifest=manifest, restart=restart)
+    if is_scaling_config(raw):
+        return Request(sweep=True, raw=raw, cfg=validate_scaling_config(raw))
+    return Request(sweep=False, raw=raw, cfg=validate_config(raw))
+
+
+def load_run(args, ranks, say: bool, request: Request):
     """The validated config (of the folder to resume, or the file with --set), its old manifest when
     resuming, the output folder, the device and, under torchrun, this rank's world."""
-    old_manifest = out_dir = world = None
+    cfg, old_manifest, out_dir, world = request.cfg, request.old_manifest, request.out_dir, None
     try:
-        if args.resume is not None:
-            if args.output_dir:
-                raise ConfigError("--output-dir: not with --resume (the run continues in its own folder)")
-            cfg, old_manifest, out_dir = load_resume(args.resume, args.overrides)
-        else:
-            cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
         exp = cfg["experiment"]
         if wants_tensorboard(args, exp):
             check_available("--tensorboard" if args.tensorboard else "experiment.tensorboard")
@@ -332,14 +368,13 @@ def build_setup(args, cfg, device, world, out_dir):
     return setup, out_dir
 
 
-def continue_after_restart(args, ranks) -> dict | None:
+def continue_after_restart(args, ranks, raw: dict | None) -> dict | None:
     """A worker that torchrun restarted (--max-restarts) after a rank was lost continues the run's folder
     from its last complete checkpoints, as with --resume. Returns what the manifest records of it."""
     if ranks is None or ranks.restart == 0 or args.config is None:
         return None
     try:
-        raw = load_yaml(args.config) or {}
-        metadir = (raw.get("experiment") or {}).get("output_metadir")
+        metadir = ((raw or {}).get("experiment") or {}).get("output_metadir")
         folder = distributed_run.restarted_run(args, ranks, resolve_path(metadir, DEFAULT_OUTPUT_DIR))
     except (ConfigError, OSError, ValueError, AttributeError):
         return None
@@ -402,7 +437,7 @@ def run_pairs(args, cfg, setup, device, specs, out_dir, record: RunRecord, inter
     if world is not None and not world.writer:
         return run_rank_pairs(args, setup, device, specs, record, interrupts, world, resume)
     where = "" if world is None else f", {world.world_size} processes ({world.backend})"
-    print(f"experiment {exp['name']}: {len(specs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
+    LOG.info(f"experiment {exp['name']}: {len(specs)} pair(s), {setup.graph.number_of_nodes()} nodes, "
           f"device {device}{where}, data: {record.manifest['data'].get('source', '')}")
     try:
         for spec in specs:
@@ -455,7 +490,7 @@ def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], inte
             record.update(figures=[str(p.relative_to(out_dir)) for p in figures])
         except Exception as exc:  # figures must never cost the results
             record.update(figures_error=f"{type(exc).__name__}: {exc}")
-            print(f"warning: figures could not be drawn: {exc}", file=sys.stderr)
+            LOG.warning(f"warning: figures could not be drawn: {exc}")
         print(f"\nresults: {out_dir}")
         print(f"figures: {out_dir / 'figures'}")
     record.update(status=status, finished=now_iso())
@@ -518,7 +553,7 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
             raise
         record.update_pair(name, status="failed", error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
-        print(f"pair {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        LOG.warning(f"pair {name} failed: {type(exc).__name__}: {exc}")
     if run is not None:
         run.finish()
     history = run.problem.history if run is not None else {}

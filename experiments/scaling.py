@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import yaml
 
-from experiments.config import apply_overrides, is_scaling_config, load_yaml, validate_scaling_config
+from foundation.log import LOG
+from experiments.config import load_yaml, validate_scaling_config
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
 from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs
@@ -201,7 +202,7 @@ def train_trial_pairs(folder: TrialFolder, setup, specs, device, interrupts, qui
                 raise
             except Exception as exc:  # a crash of one pair never loses the others
                 record.update_pair(spec.name, status="failed", error=f"{type(exc).__name__}: {exc}")
-                print(f"pair {spec.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                LOG.warning(f"pair {spec.name} failed: {type(exc).__name__}: {exc}")
             run.finish()
         out.append((record.pair(spec.name), load_history(folder.partial, spec.name) if writer else {}))
     return out
@@ -243,7 +244,7 @@ def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float
     rows = []
     for pair, history in trained:
         rows.append(pair_row(plan, setup.graph, pair, history, target))
-        print(f"  {pair['problem_name']}: {pair['status']}, {pair.get('rounds_completed', 0)} rounds in "
+        LOG.info(f"  {pair['problem_name']}: {pair['status']}, {pair.get('rounds_completed', 0)} rounds in "
               f"{pair.get('seconds', 0.0):.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
     return folder.close({"rows": rows})["rows"]
 
@@ -258,29 +259,18 @@ def is_sweep_folder(folder: str | Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("kind") == "scaling"
 
 
-def handles(args) -> bool:
-    """Whether the command line asks for a scaling sweep (a scaling config or a sweep folder to resume)."""
-    if args.resume is not None:
-        return is_sweep_folder(args.resume)
-    try:
-        return is_scaling_config(load_yaml(args.config))
-    except ConfigError:
-        return False
-
-
-def prepare(args, make_folder: bool = True):
+def prepare(args, raw: dict | None = None, cfg: dict | None = None, make_folder: bool = True):
     """The sweep's validated config (as given and filled in), its kind, device, trial plan, shared data
     and output folder (a new one only when ``make_folder``: under torchrun rank 0 names it); everything
-    is checked, on the largest team, before anything is written."""
+    is checked, on the largest team, before anything is written. ``raw`` / ``cfg``: the config the command
+    line gave, read and validated once by the runner (a resumed sweep reads its folder's)."""
     resume = args.resume is not None
     if resume:
         if args.overrides or args.config:
             raise ConfigError("--resume: the folder's config.yaml is used; give no config file or --set")
         out_dir = Path(args.resume).resolve()
         raw = load_yaml(out_dir / "config.yaml")
-    else:
-        raw = apply_overrides(load_yaml(args.config), args.overrides)
-    cfg = validate_scaling_config(raw)
+        cfg = validate_scaling_config(raw)
     exp = cfg["experiment"]
     kind = KINDS[exp["problem"]]
     device = pick_device(args.device, exp["use_cuda"])
@@ -324,19 +314,19 @@ def run_trials(out_dir: Path, cfg: dict, kind, device, plan: list[dict], data, m
         if plan_item["trial"] == 0:
             target = target_accuracy(out_dir, cfg, setup, device, interrupts, world)
         if writer:
-            print(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
+            LOG.info(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
                   f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
         rows += run_trial(out_dir, cfg, plan_item, setup, device, target, interrupts, world)
         if writer:
             results_io.write_csv(out_dir / "scaling.csv", rows, fieldnames=list(CSV_FIELDS))
 
 
-def main(args, interrupts, ranks=None) -> int:
+def main(args, interrupts, ranks=None, raw: dict | None = None, cfg: dict | None = None) -> int:
     """Run or resume a sweep; under torchrun (``ranks``) every trial runs sharded and rank 0 writes."""
     say = ranks is None or ranks.rank == 0
     world = None
     try:
-        raw, cfg, kind, device, plan, data, out_dir = prepare(args, make_folder=say)
+        raw, cfg, kind, device, plan, data, out_dir = prepare(args, raw, cfg, make_folder=say)
         if ranks is not None:
             from experiments import distributed_run
             world = distributed_run.join(cfg["experiment"], device)
@@ -374,7 +364,7 @@ def main(args, interrupts, ranks=None) -> int:
     if world is not None:
         manifest["distributed"] = {"backend": world.backend, "world_size": world.world_size}
     if writer:
-        print(f"scaling study {exp['name']}: {len(plan)} trial(s) x {len(cfg['problem_configs'])} pair(s), "
+        LOG.info(f"scaling study {exp['name']}: {len(plan)} trial(s) x {len(cfg['problem_configs'])} pair(s), "
               f"N = {', '.join(str(p['num_nodes']) for p in plan)}; results: {out_dir}")
     rows: list[dict] = []
     try:
@@ -399,7 +389,7 @@ def finish_sweep(out_dir: Path, manifest: dict, rows: list[dict], status: str) -
         manifest["figures"] = [str(p.relative_to(out_dir)) for p in save_scaling_figures(out_dir)]
     except Exception as exc:  # figures must never cost the results
         manifest["figures_error"] = f"{type(exc).__name__}: {exc}"
-        print(f"warning: figures could not be drawn: {exc}", file=sys.stderr)
+        LOG.warning(f"warning: figures could not be drawn: {exc}")
     results_io.write_json(out_dir / "manifest.json", manifest)
     print_rows(rows)
     print(f"\nresults: {out_dir}")

@@ -4,8 +4,6 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from experiments.tuning import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ the metric averaged over the evaluations in the last quarter of the rounds), ``f
 as failed; a trial clearly worse than the median at the same round is pruned.
 
 Output folder: ``study.db`` (SQLite, unless ``--storage`` names another database), ``trials.csv`` (every
-trial: pair, number, state, objective, seconds, parameters, the objective of each seed), ``best.yaml``
+trial: pair, number, state, objective, seconds, then its ``params_*`` and ``objective_seed_*`` columns), ``best.yaml``
 (the config without the tune block, every tuned pair's best values filled in: runnable by run.py as it
 is), ``figures/tune_<pair>.png`` (objective against trial and against each parameter), ``manifest.json``
 and, with ``--tensorboard``, one event file per trial and seed under ``tensorboard/<pair>/``.
@@ -52,6 +52,8 @@ from typing import Any
 import torch
 import yaml
 
+from foundation.log import LOG
+from foundation.log import configure as configure_logging
 from experiments.config import apply_overrides, check_output_folder, load_yaml, validate_config
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
@@ -354,8 +356,8 @@ class Tuner:
                        "objective": t.value if complete and t.value is not None else math.nan,
                        "seconds": round(t.user_attrs.get("seconds", math.nan), 3),
                        "last_reported_round": max(t.intermediate_values, default=math.nan)}
-                row.update({f"param {k}": v for k, v in t.params.items()})
-                row.update({f"objective seed {s}": t.user_attrs.get(f"seed_{s}", math.nan) for s in self.tune["seeds"]})
+                row.update({f"params_{k}": v for k, v in t.params.items()})  # Optuna's trials_dataframe names
+                row.update({f"objective_seed_{s}": t.user_attrs.get(f"seed_{s}", math.nan) for s in self.tune["seeds"]})
                 if "failure" in t.user_attrs:
                     row["failure"] = t.user_attrs["failure"]
                 rows.append(row)
@@ -386,7 +388,9 @@ class Tuner:
     def write_outputs(self) -> dict:
         rows = self.rows()
         if rows:
-            fields = list(dict.fromkeys(k for row in rows for k in row))
+            keys = list(dict.fromkeys(k for row in rows for k in row))  # the trial's facts, its parameters, per seed
+            fields = ([k for k in keys if not k.startswith(("params_", "objective_seed_"))]
+                      + [k for k in keys if k.startswith("params_")] + [k for k in keys if k.startswith("objective_seed_")])
             results_io.write_csv(self.out_dir / "trials.csv", rows, fieldnames=fields)
         raw, best = self.best_config()
         header = "# the tuning config's best values (experiments/tune.py); run it with experiments/run.py\n"
@@ -395,23 +399,29 @@ class Tuner:
             from visualization.plotting import save_tuning_figures
             save_tuning_figures(self.out_dir, rows, self.tune)
         except Exception as exc:  # figures must never cost the results
-            print(f"warning: figures could not be drawn: {exc}", file=sys.stderr)
+            LOG.warning(f"warning: figures could not be drawn: {exc}")
         return best
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="tune.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tune.py",
+        description="Hyperparameter studies: one Optuna study per pair named in the config's tune block, every "
+                    "trial trained by the same pair driver as run.py; writes trials.csv, best.yaml (runnable by "
+                    "run.py) and figures into the output folder.")
     parser.add_argument("config", nargs="?", help="tuning config (an experiment config with a tune block)")
     parser.add_argument("--resume", metavar="DIR", help="continue the studies of a tuning folder")
     parser.add_argument("--trials", type=int, help="finished trials per pair to reach (default: tune.trials)")
     parser.add_argument("--storage", help="an Optuna database URL (default: sqlite in the output folder)")
     parser.add_argument("--workers", type=int, default=1, help="local processes working on the studies")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--output-dir", help="write into this folder")
-    parser.add_argument("--device", choices=("cpu", "cuda"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. tune.trials=4 or experiment.seed=1 (value parsed as YAML; "
+                             "repeatable)")
+    parser.add_argument("--output-dir", help="write into this folder (default: <output_metadir>/<timestamp>_<name>/)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides experiment.use_cuda")
     parser.add_argument("--tensorboard", action="store_true", help="one event file per trial and seed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a helper process of --workers
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
     return parser.parse_args(argv)
 
 
@@ -487,6 +497,7 @@ def _main(argv, interrupts: Interrupts) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    configure_logging(quiet=args.quiet)
     started = start(args)
     if isinstance(started, int):
         return started
@@ -537,7 +548,7 @@ def run_studies(args, tuner: Tuner, tune: dict, out_dir: Path, manifest: dict, s
     record.start_heartbeat()
     workers = start_workers(args, out_dir, trials, storage) if args.workers > 1 else []
     status = "completed"
-    print(f"tuning {manifest['name']}: {len(tune['space'])} pair(s), {trials} trials each, "
+    LOG.info(f"tuning {manifest['name']}: {len(tune['space'])} pair(s), {trials} trials each, "
           f"{len(tune['seeds'])} seed(s) per trial, objective {tune['objective']['summary']} of "
           f"{tune['objective']['metric']} ({tune['objective']['direction']}); results: {out_dir}")
     try:

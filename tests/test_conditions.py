@@ -33,6 +33,7 @@ def sets():
     return [a for item in data_overrides() for a in ("--set", item)]
 
 
+@pytest.mark.integration
 def test_conditions_run_resume_and_tabulate(tmp_path, capsys):
     out = tmp_path / "out"
     config = write_config(tmp_path, tiny_conditions())

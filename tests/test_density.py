@@ -379,6 +379,7 @@ def test_map_quality_every_evaluation_mesh_every_and_wall_free_losses(tmp_path):
     assert (out / "figures" / "map_quality.png").stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_a_baseline_does_not_depend_on_the_other_pairs(tmp_path):
     """The centralized and individual baselines give the same numbers whatever else the run holds."""
     plan = make_plan(tmp_path / "plan")
@@ -450,6 +451,7 @@ def _seed_overrides(name: str) -> list[str]:
     return over
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not SEED_CONFIGS.is_dir(), reason="the original's configs are not beside the repository "
                                                      "(../shared/seed/configs)")
 @pytest.mark.skipif(not (PAPER_PLAN / "tight_paths").is_dir(), reason="shipped paper plan missing")

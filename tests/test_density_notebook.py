@@ -27,6 +27,7 @@ def test_notebook_shows_figures_inline_and_explains_its_steps():
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 5
 
 
+@pytest.mark.integration
 def test_notebook_draws_maps_curves_and_animation_of_a_small_online_run(tmp_path, monkeypatch):
     plan = make_plan(tmp_path / "plan")
     rc, out = run_config(tiny_online_config(plan, rounds=6), tmp_path)

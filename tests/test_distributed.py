@@ -185,6 +185,7 @@ def in_process(num_nodes: int) -> dict:
     return run_all(num_nodes, lambda g, dtype: InProcessNetwork(g, dtype=dtype), slice(0, num_nodes))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("world_size,num_nodes", [(2, 8), (3, 7)])
 def test_matches_one_process(tmp_path, world_size, num_nodes):
     procs = launch(world_size, "equivalence", tmp_path, num_nodes)
@@ -254,6 +255,7 @@ def _check_peer_lost(tmp_path, scenario, timeout_s, limit_s):
     return elapsed
 
 
+@pytest.mark.integration
 def test_killed_rank_ends_the_others_with_one_line(tmp_path):
     _check_peer_lost(tmp_path, "kill", timeout_s=20, limit_s=60)
 

@@ -23,6 +23,8 @@ import yaml
 from experiments.runner import main
 from tests.test_density import make_plan, tiny_online_config
 
+pytestmark = pytest.mark.integration  # real subprocesses: torchrun workers, notebook kernels
+
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ("dinno", "dsgd", "dsgt")
 

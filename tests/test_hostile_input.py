@@ -224,6 +224,7 @@ def test_failed_download_leaves_no_folders(tmp_path, monkeypatch, capsys):
     assert "download" in line
 
 
+@pytest.mark.integration
 def test_billion_laughs_is_refused_fast_in_bounded_memory(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
@@ -243,6 +244,7 @@ def test_billion_laughs_is_refused_fast_in_bounded_memory(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.integration
 def test_no_config_at_all_prints_the_usage_in_one_line(capsys):
     assert main([]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

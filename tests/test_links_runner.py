@@ -1,5 +1,6 @@
 """experiment.links and experiment.graph_schedule through the runner, on a tiny MNIST run."""
 
+import pytest
 import copy
 import json
 
@@ -25,6 +26,7 @@ def final(out, name):
     return torch.load(out / f"{name}_final_params.pt", weights_only=True)
 
 
+@pytest.mark.integration
 def test_links_and_graph_schedule_in_a_run(tmp_path):
     plain, lossless, alone, sparse = (tmp_path / d for d in ("plain", "p0", "p1", "sparse"))
     assert run(write_config(tmp_path, tiny(), "a.yaml"), plain) == 0

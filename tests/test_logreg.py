@@ -112,6 +112,7 @@ def test_regression_data_refuse_accuracy_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.integration
 def test_logreg_under_torchrun_matches_one_process(tmp_path):
     cfg = small_config(rounds=40)
     cfg["problem_configs"] = {k: cfg["problem_configs"][k] for k in ("extra", "dinno", "dsgd")}

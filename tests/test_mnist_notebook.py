@@ -39,6 +39,7 @@ def test_notebook_has_no_stored_outputs():
     assert_notebook_is_clean(NOTEBOOK)
 
 
+@pytest.mark.integration
 def test_notebook_draws_figures_of_a_tiny_run(tmp_path, monkeypatch):
     out_dir = tmp_path / "tiny_mnist"
     tiny_run(out_dir)

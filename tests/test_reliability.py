@@ -88,6 +88,7 @@ def manifest_of(out):
 
 # ------------------------------------------------------------------------------ resume after kill -9
 
+@pytest.mark.integration
 def test_kill_9_then_resume_gives_the_uninterrupted_numbers_bit_for_bit(tmp_path):
     cfg_path = write_config(tmp_path, long_tiny())
     reference = tmp_path / "reference"
@@ -116,6 +117,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_numbers_bit_for_bit(tmp_path
     same_results(reference, out, ["dinno", "dsgd", "dsgt", "centralized"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("crashing", ["dinno", "centralized"])
 def test_a_crashed_online_density_pair_resumes_with_its_windows_positions_and_graph(tmp_path, monkeypatch, crashing):
     plan = make_plan(tmp_path / "plan")
@@ -177,6 +179,7 @@ def test_liveness_from_pid_host_and_heartbeat():
 
 # ------------------------------------------------------------------------------------------ signals
 
+@pytest.mark.integration
 def test_any_number_of_ctrl_c_ends_cleanly_with_every_pair_listed(tmp_path):
     cfg_path = write_config(tmp_path, long_tiny(rounds=100000))
     out = tmp_path / "out"
@@ -196,6 +199,7 @@ def test_any_number_of_ctrl_c_ends_cleanly_with_every_pair_listed(tmp_path):
     assert (out / "summary.csv").is_file() and not list(out.glob(".*tmp*"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("delay", [0.3, 2.0])
 def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path, delay):
     cfg_path = write_config(tmp_path, long_tiny(rounds=100000))
@@ -233,6 +237,7 @@ def test_a_write_that_dies_halfway_leaves_the_previous_file(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------------- reproducible reruns
 
+@pytest.mark.integration
 def test_identical_reruns_with_automatic_execution_are_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setenv("NNDT_PLAN_CACHE", str(tmp_path / "plans.json"))
     cfg_path = write_config(tmp_path, long_tiny(rounds=30, execution="auto"))
@@ -273,6 +278,7 @@ def test_models_with_modes_or_buffers_are_refused_with_one_clear_line(layer):
         NodeStack(model, 3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("asynchrony", [None, {"activation": 0.7, "max_delay": 2, "seed": 1}])
 def test_resume_with_lossy_links_a_graph_schedule_and_random_compression_is_bit_identical(tmp_path, monkeypatch,
                                                                                            asynchrony):

@@ -112,6 +112,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert len(graph["nodes"]) == 4 and len(graph["edges"]) == 4
 
 
+@pytest.mark.integration
 def test_same_config_same_numbers(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["experiment"]["individual_training"]["train_solo"] = False
@@ -142,6 +143,7 @@ def test_diverging_pair_is_marked_and_the_next_pair_still_runs(tmp_path):
     assert (out / "dsgt_results.pt").is_file() and (out / "dsgd_results.pt").is_file()
 
 
+@pytest.mark.integration
 def test_run_py_works_from_repo_root_and_from_experiments(tmp_path):
     path = write_config(tmp_path, {**TINY, "problem_configs": {"p": TINY["problem_configs"]["problem3"]},
                                    "experiment": {**TINY["experiment"], "centralized": False,
@@ -239,6 +241,7 @@ def test_existing_output_folder_is_never_overwritten(tmp_path, capsys):
 
 # -------------------------------------------------------------------- the original research configs
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["dist_mnist_PAPER.yaml", "dist_mnist_anim.yaml"])
 def test_original_mnist_configs_run_with_paths_overridden(name, tmp_path):
     path = SEED_CONFIGS / name
@@ -281,16 +284,19 @@ def paper_run(tmp_path, problem_key, rounds, mnist_dir):
     return res["top1_accuracy"][-1]
 
 
+@pytest.mark.slow
 def test_paper_setup_dsgt_lifts_every_node_above_70_percent_in_200_rounds(tmp_path, mnist_dir):
     accuracy = paper_run(tmp_path, "problem2", 200, mnist_dir)
     assert accuracy.min() > 0.7, accuracy
 
 
+@pytest.mark.slow
 def test_paper_setup_dinno_lifts_every_node_above_75_percent_in_1000_rounds(tmp_path, mnist_dir):
     accuracy = paper_run(tmp_path, "problem1", 1000, mnist_dir)
     assert accuracy.min() > 0.75, accuracy
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_keeps_results_and_marks_the_run_interrupted(signame, tmp_path):
     import signal

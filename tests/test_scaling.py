@@ -198,6 +198,7 @@ def test_scaling_notebook_is_clean():
     assert_notebook_is_clean(NOTEBOOK)
 
 
+@pytest.mark.integration
 def test_scaling_notebook_redraws_a_sweep(tmp_path, monkeypatch):
     pytest.importorskip("nbclient")
     from tests.conftest import execute_results_notebook

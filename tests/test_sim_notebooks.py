@@ -4,6 +4,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.integration  # real subprocesses: torchrun workers, notebook kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NOTEBOOKS = {

@@ -58,7 +58,7 @@ def test_tune_then_continue_keeps_the_finished_trials_and_best_yaml_runs(tmp_pat
     assert [(r["pair"], r["trial"]) for r in first] == [("dsgd", "0"), ("dsgd", "1"), ("extra", "0"), ("extra", "1")]
     assert all(r["state"] == "complete" for r in first)  # the pruner waits for 2 trials
     for r in first:  # a trial's objective is the mean over its seeds
-        assert float(r["objective"]) == pytest.approx((float(r["objective seed 0"]) + float(r["objective seed 1"])) / 2)
+        assert float(r["objective"]) == pytest.approx((float(r["objective_seed_0"]) + float(r["objective_seed_1"])) / 2)
     assert tune_main(["--resume", str(out), "--trials", "4", "--quiet"]) == 0
     again = trials(out)
     assert len(again) == 8
@@ -71,7 +71,7 @@ def test_tune_then_continue_keeps_the_finished_trials_and_best_yaml_runs(tmp_pat
         done = [r for r in again if r["pair"] == pair and r["state"] == "complete"]
         winner = min(done, key=lambda r: float(r["objective"]))
         assert best["problem_configs"][pair]["optimizer_config"][key] == pytest.approx(
-            float(winner[f"param optimizer_config.{key}"]))
+            float(winner[f"params_optimizer_config.{key}"]))
         assert best["problem_configs"][pair]["optimizer_config"]["outer_iterations"] == 100  # the config's own
     assert (out / "figures" / "tune_dsgd.png").stat().st_size > 1000
     best_path = tmp_path / "best.yaml"
@@ -97,6 +97,7 @@ def wait_for_rows(out: Path, count: int, process: subprocess.Popen, limit_s: flo
     pytest.fail("no trial finished in time")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["ctrl_c", "kill_9"])
 def test_an_interrupted_tuning_resumes_to_the_full_count(tmp_path, how):
     cfg = {**TUNING, "tune": {**TUNING["tune"], "rounds": 400}}
@@ -121,7 +122,7 @@ def test_an_interrupted_tuning_resumes_to_the_full_count(tmp_path, how):
     for r in kept:  # the finished trials' rows are unchanged (new columns may have appeared)
         assert {k: by_trial[(r["pair"], r["trial"])][k] for k in r} == r
     for pair in ("dsgd", "extra"):  # the resumed study drew new points, it did not repeat its first ones
-        points = [tuple(v for k, v in sorted(r.items()) if k.startswith("param")) for r in rows if r["pair"] == pair]
+        points = [tuple(v for k, v in sorted(r.items()) if k.startswith("params_")) for r in rows if r["pair"] == pair]
         assert len(set(points)) == len(points), points
 
 

@@ -50,6 +50,7 @@ def reference(tmp_path_factory):
 
 # ----------------------------------------------------------------- a pair is complete only with its files
 
+@pytest.mark.integration
 @pytest.mark.parametrize("killed_after", ["dsgd_results.pt", "dsgd_final_params.pt"])
 def test_a_kill_while_a_finished_pair_writes_its_files_trains_it_again_on_resume(reference, tmp_path, killed_after):
     cfg_path, ref = reference
@@ -87,6 +88,7 @@ def test_a_finished_pair_whose_files_went_missing_trains_again(reference, tmp_pa
 
 # --------------------------------------------------------------------------------- one writer per folder
 
+@pytest.mark.integration
 def test_two_runs_started_at_once_into_one_folder_one_is_refused(tmp_path):
     cfg_path = write_config(tmp_path, long_tiny(rounds=30))
     out = tmp_path / "shared"
@@ -218,7 +220,7 @@ def test_resume_removes_the_partial_files_of_killed_writes(tmp_path, monkeypatch
     for path in stale:
         path.write_bytes(b"half a file")
     capsys.readouterr()
-    assert main(["--resume", str(out), "--quiet"]) == 0
+    assert main(["--resume", str(out)]) == 0  # notes are not quiet
     assert not any(path.exists() for path in stale)
     assert "removed .dsgd_results.tmp-4242.pt" in capsys.readouterr().err
     assert not list(out.glob(".*.tmp-*"))

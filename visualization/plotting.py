@@ -37,6 +37,21 @@ def load_results(folder: str | Path) -> dict[str, dict]:
     return results
 
 
+def latest_output(problems: tuple[str, ...], base: str | Path, kind: str = "run") -> str:
+    """The most recently written output folder under ``base`` whose manifest says it is a ``kind`` of one of
+    ``problems`` ("" when there is none). ``kind``: "run" (experiments/run.py: a manifest without a kind),
+    "scaling" or "tuning"; a folder whose manifest cannot be read is skipped."""
+    found = []
+    for manifest in Path(base).glob("*/manifest.json"):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind", "run") == kind and data.get("problem") in problems:
+            found.append(manifest)
+    return str(max(found, key=lambda m: m.stat().st_mtime).parent) if found else ""
+
+
 def load_graph(folder: str | Path) -> nx.Graph:
     from foundation.graph_files import graph_from_json
     return graph_from_json(json.loads((Path(folder) / "graph.json").read_text()))
@@ -386,7 +401,7 @@ def save_tuning_figures(folder: str | Path, rows: list[dict], tune: dict) -> lis
     maximize = objective["direction"] == "maximize"
     for pair in dict.fromkeys(r["pair"] for r in rows):
         trials = [r for r in rows if r["pair"] == pair]
-        params = [k for k in dict.fromkeys(k for r in trials for k in r) if k.startswith("param ")]
+        params = [k for k in dict.fromkeys(k for r in trials for k in r) if k.startswith("params_")]
         fig, axes = plt.subplots(1, 1 + len(params), figsize=(4.2 * (1 + len(params)), 3.6), squeeze=False)
         done = [r for r in trials if r["state"] == "complete" and not math.isnan(r["objective"])]
         ax = axes[0][0]
@@ -409,13 +424,15 @@ def save_tuning_figures(folder: str | Path, rows: list[dict], tune: dict) -> lis
         for ax, name in zip(axes[0][1:], params):
             xs = [r[name] for r in done if name in r]
             ax.plot(xs, [r["objective"] for r in done if name in r], "o", ms=4)
-            space = next((b for b in tune["space"].values() if name[len("param "):] in b), {})
-            bounds = space.get(name[len("param "):], {})
+            key = name[len("params_"):]
+            bounds = next((b for b in tune["space"].values() if key in b), {}).get(key, {})
             if "log_uniform" in bounds:
-                from matplotlib.ticker import NullFormatter
+                from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
                 ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a narrow range
-            ax.set_xlabel(name[len("param "):])
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels even inside one decade
+                ax.xaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(key)
             ax.grid(alpha=0.3)
         fig.suptitle(f"{pair}: {len(done)} complete of {len(trials)} trials", fontsize=10)
         fig.tight_layout()
@@ -616,8 +633,13 @@ def plot_scaling(rows: list[dict], column: str, ax=None, label: str | None = Non
             ax.plot([r[x_key] for r in mine], [r["final_top1_min"] for r in mine], "--", color=line.get_color(),
                     lw=1)
     ax.set_xlabel("number of robots N" if by_n else "measured Fiedler value")
-    if by_n and max(r["num_nodes"] for r in rows) / min(r["num_nodes"] for r in rows) >= 20:
-        ax.set_xscale("log")
+    if by_n:  # robots are counted: ticks at the sizes the sweep ran, never at 12.5 robots
+        sizes = sorted({int(r["num_nodes"]) for r in rows})
+        if sizes[-1] / sizes[0] >= 20:
+            ax.set_xscale("log")
+            from matplotlib.ticker import NullFormatter
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_ylabel(label or column)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

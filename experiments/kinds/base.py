@@ -22,10 +22,11 @@ from optimizers.comm.graphs import GRAPH_TYPES, GRAPHS, graph_from_config
 from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
                                ConfigError, Float, Int, ListOf, Name, Str)
 from problems.base import RobotBlock
+from problems.mnist_data import data_folder
 from problems.node_stack import default_plan_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT / "data"
+DEFAULT_DATA_DIR = data_folder()  # $NNDT_DATA, else the repository's data/
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 GRAPH_SCHEMA = {

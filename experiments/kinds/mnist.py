@@ -8,6 +8,7 @@ import warnings
 import networkx as nx
 import torch
 
+from foundation.log import LOG
 from experiments.kinds.base import (COMMON_EXPERIMENT, DEFAULT_DATA_DIR, GRAPH_SCHEMA, ExperimentSetup, ProblemKind,
                                     build_graph, check_batches_fit, check_graph_parameters, problem_schema,
                                     resolve_path)
@@ -86,7 +87,7 @@ class MnistSetup(ExperimentSetup):
             warnings.simplefilter("always")
             data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
         for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
+            LOG.warning(f"warning: {warning.message}")
         return data
 
     def describe(self) -> dict:
