@@ -253,6 +253,8 @@ def parse_args(argv):
                         help="the recorded metric the table reports (default top1_accuracy)")
     parser.add_argument("--target", type=float, default=0.9,
                         help="the node mean of --metric the table counts rounds and MB to (0.9)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate every condition's config (and --set) and print them; run nothing, write nothing")
     return parser.parse_args(argv)
 
 
@@ -262,6 +264,16 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
     configure_logging()
+    if args.check:
+        try:
+            if args.config is None:
+                raise ConfigError("--check: give a conditions CONFIG file")
+            configs = condition_configs(apply_overrides(load_yaml(args.config), args.overrides))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"config OK: {len(configs)} conditions: {', '.join(configs)}")
+        return 0
     if args.combine is not None:
         try:
             out_dir, rows, names = combined_rows(args)

@@ -87,7 +87,27 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard event files per pair (as experiment.tensorboard: true)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config (and --set) and print what would run; train nothing, write nothing")
     return parser.parse_args(argv)
+
+
+def describe_request(request) -> str:
+    """What a checked command line would run, in a few lines."""
+    cfg = request.cfg
+    if cfg is None:
+        return "a scaling sweep folder to resume: its config.yaml is used"
+    exp = cfg["experiment"]
+    lines = [f"config OK: {exp['name']} ({exp['problem']}), seed {exp['seed']}"]
+    if request.sweep:
+        lines.append(f"  scaling sweep: {exp['scaling']}")
+    for spec in pair_specs(cfg):
+        rounds = spec.problem_cfg["optimizer_config"]["outer_iterations"] if spec.problem_cfg else "baseline"
+        lines.append(f"  pair {spec.name} ({spec.alg_name}): {rounds} rounds" if spec.problem_cfg else
+                     f"  baseline {spec.name}")
+    if request.out_dir is not None:
+        lines.append(f"  resumes {request.out_dir}")
+    return "\n".join(lines)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -239,6 +259,10 @@ def _main(argv, interrupts: Interrupts) -> int:
         if say:
             print(f"error: {exc}", file=sys.stderr)
         return refused(say)
+    if args.check:
+        if say:
+            print(describe_request(request))
+        return 0
     if request.sweep:  # scaling studies: their own sweep over graphs (experiments/scaling.py)
         return scaling.main(args, interrupts, ranks, request.raw, request.cfg)
     restart = request.restart

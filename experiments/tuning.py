@@ -422,6 +422,8 @@ def parse_args(argv):
     parser.add_argument("--tensorboard", action="store_true", help="one event file per trial and seed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a helper process of --workers
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the tuning config (and --set) and print the studies; train nothing, write nothing")
     return parser.parse_args(argv)
 
 
@@ -498,6 +500,18 @@ def _main(argv, interrupts: Interrupts) -> int:
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
     configure_logging(quiet=args.quiet)
+    if args.check:
+        try:
+            if args.config is None:
+                raise ConfigError("--check: give a tuning CONFIG file")
+            tune, cfg = validate_tuning(apply_overrides(load_yaml(args.config), args.overrides))
+        except (ConfigError, GraphError, DataError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        rounds = tune["rounds"] or "each pair's own"
+        print(f"config OK: {cfg['experiment']['name']}: {', '.join(tune['space'])} tuned, {tune['trials']} trials each "
+              f"of {rounds} rounds, objective {tune['objective']['summary']} of {tune['objective']['metric']}")
+        return 0
     started = start(args)
     if isinstance(started, int):
         return started
