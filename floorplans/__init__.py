@@ -1,5 +1,5 @@
 """Floor plan images (float arrays in [0, 1], 1 = wall, 0 = free): a procedural generator, CubiCasa5k
-preprocessing, and the plans shipped with the repository (``paper_plan/``, ``demo_plan/``, each with
+preprocessing, and the plans shipped with the repository (``paper_plan/``, ``office_plan/``, ``demo_plan/``, each with
 ``floor_img.png`` and robot waypoints in ``minimal_overlap/``, ``some_overlap/``, ``tight_paths/``;
 regenerate them with ``python -m planner.make_shipped_plans``).
 """
@@ -11,12 +11,13 @@ from .generator import Door, FloorPlan, Room, free_components, generate_floorpla
 from .io import load_floorplan, load_waypoints, save_floorplan
 
 PACKAGE_DIR = _os.path.dirname(_os.path.abspath(__file__))
-SHIPPED_PLANS = {"paper": "paper_plan", "demo": "demo_plan"}
+SHIPPED_PLANS = {"paper": "paper_plan", "office": "office_plan", "demo": "demo_plan"}
 WAYPOINT_STYLES = ("minimal_overlap", "some_overlap", "tight_paths")
 
 
 def shipped_plan_dir(name: str = "demo") -> str:
-    """Folder of a shipped plan: ``"paper"`` (2100 x 1600 apartment) or ``"demo"`` (500 x 400)."""
+    """Folder of a shipped plan: ``"paper"`` (2100 x 1600 apartment), ``"office"`` (a second 2100 x 1600
+    building, another seed) or ``"demo"`` (500 x 400)."""
     if name not in SHIPPED_PLANS:
         raise ValueError(f"unknown shipped plan {name!r}; choose from {sorted(SHIPPED_PLANS)}")
     return _os.path.join(PACKAGE_DIR, SHIPPED_PLANS[name])

@@ -2,7 +2,7 @@
 
     python -m planner.make_shipped_plans [--out DIR] [--only paper|demo]
 
-Writes ``<DIR>/paper_plan`` and ``<DIR>/demo_plan`` (default ``DIR`` = the ``floorplans`` package's folder), each with
+Writes ``<DIR>/paper_plan``, ``<DIR>/office_plan`` and ``<DIR>/demo_plan`` (default ``DIR`` = the ``floorplans`` package's folder), each with
 ``floor_img.png`` and three folders of waypoint files ``robot_0.npy`` ... ``robot_6.npy``:
 
 * ``minimal_overlap/``: the rooms are split into 7 groups by angle around the building centre; each
@@ -41,6 +41,16 @@ PLANS = {
         factor=4,            # plan on a grid 4x coarser than the image (block maximum: conservative)
         clearance=22.0,      # robot clearance in image pixels
         spacing=60.0,        # waypoint spacing in image pixels
+        border=30,
+    ),
+    # a second building at the paper's scale (another seed and room count): tuned settings must carry over to it
+    "office": dict(
+        folder="office_plan",
+        layout=dict(width=2100, height=1600, seed=11, num_rooms=16, outside_corner=False, num_obstacles=8,
+                    outside_margin=40),
+        factor=4,
+        clearance=22.0,
+        spacing=60.0,
         border=30,
     ),
     "demo": dict(
@@ -172,7 +182,7 @@ def main(argv=None):
     ap.add_argument("--out", default=PACKAGE_DIR, help="output folder (default: the floorplans package)")
     ap.add_argument("--only", choices=sorted(PLANS), default=None, help="generate one plan only")
     args = ap.parse_args(argv)
-    for name in ([args.only] if args.only else ["demo", "paper"]):
+    for name in ([args.only] if args.only else ["demo", "paper", "office"]):
         make_plan(name, args.out)
 
 

@@ -68,7 +68,7 @@ def test_load_and_save_floorplan(tmp_path):
         load_floorplan(tmp_path / "missing.png")
 
 
-@pytest.mark.parametrize("name", ["paper", "demo"])
+@pytest.mark.parametrize("name", ["paper", "office", "demo"])
 def test_shipped_plans_and_waypoints(name):
     folder = floorplans.shipped_plan_dir(name)
     img = load_floorplan(floorplans.shipped_plan_image(name))
@@ -109,6 +109,10 @@ def test_shipped_demo_plan_is_reproducible(tmp_path):
 
 def test_shipped_paper_plan_is_reproducible(tmp_path):
     _regenerate_and_compare("paper", tmp_path)
+
+
+def test_shipped_office_plan_is_reproducible(tmp_path):
+    _regenerate_and_compare("office", tmp_path)
 
 
 SVG = """<?xml version="1.0" encoding="UTF-8"?>
