@@ -134,7 +134,10 @@ def generate_layout(
     outside_margin: int = 0,
     outside_corner: bool = False,
 ) -> FloorPlan:
-    """Generate a floor plan with its room/door structure (see :func:`generate_floorplan`)."""
+    """Generate a floor plan with its room/door structure (see :func:`generate_floorplan`): the building's
+    interior cut into a corridor and rooms, one outside corner room dropped, doors on a spanning tree of the
+    rooms' adjacency (plus every corridor edge and some extra), obstacles, and any unreachable pocket
+    filled. The phases draw from one generator in this order, so a seed always gives the same plan."""
     width, height = int(width), int(height)
     rng = np.random.default_rng(seed)
     s = min(width, height)
@@ -148,7 +151,50 @@ def generate_layout(
         raise ValueError(f"image {width}x{height} is too small for rooms of {min_room} px with {t} px walls")
     interior = (b0r + t, b1r - t, b0c + t, b1c - t)
 
-    leaves = []  # (rect, kind)
+    leaves = _cut_rooms(interior, rng, num_rooms, corridor, cw, min_room, t)
+    margin = t + max(2, dw // 8)
+    adj = {}
+    for i in range(len(leaves)):
+        for j in range(i + 1, len(leaves)):
+            a = _adjacent(leaves[i][0], leaves[j][0], t, dw + 2 * margin)
+            if a is not None:
+                adj[(i, j)] = a
+    removed = _outside_corner_room(leaves, adj, interior, rng) if outside_corner else set()
+    keep = [i for i in range(len(leaves)) if i not in removed]
+    index = {old: new for new, old in enumerate(keep)}
+    room_objs = [Room(index[i], *leaves[i][0], kind=leaves[i][1]) for i in keep]
+    edges = [(i, j) for (i, j) in adj if i not in removed and j not in removed]
+    chosen = _door_edges(edges, {i for i in keep if leaves[i][1] == "corridor"}, len(leaves), rng, extra_door_prob)
+
+    img = np.ones((height, width), dtype=np.float32)
+    for i in keep:
+        r0, r1, c0, c1 = leaves[i][0]
+        img[r0:r1, c0:c1] = 0.0
+    doors = []
+    for (i, j) in chosen:
+        kind, w0, w1, lo, hi = adj[(i, j)]
+        x = int(rng.integers(lo + margin, hi - margin - dw + 1))
+        if kind == "h":
+            img[w0:w1, x:x + dw] = 0.0
+            doors.append(Door(index[i], index[j], w0, w1, x, x + dw))
+        else:
+            img[x:x + dw, w0:w1] = 0.0
+            doors.append(Door(index[i], index[j], x, x + dw, w0, w1))
+    obstacles = _place_obstacles(img, room_objs, rng, num_obstacles, obstacle_size, t, dw)
+    labels, count = free_components(img)
+    if count > 1:  # fill what no door reaches
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        img[(labels != int(np.argmax(sizes))) & (labels > 0)] = 1.0
+    return FloorPlan(image=img, rooms=room_objs, doors=doors, obstacles=obstacles,
+                     building=(b0r, b1r, b0c, b1c), wall_thickness=t, door_width=dw)
+
+
+def _cut_rooms(interior, rng, num_rooms: int, corridor: bool, cw: int, min_room: int, t: int) -> list:
+    """(rect, kind) of the corridor (across the middle third of the interior's longer side) and the rooms:
+    the largest splittable rectangle is split in two, by an orientation that follows its shape, until there
+    are ``num_rooms`` rooms or none can be split."""
+    leaves = []
     todo = [interior]
     if corridor:
         r0, r1, c0, c1 = interior
@@ -185,50 +231,36 @@ def generate_layout(
         else:
             p = int(rng.integers(c0 + min_room, c1 - min_room - t + 1))
             rooms[k:k] = [(r0, r1, c0, p), (r0, r1, p + t, c1)]
-    leaves += [(rr, "room") for rr in rooms]
+    return leaves + [(rr, "room") for rr in rooms]
 
-    margin = t + max(2, dw // 8)
-    min_overlap = dw + 2 * margin
-    n = len(leaves)
-    adj = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            a = _adjacent(leaves[i][0], leaves[j][0], t, min_overlap)
-            if a is not None:
-                adj[(i, j)] = a
 
+def _outside_corner_room(leaves: list, adj: dict, interior, rng) -> set:
+    """The one room in a corner of the building (corners in random order) whose removal leaves the rest
+    connected: that corner becomes outside."""
     import networkx as nx
 
     g_adj = nx.Graph()
-    g_adj.add_nodes_from(range(n))
+    g_adj.add_nodes_from(range(len(leaves)))
     g_adj.add_edges_from(adj)
-    removed = set()
-    if outside_corner:
-        r0, r1, c0, c1 = interior
-        corners = [(r0, c0), (r0, c1), (r1, c0), (r1, c1)]
-        order = rng.permutation(4)
-        for ci in order:
-            cr, cc = corners[ci]
-            for i, (rect, kind) in enumerate(leaves):
-                if kind != "room":
-                    continue
-                hit_r = rect[0] == cr or rect[1] == cr
-                hit_c = rect[2] == cc or rect[3] == cc
-                if hit_r and hit_c:
-                    h2 = g_adj.copy()
-                    h2.remove_node(i)
-                    if nx.is_connected(h2):
-                        removed.add(i)
-                    break
-            if removed:
+    r0, r1, c0, c1 = interior
+    corners = [(r0, c0), (r0, c1), (r1, c0), (r1, c1)]
+    for ci in rng.permutation(4):
+        cr, cc = corners[ci]
+        for i, (rect, kind) in enumerate(leaves):
+            if kind != "room":
+                continue
+            if (rect[0] == cr or rect[1] == cr) and (rect[2] == cc or rect[3] == cc):
+                rest = g_adj.copy()
+                rest.remove_node(i)
+                if nx.is_connected(rest):
+                    return {i}
                 break
+    return set()
 
-    keep = [i for i in range(n) if i not in removed]
-    index = {old: new for new, old in enumerate(keep)}
-    room_objs = [Room(index[i], *leaves[i][0], kind=leaves[i][1]) for i in keep]
-    edges = [(i, j) for (i, j) in adj if i not in removed and j not in removed]
 
-    # doors: random spanning tree (Kruskal on shuffled edges), every corridor edge, plus extra doors
+def _door_edges(edges: list, corridor_ids: set, n: int, rng, extra_door_prob: float) -> list:
+    """The adjacent pairs that get a door: a random spanning tree (Kruskal on shuffled edges), every
+    corridor edge, and each other edge with ``extra_door_prob``; sorted."""
     parent = list(range(n))
 
     def find(x):
@@ -238,62 +270,41 @@ def generate_layout(
         return x
 
     chosen = []
-    order = rng.permutation(len(edges)) if edges else []
-    corridor_ids = {i for i in keep if leaves[i][1] == "corridor"}
-    for e_i in order:
+    for e_i in (rng.permutation(len(edges)) if edges else []):
         i, j = edges[e_i]
-        is_corr = i in corridor_ids or j in corridor_ids
         ri, rj = find(i), find(j)
         if ri != rj:
             parent[ri] = rj
             chosen.append((i, j))
-        elif is_corr or rng.random() < extra_door_prob:
+        elif i in corridor_ids or j in corridor_ids or rng.random() < extra_door_prob:
             chosen.append((i, j))
-    chosen.sort()
+    return sorted(chosen)
 
-    img = np.ones((height, width), dtype=np.float32)
-    for i in keep:
-        r0, r1, c0, c1 = leaves[i][0]
-        img[r0:r1, c0:c1] = 0.0
-    doors = []
-    for (i, j) in chosen:
-        kind, w0, w1, lo, hi = adj[(i, j)]
-        x = int(rng.integers(lo + margin, hi - margin - dw + 1))
-        if kind == "h":
-            img[w0:w1, x:x + dw] = 0.0
-            doors.append(Door(index[i], index[j], w0, w1, x, x + dw))
-        else:
-            img[x:x + dw, w0:w1] = 0.0
-            doors.append(Door(index[i], index[j], x, x + dw, w0, w1))
 
+def _place_obstacles(img: np.ndarray, rooms: list, rng, num_obstacles: int, obstacle_size, t: int, dw: int) -> list:
+    """Up to ``num_obstacles`` boxes drawn into rooms (kept 1.3 door widths off walls and each other)."""
     obstacles = []
-    if num_obstacles > 0:
-        lo_sz, hi_sz = obstacle_size if obstacle_size is not None else (max(2, 2 * t), max(3, dw))
-        keep_off = int(np.ceil(1.3 * dw))
-        cand_rooms = [r for r in room_objs if r.kind == "room"
-                      and r.height > 2 * keep_off + hi_sz and r.width > 2 * keep_off + hi_sz]
-        tries = 0
-        while len(obstacles) < num_obstacles and cand_rooms and tries < 20 * num_obstacles:
-            tries += 1
-            r = cand_rooms[int(rng.integers(len(cand_rooms)))]
-            h = int(rng.integers(lo_sz, hi_sz + 1))
-            w = int(rng.integers(lo_sz, hi_sz + 1))
-            rr = int(rng.integers(r.r0 + keep_off, r.r1 - keep_off - h + 1))
-            cc = int(rng.integers(r.c0 + keep_off, r.c1 - keep_off - w + 1))
-            clash = any(not (rr + h + keep_off <= o[0] or o[1] + keep_off <= rr or
-                             cc + w + keep_off <= o[2] or o[3] + keep_off <= cc) for o in obstacles)
-            if clash:
-                continue
-            img[rr:rr + h, cc:cc + w] = 1.0
-            obstacles.append((rr, rr + h, cc, cc + w))
-
-    labels, count = free_components(img)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        img[(labels != int(np.argmax(sizes))) & (labels > 0)] = 1.0
-    return FloorPlan(image=img, rooms=room_objs, doors=doors, obstacles=obstacles,
-                     building=(b0r, b1r, b0c, b1c), wall_thickness=t, door_width=dw)
+    if num_obstacles <= 0:
+        return obstacles
+    lo_sz, hi_sz = obstacle_size if obstacle_size is not None else (max(2, 2 * t), max(3, dw))
+    keep_off = int(np.ceil(1.3 * dw))
+    cand_rooms = [r for r in rooms if r.kind == "room"
+                  and r.height > 2 * keep_off + hi_sz and r.width > 2 * keep_off + hi_sz]
+    tries = 0
+    while len(obstacles) < num_obstacles and cand_rooms and tries < 20 * num_obstacles:
+        tries += 1
+        r = cand_rooms[int(rng.integers(len(cand_rooms)))]
+        h = int(rng.integers(lo_sz, hi_sz + 1))
+        w = int(rng.integers(lo_sz, hi_sz + 1))
+        rr = int(rng.integers(r.r0 + keep_off, r.r1 - keep_off - h + 1))
+        cc = int(rng.integers(r.c0 + keep_off, r.c1 - keep_off - w + 1))
+        clash = any(not (rr + h + keep_off <= o[0] or o[1] + keep_off <= rr or
+                         cc + w + keep_off <= o[2] or o[3] + keep_off <= cc) for o in obstacles)
+        if clash:
+            continue
+        img[rr:rr + h, cc:cc + w] = 1.0
+        obstacles.append((rr, rr + h, cc, cc + w))
+    return obstacles
 
 
 def generate_floorplan(width: int, height: int, seed: int = 0, **options) -> np.ndarray:

@@ -99,19 +99,43 @@ def astar(grid, start, goal, connectivity: int = 8, clearance: float = 0.0, allo
         return np.array([start], dtype=np.int64)
 
     H, W = free.shape
-    Wp = W + 2
+    Wp = W + 2  # cells as flat indices into the grid padded by one blocked cell on every side
     padded = np.zeros((H + 2, Wp), dtype=bool)
     padded[1:-1, 1:-1] = free
-    ok = padded.ravel().tolist()
-    n_cells = len(ok)
     s = (start[0] + 1) * Wp + start[1] + 1
     g_idx = (goal[0] + 1) * Wp + goal[1] + 1
-    gr, gc = goal[0] + 1, goal[1] + 1
+    parent = _search(padded.ravel().tolist(), Wp, s, g_idx, connectivity == 8)
+    if parent is None:
+        raise NoPathError(
+            f"goal {goal} is unreachable from start {start} "
+            f"({connectivity}-connected, clearance {clearance})"
+        )
+    out = []
+    i = g_idx
+    while i != -1:
+        r, c = divmod(i, Wp)
+        out.append((r - 1, c - 1))
+        i = parent[i]
+    return np.array(out[::-1], dtype=np.int64)
 
+
+def _search(ok: list, Wp: int, s: int, g_idx: int, eight: bool) -> list | None:
+    """A* over flat cell indices of a padded grid (``ok``: free cells, rows of ``Wp``) from ``s`` to
+    ``g_idx``; returns every cell's parent on the way (None: the goal is unreachable). Ties between equal f
+    values go to the smaller heuristic (the cell nearer the goal)."""
+    n_cells = len(ok)
+    gr, gc = divmod(g_idx, Wp)
     orth = [(1, 1.0), (-1, 1.0), (Wp, 1.0), (-Wp, 1.0)]
     diag = [(Wp + 1, Wp, 1), (Wp - 1, Wp, -1), (-Wp + 1, -Wp, 1), (-Wp - 1, -Wp, -1)]
-    eight = connectivity == 8
     c_diag = SQRT2 - 2.0
+
+    def h_of(i):  # octile (8-connected) or Manhattan distance to the goal: consistent
+        r, c = divmod(i, Wp)
+        dr = r - gr if r > gr else gr - r
+        dc = c - gc if c > gc else gc - c
+        if eight:
+            return dr + dc + c_diag * (dr if dr < dc else dc)
+        return float(dr + dc)
 
     INF = float("inf")
     gs = [INF] * n_cells
@@ -120,25 +144,14 @@ def astar(grid, start, goal, connectivity: int = 8, clearance: float = 0.0, allo
     gs[s] = 0.0
     heap = []
     push, pop = heapq.heappush, heapq.heappop
-
-    def h_of(i):
-        r, c = divmod(i, Wp)
-        dr = r - gr if r > gr else gr - r
-        dc = c - gc if c > gc else gc - c
-        if eight:
-            return dr + dc + c_diag * (dr if dr < dc else dc)
-        return float(dr + dc)
-
     h0 = h_of(s)
     push(heap, (h0, h0, s))
-    found = False
     while heap:
         _, _, cur = pop(heap)
         if closed[cur]:
             continue
         if cur == g_idx:
-            found = True
-            break
+            return parent
         closed[cur] = 1
         gcur = gs[cur]
         for off, cost in orth:
@@ -151,7 +164,7 @@ def astar(grid, start, goal, connectivity: int = 8, clearance: float = 0.0, allo
                     h = h_of(n)
                     push(heap, (ng + h, h, n))
         if eight:
-            for off, o1, o2 in diag:
+            for off, o1, o2 in diag:  # a diagonal step only past two free cells
                 n = cur + off
                 if ok[n] and not closed[n] and ok[cur + o1] and ok[cur + o2]:
                     ng = gcur + SQRT2
@@ -160,15 +173,4 @@ def astar(grid, start, goal, connectivity: int = 8, clearance: float = 0.0, allo
                         parent[n] = cur
                         h = h_of(n)
                         push(heap, (ng + h, h, n))
-    if not found:
-        raise NoPathError(
-            f"goal {goal} is unreachable from start {start} "
-            f"({connectivity}-connected, clearance {clearance})"
-        )
-    out = []
-    i = g_idx
-    while i != -1:
-        r, c = divmod(i, Wp)
-        out.append((r - 1, c - 1))
-        i = parent[i]
-    return np.array(out[::-1], dtype=np.int64)
+    return None
