@@ -577,3 +577,17 @@ def test_static_density_run_with_either_split(tmp_path, split):
     hist = torch.load(out / "dinno_results.pt", weights_only=True)
     assert hist["mesh_round"] == [3] and hist["mesh_grid_density"][0].shape == (3, 20, 25)
     assert (out / "figures" / "density_maps.png").is_file()
+
+
+def test_loss_breakdown_splits_the_recorded_validation_loss_by_distance_to_walls(tiny_online_run):
+    """experiments.loss_breakdown: the groups' shares add up to one and its mean is the validation loss the run
+    recorded for that robot at the end."""
+    from experiments.loss_breakdown import breakdown
+
+    rc, out = tiny_online_run
+    assert rc == 0
+    rows, mean, count = breakdown(out, "dinno", 1)
+    history = torch.load(out / "dinno_results.pt", weights_only=True)
+    assert mean == pytest.approx(float(history["validation_loss"][-1][1]), rel=1e-5)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0) and sum(r["loss_share"] for r in rows) == pytest.approx(1.0)
+    assert rows[0]["points"] == "wall" and count == 20 * 8 * 5  # 20 validation scans of 8 beams x 5 points
