@@ -47,3 +47,30 @@ def test_notebook_draws_figures_of_a_tiny_run(tmp_path, monkeypatch):
     for pair in ("dinno", "dsgt", "dsgd"):
         assert pair in printed
     assert "completed" in printed
+
+
+def test_the_notebooks_pick_their_folder_by_manifest_not_by_name(tmp_path):
+    """After a tuning study and a scaling sweep (both with "mnist" in their names, written last), the MNIST
+    notebook's default folder is still the newest MNIST run; the scaling notebook's is the sweep."""
+    import json
+    import os
+    import time
+
+    from visualization.plotting import latest_output
+
+    def folder(name, manifest, age):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        os.utime(path / "manifest.json", (time.time() - age, time.time() - age))
+        return path
+
+    run = folder("2026-12-01_mnist_demo", {"name": "mnist_demo", "problem": "mnist", "pairs": []}, 300)
+    folder("2026-12-02_density_demo", {"name": "density_demo", "problem": "online_density", "pairs": []}, 200)
+    folder("2026-12-03_mnist_tune", {"kind": "tuning", "name": "mnist_tune", "problem": "mnist"}, 100)
+    sweep = folder("2026-12-04_mnist_scaling", {"kind": "scaling", "name": "mnist_scaling", "problem": "mnist"}, 50)
+    (tmp_path / "2026-12-05_mnist_broken").mkdir()
+    (tmp_path / "2026-12-05_mnist_broken" / "manifest.json").write_text("{truncated")
+    assert latest_output(("mnist",), tmp_path) == str(run)
+    assert latest_output(("mnist", "logreg"), tmp_path, kind="scaling") == str(sweep)
+    assert latest_output(("logreg",), tmp_path) == ""
