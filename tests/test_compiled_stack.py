@@ -26,6 +26,7 @@ def density_batch(n, batch, gen):
     return x, (torch.rand(n, batch, 1, generator=gen, dtype=DT) > 0.8).to(DT)
 
 
+@pytest.mark.integration  # each compiles with inductor: tens of seconds
 @pytest.mark.parametrize("execution,chunk", [("grouped", None), ("grouped", 1), ("loop", None)])
 def test_compiled_density_steps_match_per_node_modules_in_float64(execution, chunk):
     torch.manual_seed(2)
@@ -42,6 +43,7 @@ def test_compiled_density_steps_match_per_node_modules_in_float64(execution, chu
     assert torch.allclose(grads2, reference_loss_and_grad(stack, theta, x2, y2, bce)[1], atol=1e-10, rtol=0)
 
 
+@pytest.mark.integration  # each compiles with inductor: tens of seconds
 def test_compiled_cnn_steps_match_per_node_modules_in_float64():
     torch.manual_seed(1)
     stack, theta = perturbed_stack(mnist_cnn(3, 5, 16), 4, "grouped")
@@ -54,6 +56,7 @@ def test_compiled_cnn_steps_match_per_node_modules_in_float64():
     assert torch.allclose(grads, ref_grads, atol=1e-10, rtol=0)
 
 
+@pytest.mark.integration  # each compiles with inductor: tens of seconds
 def test_auto_compiles_only_where_the_run_pays_for_it(monkeypatch, tmp_path):
     x, y = density_batch(2, 200, torch.Generator().manual_seed(3))
     short = NodeStack(fourier_net([2, 16, 1], 0.05), 2, dtype=DT, execution="grouped", compile="auto")
