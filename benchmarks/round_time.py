@@ -132,9 +132,11 @@ class StackRunner:
 
     def __init__(self, alg: str, base_model, node_indices, data, graph, batch, device, execution):
         train_x, train_y, val_x, val_y = data
+        execution, _, compiled = execution.partition("+")  # "grouped+compile": compiled training steps
         self.problem = MNISTProblem(f"bench_{alg}", base_model, node_indices, train_x, train_y, val_x, val_y,
                                     loss="NLL", metrics=["validation_loss"], train_batch_size=batch,
-                                    val_batch_size=1000, device=device, execution=execution, seed=1)
+                                    val_batch_size=1000, device=device, execution=execution, seed=1,
+                                    compile="on" if compiled == "compile" else "off")
         self.network = InProcessNetwork(graph, device=device)
         cls, cfg = {"dinno": (DiNNO, DINNO_CFG), "dsgd": (DSGD, DSGD_CFG), "dsgt": (DSGT, DSGT_CFG)}[alg]
         self.horizon = 100_000
@@ -329,7 +331,7 @@ def bench_setting(num_nodes, batch, data, executions, args, device, memory):
             key = f"stack:{ex}"
             rows.append({
                 "setting": f"N={num_nodes} B={batch}", "num_nodes": num_nodes, "batch": batch,
-                "optimizer": alg, "execution": runners[key].problem.stack.execution,
+                "optimizer": alg, "execution": runners[key].problem.stack.execution + ("+compiled" if runners[key].problem.stack.compile == "on" else ""),
                 "requested": ex,
                 "stack_ms": median[key], "stack_range": spread[key],
                 "loop_ms": median["loop"], "loop_range": spread["loop"],
@@ -405,8 +407,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--execution", default="auto",
-                        help="node-stack execution(s), comma separated from auto, grouped, vmap, loop; "
-                             "'all' = grouped,vmap,loop. Targets are judged on the first (default auto)")
+                        help="node-stack execution(s), comma separated from auto, grouped, vmap, loop, each "
+                             "optionally +compile (compiled training steps); 'all' = grouped,vmap,loop. Targets "
+                             "are judged on the first (default auto)")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZER_NAMES),
                         help="comma separated subset of dinno,dsgd,dsgt")
     parser.add_argument("--settings", default=",".join(f"{n}x{b}" for n, b in SETTINGS),
@@ -416,8 +419,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.executions = ["grouped", "vmap", "loop"] if args.execution == "all" else args.execution.split(",")
     for ex in args.executions:
-        if ex not in ("auto", "grouped", "vmap", "loop"):
-            parser.error(f"--execution: unknown execution {ex!r}")
+        form, _, compiled = ex.partition("+")
+        if form not in ("auto", "grouped", "vmap", "loop") or compiled not in ("", "compile"):
+            parser.error(f"--execution: unknown execution {ex!r} (a form, optionally with +compile)")
     args.optimizers = args.optimizers.split(",")
     for alg in args.optimizers:
         if alg not in OPTIMIZER_NAMES:

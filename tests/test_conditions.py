@@ -187,7 +187,7 @@ def test_the_committed_radios_table_reads_back_as_a_conditions_table():
 
     from experiments.conditions import read_table
 
-    rows = read_table(str(Path(__file__).resolve().parent.parent / "visualization" / "mnist_radios"))
+    rows = read_table(str(Path(__file__).resolve().parent.parent / "docs" / "figures" / "mnist_radios"))
     assert {r["condition"] for r in rows} >= {"symmetric_30", "asynchronous"}
     assert all(r["metric"] == "top1_accuracy" for r in rows)
     assert all(0.0 <= r["final_worst"] <= r["final_mean"] <= 1.0 for r in rows if r["final_mean"] == r["final_mean"])
