@@ -71,7 +71,7 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
     sent nothing left out), shaded between node min and max."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
-    drawn = 0
+    drawn, positive = 0, False
     palette = plt.cm.tab20(np.linspace(0, 1, 20)) if len(results) > 10 else plt.cm.tab10(np.arange(10))
     for index, (name, res) in enumerate(results.items()):
         if metric not in res or not res[metric]:
@@ -93,11 +93,13 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
         if values.shape[1] > 1:
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.18, lw=0)
         drawn += 1
+        positive = positive or bool((values[~missing] > 0).any())
     ax.set_xlabel("megabytes sent per node (mean over nodes)" if x == "megabytes" else "round")
     if x == "megabytes" and drawn:
         ax.set_xscale("log")
     ax.set_ylabel(label(metric))
-    if log_scale or (log_scale is None and metric in METRICS and METRICS[metric].log_scale):
+    wants_log = log_scale or (log_scale is None and metric in METRICS and METRICS[metric].log_scale)
+    if wants_log and positive:  # a log axis needs a positive value to show (a diverged pair may have none)
         ax.set_yscale("log")
     if drawn:
         ax.legend(title="mean over nodes; band = min-max", fontsize=8, title_fontsize=8)
