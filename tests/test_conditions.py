@@ -191,3 +191,44 @@ def test_the_committed_radios_table_reads_back_as_a_conditions_table():
     assert {r["condition"] for r in rows} >= {"symmetric_30", "asynchronous"}
     assert all(r["metric"] == "top1_accuracy" for r in rows)
     assert all(0.0 <= r["final_worst"] <= r["final_mean"] <= 1.0 for r in rows if r["final_mean"] == r["final_mean"])
+
+
+def test_every_shipped_config_validates_with_its_own_tool():
+    """A config with a tune block is a tuning study, one with conditions a conditions run, one with
+    experiment.scaling a scaling sweep, the rest runs."""
+    from pathlib import Path
+
+    from experiments.conditions import condition_configs
+    from experiments.config import load_yaml, validate_config, validate_scaling_config
+    from experiments.tuning import validate_tuning
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "experiments" / "configs").glob("*.yaml"))
+    assert len(configs) >= 15
+    for path in configs:
+        raw = load_yaml(path)
+        if "tune" in raw:
+            validate_tuning(raw)
+        elif "conditions" in raw:
+            condition_configs(raw)
+        elif "scaling" in raw.get("experiment", {}):
+            validate_scaling_config(raw)
+        else:
+            validate_config(raw)
+
+
+def test_the_shipped_compressed_comparison_has_three_splits_and_every_compressed_method():
+    from pathlib import Path
+
+    from experiments.conditions import condition_configs
+    from experiments.config import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parent.parent / "experiments" / "configs" / "mnist_compressed.yaml")
+    configs = condition_configs(raw)
+    assert [c["experiment"]["data_split_type"] for c in configs.values()] == ["hetero", "random", "dirichlet"]
+    pairs = raw["problem_configs"].values()
+    compressed = {(pc["optimizer_config"]["alg_name"], pc["optimizer_config"]["compressor"]["name"])
+                  for pc in pairs if "compressor" in pc["optimizer_config"]}
+    assert {("beer", "top_k"), ("beer", "qsgd"), ("choco_sgd", "top_k"), ("choco_sgd", "qsgd"),
+            ("deepsqueeze", "top_k")} <= compressed
+    uncompressed = {pc["optimizer_config"]["alg_name"] for pc in pairs if "compressor" not in pc["optimizer_config"]}
+    assert {"dsgt", "choco_sgd", "beer"} <= uncompressed
