@@ -445,9 +445,10 @@ def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, i
             results_io.write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
             results_io.write_json(out_dir / "graph.json", graph_to_json(setup.graph))
             note_run_folder(args, cfg["experiment"], world, out_dir)
-        record = RunRecord(out_dir / "manifest.json" if out_dir is not None else None, manifest)
+        writes = out_dir is not None and (world is None or world.writer)  # rank 0 alone writes the manifest
+        record = RunRecord(out_dir / "manifest.json" if writes else None, manifest)
         record.save()
-    if out_dir is not None:
+    if writes:
         record.start_heartbeat()
     return record
 

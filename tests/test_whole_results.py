@@ -233,3 +233,27 @@ def test_checkpoints_record_their_run_and_resume_checks_it_in_one_process(tmp_pa
     assert saved["identity"] == {"config_sha256": manifest["config_sha256"], "seed": 1, "pair": "dsgd", "round": 20}
     assert len(saved["sha256"]) == 64 and saved["payload"].dtype == torch.uint8
     assert main(["--resume", str(out), "--quiet"]) == 0
+
+
+def test_only_rank_0_writes_the_manifest_of_a_resumed_run(tmp_path):
+    """Under torchrun every rank resumes from the folder, but only rank 0 writes into it: another rank's
+    manifest write (and heartbeat) raced rank 0's clean-up of half-written files and could overwrite its
+    manifest with a stale copy."""
+    import argparse
+    from types import SimpleNamespace
+
+    from experiments.run_record import Interrupts
+    from experiments.runner import open_record
+
+    manifest = {"status": "failed", "pairs": [{"problem_name": "dsgd", "alg_name": "dsgd", "status": "running"}]}
+    path = tmp_path / "manifest.json"
+    results_io.write_json(path, manifest)
+    before = path.read_bytes()
+    args = argparse.Namespace(overrides=[])
+    cfg = {"experiment": {"name": "x"}}
+    for writer, changes in ((False, False), (True, True)):
+        record = open_record(args, cfg, None, None, [], tmp_path, json.loads(before), SimpleNamespace(writer=writer),
+                             Interrupts())
+        record.stop_heartbeat()
+        assert (path.read_bytes() != before) == changes
+        assert (record.path is not None) == writer
