@@ -329,9 +329,10 @@ def bench_setting(num_nodes, batch, data, executions, args, device, memory):
         spread = {name: (min(v), max(v)) for name, v in times.items()}
         for ex in executions:
             key = f"stack:{ex}"
+            stack = runners[key].problem.stack
             rows.append({
                 "setting": f"N={num_nodes} B={batch}", "num_nodes": num_nodes, "batch": batch,
-                "optimizer": alg, "execution": runners[key].problem.stack.execution + ("+compiled" if runners[key].problem.stack.compile == "on" else ""),
+                "optimizer": alg, "execution": stack.execution + ("+compiled" if stack.compile == "on" else ""),
                 "requested": ex,
                 "stack_ms": median[key], "stack_range": spread[key],
                 "loop_ms": median["loop"], "loop_range": spread["loop"],
