@@ -134,6 +134,8 @@ def check_value(key: str, kind, value):
     if isinstance(kind, Custom):
         return kind.validate(key, value)
     if isinstance(kind, tuple):
+        if isinstance(value, bool) and {"on", "off"} <= set(kind):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as true / false
         if value not in kind:
             raise ConfigError(f"{key}: {excerpt(value)} is not allowed{did_you_mean(value, kind)}; "
                               f"allowed: {', '.join(map(str, kind))}")

@@ -270,3 +270,20 @@ def test_a_waypoint_file_that_is_not_numpy_is_named(tmp_path, monkeypatch, capsy
     line = lines[0]
     assert line.startswith("error: experiment.data.waypoint_subdir:") and "robot_1.npy" in line, line
     assert "not a NumPy .npy file" in line
+
+
+def test_a_bare_on_or_off_is_read_as_the_word_yaml_made_a_boolean_of():
+    """YAML 1.1 reads `compile: on` (and `--set experiment.compile=on`) as true: a choice of on / off takes it
+    as the word; a boolean where the choice has no on / off is still refused."""
+    from experiments.config import validate_config
+    from foundation.schema import ConfigError
+
+    raw = copy.deepcopy(TINY)
+    for word, value in (("on", True), ("off", False)):
+        raw["experiment"]["compile"] = yaml.safe_load(f"x: {word}")["x"]
+        assert raw["experiment"]["compile"] is value
+        assert validate_config(copy.deepcopy(raw))["experiment"]["compile"] == word
+    raw["experiment"]["compile"] = "auto"
+    raw["experiment"]["execution"] = True
+    with pytest.raises(ConfigError, match="experiment.execution: True is not allowed"):
+        validate_config(raw)
