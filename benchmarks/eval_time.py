@@ -5,7 +5,8 @@ Times ``problem.validation_outputs(theta)`` (what every evaluation of ``validati
 test digits, and sets it beside the time the same floating-point work takes at the rate of a plain
 matrix product measured in the same process (``2 x multiply-adds / matmul FLOP/s``). Also timed, side by
 side: the same evaluation in blocks of one whole validation batch (``EVAL_BLOCK_BYTES`` unbounded), to
-show what the cache-sized blocks buy. Peak memory: the rise of the resident-set high-water mark
+show what the cache-sized blocks buy, and in blocks sized by the activation budget alone
+(``EVAL_MIN_SAMPLES`` = 1: 16 robots x 37 digits), to show what the floor on the samples per block buys. Peak memory: the rise of the resident-set high-water mark
 (``VmHWM``) over the evaluation.
 
 Reads the MNIST test set from ``--data-dir`` (torchvision layout) when given, else random digits of the
@@ -114,11 +115,18 @@ def main(argv=None) -> None:
 
     memory = PeakMemory(torch.device("cpu"))
     peak = memory.measure(lambda: problem.validation_outputs(theta))
-    blocked, whole, rates = [], [], []
+    blocked, whole, unfloored, rates = [], [], [], []
     subset = theta[:min(args.whole_batch_nodes, args.nodes)]
     for _ in range(args.repeats):  # interleaved: the machine is noisy
         rates.append(matmul_flops())
         blocked.append(timed(lambda: problem.validation_outputs(theta)))
+        saved = node_stack.EVAL_MIN_SAMPLES
+        node_stack.EVAL_MIN_SAMPLES = 1
+        try:
+            unfloored_block = problem.stack.eval_block(x)
+            unfloored.append(timed(lambda: problem.validation_outputs(theta)))
+        finally:
+            node_stack.EVAL_MIN_SAMPLES = saved
         if args.whole_batch_nodes:
             saved = node_stack.EVAL_BLOCK_BYTES
             node_stack.EVAL_BLOCK_BYTES = 1 << 62
@@ -134,6 +142,8 @@ def main(argv=None) -> None:
     print(f"  multiply-adds: {macs / 1e12:.3f} T; matmul rate {rate / 1e9:.1f} GFLOP/s -> {limit:.2f} s at that rate")
     print(f"  blocks of {nodes} robots x {samples} digits: {seconds:.2f} s (median of {args.repeats}); "
           f"peak memory +{peak:.0f} MiB ({memory.method})")
+    print(f"  blocks of {unfloored_block[0]} robots x {unfloored_block[1]} digits (no floor on the digits per block): "
+          f"{statistics.median(unfloored):.2f} s")
     if whole:
         print(f"  whole-batch blocks ({len(subset)} robots, scaled to {args.nodes}): {statistics.median(whole):.2f} s")
     print(f"evaluation / matmul-rate time: {seconds / limit:.2f}")

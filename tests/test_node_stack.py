@@ -138,11 +138,12 @@ def test_grouped_is_chosen_for_common_layers_and_vmap_otherwise():
     (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=2), nn.ReLU(), nn.Conv2d(3, 2, 2),
                            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), (2, 11, 12)),
     (lambda: nn.Sequential(nn.Conv2d(1, 3, 2, bias=False), nn.Softmax(dim=1)), (1, 4, 5))])
-@pytest.mark.parametrize("block_bytes", [256, 1 << 30])
-def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, block_bytes, monkeypatch):
+@pytest.mark.parametrize("block_bytes,min_samples", [(256, 1), (256, 4), (1 << 30, 1)])
+def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, block_bytes, min_samples, monkeypatch):
     """Blocks of nodes and samples (small ones: several of each), the shared input's convolution as one
     ordinary convolution, tiled max-pools: every node's outputs as its own module gives them."""
     monkeypatch.setattr(node_stack, "EVAL_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(node_stack, "EVAL_MIN_SAMPLES", min_samples)
     torch.manual_seed(2)
     stack, theta = perturbed_stack(model_fn(), 5, "auto", chunk_size=2)
     x = torch.randn(9, *sample, dtype=DT)
@@ -155,6 +156,7 @@ def test_shared_input_evaluation_matches_per_node_modules(model_fn, sample, bloc
     out = stack.evaluate(theta, x, keep)
     if block_bytes == 256:
         assert len(seen) > 2 and {r.start for r in seen} != {0}
+        assert all(r.stop - r.start >= min_samples for r in seen[:-1])
     for i in range(5):
         model = copy.deepcopy(stack.template)
         nn.utils.vector_to_parameters(theta[i].clone(), model.parameters())
@@ -297,3 +299,15 @@ def test_mean_model_accuracy_is_the_accuracy_of_the_averaged_parameters():
     assert float(values["mean_model_top1_accuracy"]) == pytest.approx(float(expected), abs=1e-12)
     each = torch.stack([(problem.stack.node_model(i)(x).argmax(1) == y).double().mean() for i in range(3)])
     assert torch.allclose(values["top1_accuracy"], each)
+
+
+def test_evaluation_blocks_hold_at_least_the_floor_of_samples(monkeypatch):
+    """A small activation budget gives few samples per block; the floor raises them (each block reads its
+    nodes' parameters again), and the block follows the team's size, not the stack's."""
+    stack = NodeStack(mnist_cnn(), 4, team_size=100)
+    x = torch.zeros(500, 1, 28, 28)
+    monkeypatch.setattr(node_stack, "EVAL_MIN_SAMPLES", 1)
+    nodes, samples = stack.eval_block(x)
+    assert (nodes, samples) == (4, (node_stack.EVAL_BLOCK_BYTES // (3 * 24 * 24 * 4)) // 16)
+    monkeypatch.setattr(node_stack, "EVAL_MIN_SAMPLES", 128)
+    assert stack.eval_block(x) == (4, max(samples, 128))
