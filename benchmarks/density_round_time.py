@@ -15,7 +15,9 @@ steps per round. Measured, each in its own process (so peak memory is its own):
   the disk-graph rebuild from current positions).
 
 * ``matmul``: a plain float32 matrix product of the network's largest layer's shape,
-  (12,500 x 256) @ (256 x 64), repeated to about the work of one round.
+  (12,500 x 256) @ (256 x 64), repeated to about the work of one round;
+* ``products``: the round's own matrix products and nothing else (every layer's forward, weight-gradient
+  and input-gradient products of the 7 robots' batches, 5 primal steps): the floor of a fully fused round.
 
 Prints seconds per round, samples per second, ratios and peak resident memory (MiB); then the achieved
 GFLOP/s of a round (the forward and backward multiply-adds of the network, counted from its layer
@@ -235,6 +237,33 @@ def bench_matmul(args):
     return timed(products, args, {"repeats": repeats, "flops": 2.0 * b * k * n * repeats})
 
 
+def bench_products(args):
+    """The matrix products a DiNNO round cannot do without, and nothing else: for every primal step and every
+    layer, the forward product, the weight-gradient product and (past the first layer) the input-gradient
+    product of all the robots' stacked batches, as ``torch.bmm`` over the robots. Their rate is the ceiling
+    for a round whose element-wise work (activations, loss, optimizer) were free."""
+    import torch
+
+    shapes = list(zip(SHAPE[:-1], SHAPE[1:]))
+    acts = [torch.randn(N, BATCH, fan_in) for fan_in, _ in shapes]
+    grads = [torch.randn(N, BATCH, fan_out) for _, fan_out in shapes]
+    weights = [torch.randn(N, fan_out, fan_in) for fan_in, fan_out in shapes]
+    outs = [torch.empty(N, BATCH, fan_out) for _, fan_out in shapes]
+    grad_in = [torch.empty(N, BATCH, fan_in) for fan_in, _ in shapes]
+    grad_w = [torch.empty(N, fan_out, fan_in) for fan_in, fan_out in shapes]
+
+    def products():
+        for _ in range(PRIMAL):
+            for layer in range(len(shapes)):
+                torch.bmm(acts[layer], weights[layer].transpose(1, 2), out=outs[layer])
+            for layer in reversed(range(len(shapes))):
+                torch.bmm(grads[layer].transpose(1, 2), acts[layer], out=grad_w[layer])
+                if layer:
+                    torch.bmm(grads[layer], weights[layer], out=grad_in[layer])
+
+    return timed(products, args, {})
+
+
 VARIANTS = {
     "engine": lambda a: bench_engine(a),
     "compiled": lambda a: bench_engine(a, compile="on"),
@@ -243,6 +272,7 @@ VARIANTS = {
     "loop": bench_loop,
     "central": bench_central,
     "matmul": bench_matmul,
+    "products": bench_products,
     "data": bench_data,
 }
 
@@ -255,7 +285,7 @@ def run_child(name, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-COMPUTE = ("engine", "compiled", "grouped_all_nodes", "vmap_chunk1", "loop", "central", "matmul")
+COMPUTE = ("engine", "compiled", "grouped_all_nodes", "vmap_chunk1", "loop", "central", "matmul", "products")
 
 
 def interleaved(args, names) -> dict[str, dict]:
@@ -316,7 +346,7 @@ def main(argv=None):
     print(f"\n{'form':<20} {'s/round':>9} {'s/primal step':>14} {'samples/s':>11} {'vs loop':>8} "
           f"{'step vs central':>16} {'peak MiB (+over imports)':>25}")
     for name in names:
-        if name in ("central", "matmul"):
+        if name in ("central", "matmul", "products"):
             continue
         r = res[name]
         sec = r["seconds"]
@@ -344,6 +374,11 @@ def main(argv=None):
         print(f"\nwork of a round: {round_flops() / 1e9:.1f} GFLOP; engine {engine_rate:.1f} GFLOP/s; plain float32 "
               f"matrix product ({b} x {k}) @ ({k} x {n}): {mm_rate:.1f} GFLOP/s")
         print(f"engine round / matrix product rate: {engine_rate / mm_rate:.2f}")
+        if "products" in res:
+            products = res["products"]["seconds"]
+            print(f"the round's own matrix products alone (no element-wise work): {products:.3f} s, "
+                  f"{round_flops() / products / 1e9:.1f} GFLOP/s = {round_flops() / products / 1e9 / mm_rate:.2f} of the "
+                  f"matrix product rate (the ceiling of fusing the rest away)")
         if "compiled" in res:
             compiled_rate = round_flops() / res["compiled"]["seconds"] / 1e9
             print(f"compiled round: {compiled_rate:.1f} GFLOP/s; compiled round / matrix product rate: "

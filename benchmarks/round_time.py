@@ -48,6 +48,18 @@ DINNO_CFG = {"rho_init": 0.5, "rho_scaling": 1.0003, "primal_iterations": 2, "pr
 DSGD_CFG = {"alpha0": 0.005, "mu": 0.001}
 DSGT_CFG = {"alpha": 0.005, "init_grads": True}
 CENTRAL_LR = 0.005
+# (nodes, batch, optimizer) -> most a round may take per local step, in centralized steps on the pooled batch
+PER_STEP_TARGETS = {(100, 8, "dsgd"): 1.4, (100, 8, "dinno"): 1.6, (10, 64, "dsgd"): 1.3}
+# Profile categories of aten operators (a substring of the name; the first that matches): where a round's
+# time goes
+PROFILE_CATEGORIES = (
+    ("optimizer update", ("adam", "addcdiv", "addcmul", "lerp")),
+    ("convolution", ("conv",)),
+    ("matrix products", ("mm", "matmul", "linear")),
+    ("pooling", ("pool",)),
+    ("copies and layout", ("copy", "clone", "contiguous", "cat", "stack", "index", "gather", "scatter",
+                           "as_strided", "fill", "zero", "empty", "narrow")),
+)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -325,6 +337,13 @@ def bench_setting(num_nodes, batch, data, executions, args, device, memory):
             for name in (order if rep % 2 == 0 else order[::-1]):
                 times[name].append(time_block(runners[name], args.rounds, device))
         peaks = {name: memory.measure(runner.round) for name, runner in runners.items()}
+        if args.profile:
+            steps = steps_per_round(alg)
+            for name in (f"stack:{executions[0]}", "central"):
+                column = f"{alg} stack" if name != "central" else "centralized"
+                per_round = profile_round(runners[name], args.rounds)
+                args.profiles.setdefault(f"N={num_nodes} B={batch}", {})[column] = {
+                    k: v if k == "top" else v / (steps if name != "central" else 1) for k, v in per_round.items()}
         median = {name: statistics.median(v) for name, v in times.items()}
         spread = {name: (min(v), max(v)) for name, v in times.items()}
         for ex in executions:
@@ -378,7 +397,7 @@ def check_targets(rows, reference: str) -> bool:
     ref = [r for r in rows if r["requested"] == reference]
     results = []
     for r in ref:  # per local step against the centralized step on the pooled batch
-        limit = {(100, 8): 1.5, (10, 64): 1.2 if r["optimizer"] == "dsgd" else None}.get((r["num_nodes"], r["batch"]))
+        limit = PER_STEP_TARGETS.get((r["num_nodes"], r["batch"], r["optimizer"]))
         if limit is not None:
             ratio = per_step_ratio(r)
             results.append((f"{r['setting']} {r['optimizer']}: stack per step <= {limit}x centralized step",
@@ -396,6 +415,55 @@ def check_targets(rows, reference: str) -> bool:
     for label, ok, value in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {label}  ({value})")
     return all(ok for _, ok, _ in results)
+
+
+def profile_category(op_name: str) -> str:
+    """The category of one aten operator (``aten::bmm`` -> "matrix products"); "element-wise and other"
+    for the rest (activations, losses, reductions, the DiNNO penalty)."""
+    name = op_name.removeprefix("aten::")
+    for category, parts in PROFILE_CATEGORIES:
+        if any(part in name for part in parts):
+            return category
+    return "element-wise and other"
+
+
+def profile_round(runner, rounds: int) -> dict[str, float]:
+    """Milliseconds per round by category of the aten operators' own (self) CPU time, "total" (wall) and
+    "top" (the five operators with the most time, as text)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    by_category: dict[str, float] = {}
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(rounds):
+            runner.round()
+    total = (time.perf_counter() - start) * 1000.0 / rounds
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            category = profile_category(event.key)
+            by_category[category] = by_category.get(category, 0.0) + event.self_cpu_time_total / 1000.0 / rounds
+    by_category["outside aten (Python, dispatch)"] = max(0.0, total - sum(by_category.values()))
+    by_category["total"] = total
+    ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
+    by_category["top"] = ", ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / 1000.0 / rounds:.1f}"
+                                   for e in ops[:5])
+    return by_category
+
+
+def print_profiles(profiles) -> None:
+    """One table per setting: each column a profiled variant, each row a category, ms per local step."""
+    categories = [c for c, _ in PROFILE_CATEGORIES] + ["element-wise and other", "outside aten (Python, dispatch)",
+                                                       "total"]
+    for setting, columns in profiles.items():
+        print(f"\nprofile {setting}: ms per local step (the profiler's own cost included)")
+        names = list(columns)
+        widths = [max(len(c) for c in categories)] + [max(12, len(n)) for n in names]
+        print("  ".join(t.ljust(w) for t, w in zip(["category"] + names, widths)))
+        for category in categories:
+            cells = [category] + [f"{columns[n].get(category, 0.0):.2f}" for n in names]
+            print("  ".join(t.ljust(w) for t, w in zip(cells, widths)))
+        for name in names:
+            print(f"  {name}, most time per round (ms): {columns[name]['top']}")
 
 
 def parse_args(argv=None):
@@ -417,6 +485,9 @@ def parse_args(argv=None):
                         help="comma separated NODESxBATCH settings (default 10x64,100x8)")
     parser.add_argument("--data-dir", default=None, help=f"MNIST folder (default {SHARED_MNIST})")
     parser.add_argument("--verbose", action="store_true", help="print progress")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the first execution's round and the centralized step (torch.profiler) "
+                             "and print where the time goes, by kind of operator")
     args = parser.parse_args(argv)
     args.executions = ["grouped", "vmap", "loop"] if args.execution == "all" else args.execution.split(",")
     for ex in args.executions:
@@ -447,10 +518,13 @@ def main(argv=None) -> int:
           f"rounds per variant; medians (min-max over blocks)")
     print(f"peak memory of one round: {memory.method}")
     rows = []
+    args.profiles = {}
     for num_nodes, batch in args.settings:
         rows += bench_setting(num_nodes, batch, data, args.executions, args, device, memory)
     print()
     print_table(rows)
+    if args.profiles:
+        print_profiles(args.profiles)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load:
         print(f"\nload average after: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)")
