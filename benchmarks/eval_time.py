@@ -81,6 +81,24 @@ def test_digits(data_dir: str | None, count: int) -> tuple[torch.Tensor, torch.T
             "random digits")
 
 
+def print_profile(problem, theta, floor_seconds: float, top: int = 8) -> None:
+    """Where one evaluation's time goes: the operators with the most own (self) time, in seconds and as a share
+    of the evaluation, beside the time the whole work takes at the matrix-product rate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        problem.validation_outputs(theta)
+    total = time.perf_counter() - start
+    events = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")),
+                    key=lambda e: -e.self_cpu_time_total)
+    print(f"  profile of one evaluation ({total:.2f} s under the profiler; {floor_seconds:.2f} s at the matmul rate):")
+    for event in events[:top]:
+        seconds = event.self_cpu_time_total / 1e6
+        print(f"    {event.key.removeprefix('aten::'):<28} {seconds:7.2f} s  {100 * seconds / total:5.1f}%  "
+              f"({event.count} calls)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000, help="robots (default 1000)")
@@ -91,6 +109,8 @@ def main(argv=None) -> None:
                         help="robots timed in whole-batch blocks (scaled to --nodes; 0: skip)")
     parser.add_argument("--data-dir", default=None, help="MNIST in torchvision's layout (else random digits)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one evaluation (torch.profiler) and print the operators with the most time")
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -146,6 +166,8 @@ def main(argv=None) -> None:
           f"{statistics.median(unfloored):.2f} s")
     if whole:
         print(f"  whole-batch blocks ({len(subset)} robots, scaled to {args.nodes}): {statistics.median(whole):.2f} s")
+    if args.profile:
+        print_profile(problem, theta, limit)
     print(f"evaluation / matmul-rate time: {seconds / limit:.2f}")
 
 

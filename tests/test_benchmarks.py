@@ -17,12 +17,15 @@ def test_eval_time_runs_and_prints_its_ratio_last(capsys):
     threads = torch.get_num_threads()
     try:
         eval_time.main(["--nodes", "3", "--digits", "40", "--val-batch", "16", "--repeats", "1",
-                        "--whole-batch-nodes", "2", "--threads", "1"])
+                        "--whole-batch-nodes", "2", "--threads", "1", "--profile"])
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"evaluation / matmul-rate time: \d+\.\d\d", lines[-1])
     assert any(line.strip().startswith("whole-batch blocks") for line in lines)
+    assert any(re.match(r"blocks of \d+ robots x \d+ digits \(no floor", line.strip()) for line in lines)
+    profiled = lines[lines.index(next(l for l in lines if "profile of one evaluation" in l)) + 1:-1]
+    assert profiled and all(re.fullmatch(r"\s+\S+\s+\d+\.\d\d s\s+\d+\.\d%\s+\(\d+ calls\)", l) for l in profiled)
 
 
 def test_round_time_judges_each_local_step_against_the_centralized_step(capsys):
