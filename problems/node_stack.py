@@ -60,7 +60,8 @@ EVAL_BLOCK_NODES = 16
 EVAL_BLOCK_BYTES = 4 << 20
 # ... but at least this many samples: every block reads its nodes' parameters again, from memory once the
 # team's parameters outgrow the cache (1,000 MNIST robots: 114 MB), so a block of few samples spends its time
-# reading them (1,000 robots, 2 cores, side by side: 20.8 s with 37 samples a block, 19.7 s with 128).
+# reading them (1,000 robots, 2 cores, side by side in two runs: 20.8 / 21.8 s with 37 samples a block, 19.7 /
+# 17.5 s with 128).
 EVAL_MIN_SAMPLES = 128
 # Smaller chunk sizes (nodes) that the automatic choice also measures.
 INTERMEDIATE_CHUNKS = (16, 64, 256)
