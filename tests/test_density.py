@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -591,3 +592,38 @@ def test_loss_breakdown_splits_the_recorded_validation_loss_by_distance_to_walls
     assert mean == pytest.approx(float(history["validation_loss"][-1][1]), rel=1e-5)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0) and sum(r["loss_share"] for r in rows) == pytest.approx(1.0)
     assert rows[0]["points"] == "wall" and count == 20 * 8 * 5  # 20 validation scans of 8 beams x 5 points
+
+
+def test_blurred_plan_reference_scores_match_a_pointwise_bilinear_reference(tiny_online_run, capsys):
+    """loss_breakdown --blurred-plan: the unblurred plan, interpolated bilinearly point by point, gives the same
+    BCE; a sharper plan scores lower; a config file prints the table; a bad width or a config without the flag
+    is refused with one line."""
+    from experiments.config import load_yaml, validate_config
+    from experiments.kinds import KINDS
+    from experiments.loss_breakdown import blurred_plan_losses, main as breakdown_main
+
+    rc, out = tiny_online_run
+    assert rc == 0
+    cfg = validate_config(load_yaml(out / "config.yaml"))
+    blank, rows, count = blurred_plan_losses(cfg, [0, 2, 8])
+    setup = KINDS["online_density"].setup(cfg, torch.device("cpu"))
+    img = np.asarray(setup.image, dtype=np.float64)
+    total = 0.0
+    for (x, y), target in zip(setup.val_x.double().tolist(), setup.val_y.double().reshape(-1).tolist()):
+        r = min(max(y + img.shape[0] / 2 - 0.5, 0.0), img.shape[0] - 1.0)
+        c = min(max(x + img.shape[1] / 2 - 0.5, 0.0), img.shape[1] - 1.0)
+        r0, c0 = min(int(r), img.shape[0] - 2), min(int(c), img.shape[1] - 2)
+        fr, fc = r - r0, c - c0
+        p = ((1 - fr) * (1 - fc) * img[r0, c0] + (1 - fr) * fc * img[r0, c0 + 1]
+             + fr * (1 - fc) * img[r0 + 1, c0] + fr * fc * img[r0 + 1, c0 + 1])
+        p = min(max(p, 1e-4), 1 - 1e-4)
+        total -= target * math.log(p) + (1 - target) * math.log(1 - p)
+    assert count == len(setup.val_y)
+    assert rows[0] == (0.0, pytest.approx(total / count, rel=1e-9))
+    assert rows[0][1] < rows[1][1] < rows[2][1] and rows[0][1] < blank
+    assert breakdown_main([str(out / "config.yaml"), "--blurred-plan", "0,4"]) == 0
+    assert "floor plan blurred by sigma = 4 px" in capsys.readouterr().out
+    assert breakdown_main([str(out / "config.yaml")]) == 2
+    assert "--blurred-plan" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        breakdown_main([str(out / "config.yaml"), "--blurred-plan", "-3"])
