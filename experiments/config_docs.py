@@ -167,6 +167,8 @@ MEANINGS = {
     "optimizer.primal_iterations": "optimizer steps of the primal problem per round, each on a fresh batch",
     "optimizer.primal_optimizer": "the primal optimizer",
     "optimizer.persistant_primal_opt": "keep the primal optimizer's state across rounds (the original's spelling)",
+    "optimizer.primal_penalty": "gradient: the optimizer steps on f_i + penalty (the original); proximal: the optimizer's "
+                                "moments see f_i alone and the penalty is solved exactly in its metric (adam, sgd)",
     "optimizer.primal_lr_start": "primal learning rate at round 1",
     "optimizer.primal_lr_finish": "primal learning rate at the last round",
     "optimizer.primal_lr": "a constant primal learning rate (the older form)",

@@ -146,6 +146,36 @@ def test_dinno_matches_its_per_robot_reference(primal_optimizer, persistent, dec
     assert torch.allclose(run_stack(DiNNO, cfg), reference_theta(DiNNO, cfg), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("primal_optimizer,persistent,decay", [("adam", True, "log"), ("adam", False, "constant"),
+                                                               ("sgd", False, "linear")])
+def test_proximal_dinno_matches_its_per_robot_reference(primal_optimizer, persistent, decay):
+    cfg = {"rho_init": 0.5, "rho_scaling": 1.1, "primal_iterations": 3, "primal_optimizer": primal_optimizer,
+           "persistant_primal_opt": persistent, "primal_lr_start": 0.05, "primal_lr_finish": 0.005,
+           "lr_decay_type": decay, "primal_penalty": "proximal"}
+    theta = run_stack(DiNNO, cfg)
+    assert torch.allclose(theta, reference_theta(DiNNO, cfg), atol=1e-5, rtol=0)
+    gradient_form = run_stack(DiNNO, {**cfg, "primal_penalty": "gradient"})
+    assert not torch.allclose(theta, gradient_form, atol=1e-4)  # a different step from the penalty's gradient
+
+
+@pytest.mark.parametrize("primal_optimizer", ["adam", "sgd"])
+def test_proximal_dinno_without_penalty_is_the_plain_optimizer(primal_optimizer):
+    """rho = 0: the closed form reduces to torch's own Adam / SGD step on f_i (the gradient form with rho 0)."""
+    cfg = {"rho_init": 0.0, "primal_iterations": 3, "primal_optimizer": primal_optimizer,
+           "persistant_primal_opt": True, "primal_lr_start": 0.02}
+    proximal = run_stack(DiNNO, {**cfg, "primal_penalty": "proximal"})
+    assert torch.allclose(proximal, run_stack(DiNNO, cfg), atol=1e-6, rtol=0)
+
+
+def test_proximal_dinno_refuses_adamw():
+    from foundation.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="primal_penalty proximal takes adam or sgd"):
+        DiNNO.check_config("opt", {**DiNNO.example_config, "outer_iterations": 3, "primal_optimizer": "adamw",
+                                   "primal_penalty": "proximal", "primal_lr_start": 0.01, "primal_lr_finish": None,
+                                   "primal_lr": None, "lr_decay_type": "constant"})
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_local_training_is_independent_adam_per_node(steps):
     cfg = {"optimizer": "adam", "lr": 0.01, "steps_per_round": steps}
@@ -193,6 +223,17 @@ def test_dinno_reaches_centralized_least_squares_solution():
                                    "primal_optimizer": "sgd", "primal_lr_start": 0.05,
                                    "lr_decay_type": "constant"}, 300)
     assert errors.max() < 1e-3
+
+
+@pytest.mark.parametrize("primal_optimizer,lr,rounds,tolerance", [("sgd", 0.05, 1000, 1e-10),
+                                                                   ("adam", 0.01, 3000, 1e-3)])
+def test_proximal_dinno_reaches_centralized_least_squares_solution(primal_optimizer, lr, rounds, tolerance):
+    """One primal step a round with the penalty solved exactly (linearized ADMM): the exact optimum, SGD to
+    rounding error, Adam with its moments kept across rounds to within its tolerance."""
+    errors, start = run_convex(DiNNO, {"rho_init": 1.0, "primal_iterations": 1, "primal_optimizer": primal_optimizer,
+                                       "primal_lr_start": lr, "primal_penalty": "proximal",
+                                       "persistant_primal_opt": True}, rounds)
+    assert start > 1.0 and errors.max() < tolerance
 
 
 def test_dsgd_with_decaying_step_gets_50x_closer_and_keeps_improving():

@@ -67,6 +67,16 @@ def test_every_optimizer_validates_its_example_trains_counts_and_resumes_bit_for
                        trained(cls, cls.example_config, 2 * ROUNDS, links=lossy)[0])
 
 
+@pytest.mark.parametrize("persistent", [True, False])
+def test_proximal_dinno_resumes_bit_for_bit_with_its_moments(persistent):
+    cls = OPTIMIZERS["dinno"]
+    config = {**cls.example_config, "primal_penalty": "proximal", "persistant_primal_opt": persistent}
+    validate_optimizer_config("p", {"alg_name": "dinno", "outer_iterations": ROUNDS, **config})
+    theta, _ = trained(cls, config, 2 * ROUNDS)
+    assert torch.isfinite(theta).all() and not torch.equal(theta, trained(cls, cls.example_config, 2 * ROUNDS)[0])
+    assert torch.equal(trained(cls, config, 2 * ROUNDS, checkpoint_at=ROUNDS)[0], theta)
+
+
 @pytest.mark.parametrize("name", list(COMPRESSORS))
 @pytest.mark.parametrize("scope", ["row", "tensor"])
 def test_every_compressor_contracts_costs_what_it_says_and_draws_per_robot(name, scope):
