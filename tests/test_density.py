@@ -590,9 +590,20 @@ def test_shipped_density_configs_validate_with_the_issue_values():
     t = tuned["problem_configs"]["problem1"]
     assert (t["train_batch_size"], t["comm_radius"], t["dynamic_graph"]) == (12500, 1500.0, True)
     assert (t["optimizer_config"]["primal_penalty"], t["optimizer_config"]["persistant_primal_opt"]) == ("proximal", True)
-    solo = tuned["experiment"]["individual_training"]  # as many gradient steps as a DiNNO robot
-    assert (solo["rounds"], solo["steps_per_round"], solo["train_batch_size"]) == (
-        t["optimizer_config"]["outer_iterations"], t["optimizer_config"]["primal_iterations"], t["train_batch_size"])
+    static = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_static_paper.yaml"))
+    static_tuned = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" /
+                                             "density_static_paper_tuned.yaml"))
+    assert static_tuned["experiment"]["data"] == static["experiment"]["data"]
+    assert static_tuned["experiment"]["graph"] == static["experiment"]["graph"]
+    for run in (tuned, static_tuned):
+        t = run["problem_configs"]["problem1"]
+        steps = {k: t["optimizer_config"][k] for k in ("rho_init", "primal_iterations", "primal_penalty",
+                                                         "persistant_primal_opt", "primal_lr_start", "primal_lr_finish")}
+        assert steps == {"rho_init": 0.021, "primal_iterations": 2, "primal_penalty": "proximal",
+                         "persistant_primal_opt": True, "primal_lr_start": 0.01, "primal_lr_finish": 0.0001}
+        solo = run["experiment"]["individual_training"]  # as many gradient steps as a DiNNO robot
+        assert (solo["rounds"], solo["steps_per_round"], solo["train_batch_size"]) == (
+            t["optimizer_config"]["outer_iterations"], t["optimizer_config"]["primal_iterations"], t["train_batch_size"])
 
 
 @pytest.mark.parametrize("split", ["trajectory", "random"])
