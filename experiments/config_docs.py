@@ -144,7 +144,7 @@ MEANINGS = {
     "problem.metrics_config.tloss_decay": "weight of the newest loss in the training-loss moving average",
     "problem.metrics_config.mesh_only_at_end": "density: keep the map mesh at the last evaluation only (map "
                                                "quality is recorded at every one)",
-    "problem.metrics_config.mesh_every": "density: keep the mesh every this many rounds and at the end",
+    "problem.metrics_config.mesh_every": "density: keep the mesh at the first evaluation at or after every multiple of this many rounds, and at the end",
     "problem.metrics_config.eval_nodes": "evaluate a fixed, seeded sample of this many robots only (the others read "
                                          "NaN)",
     "problem.save_models": "accepted for compatibility (final parameters are always saved)",

@@ -113,7 +113,8 @@ class DensityProblem(SupervisedProblem):
 
     Extra metric ``mesh_grid_density``: every node's density on the image grid (every 8th pixel),
     (N, H/8, W/8), recorded with ``mesh_round`` at every evaluation, or only at the last round
-    (``mesh_only_at_end``), or at the evaluations after every ``mesh_every`` rounds and the last one.
+    (``mesh_only_at_end``), or at the first evaluation at or after every multiple of ``mesh_every`` rounds
+    and at the last one.
     Given ``map_truth = (wall, observable)`` (:func:`observable_walls`), the map quality of each node,
     ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`), is recorded at every evaluation.
     """
@@ -151,7 +152,11 @@ class DensityProblem(SupervisedProblem):
         if self.mesh_only_at_end:
             return last
         if self.mesh_every is not None:
-            return last or round_index is None or round_index % self.mesh_every == 0
+            if last or round_index is None:
+                return True
+            # the first evaluation at or after each multiple of mesh_every (evaluations every evaluate_frequency)
+            previous = round_index - max(int(self.evaluate_frequency or 1), 1)
+            return round_index // self.mesh_every > previous // self.mesh_every
         return True
 
     def evaluate(self, round_index: int, theta: torch.Tensor | None = None,

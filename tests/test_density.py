@@ -345,6 +345,18 @@ def test_small_online_run_writes_outputs_moves_robots_and_changes_graph(tiny_onl
     assert central["current_position"][-1].shape == (3, 2)
 
 
+@pytest.mark.parametrize("every,frequency,expected", [(4, 2, [0, 4, 8, 10]), (3, 2, [0, 4, 6, 10]),
+                                                      (250, 100, [0, 300, 500, 800, 1000])])
+def test_mesh_every_keeps_the_first_evaluation_at_or_after_each_multiple(every, frequency, expected):
+    """mesh_every that is not a multiple of the evaluation frequency still keeps a mesh near every multiple."""
+    from types import SimpleNamespace
+
+    total = expected[-1]
+    problem = SimpleNamespace(mesh_only_at_end=False, mesh_every=every, total_rounds=total, evaluate_frequency=frequency)
+    kept = [r for r in range(0, total + 1, frequency) if OnlineDensityProblem._mesh_due(problem, r)]
+    assert kept == expected
+
+
 def test_map_quality_every_evaluation_mesh_every_and_wall_free_losses(tmp_path):
     plan = make_plan(tmp_path / "plan")
     cfg = tiny_online_config(plan, rounds=10)

@@ -85,7 +85,7 @@ DENSITY_EXPERIMENT = {
 
 DENSITY_METRICS_CONFIG = {
     **METRICS_CONFIG,
-    "mesh_every": (Int, OPTIONAL, AT_LEAST_ONE),  # keep the mesh every this many rounds (and at the end)
+    "mesh_every": (Int, OPTIONAL, AT_LEAST_ONE),  # keep the mesh at the first evaluation after each multiple (and at the end)
 }
 
 # both kinds accept the online metrics in the schema; the static kind refuses them with its own line
