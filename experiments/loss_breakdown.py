@@ -30,13 +30,12 @@ def breakdown(folder: Path, pair: str, robot: int) -> tuple[list[dict], float, i
     from scipy import ndimage
 
     from experiments.config import load_yaml, validate_config
-    from experiments.kinds import KINDS
     from lidar.coords import lidar_to_pixel
     from problems.base import per_node_loss
     from problems.node_stack import NodeStack
 
     cfg = validate_config(load_yaml(folder / "config.yaml"))
-    setup = KINDS[cfg["experiment"]["problem"]].setup(cfg, torch.device("cpu"))
+    setup = _validation_setup(cfg)
     theta = torch.load(folder / f"{pair}_final_params.pt", weights_only=True)[robot:robot + 1]
     stack = NodeStack(setup.base_model, 1, dtype=theta.dtype)
     x, y = setup.val_x.to(theta.dtype), setup.val_y.to(theta.dtype)
