@@ -87,6 +87,9 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard event files per pair (as experiment.tensorboard: true)")
+    parser.add_argument("--pairs", metavar="NAMES",
+                        help="run only these pairs, comma-separated problem_names (individual, centralized for the "
+                             "baselines); a resumed folder keeps its selection unless --pairs is given again")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and --set) and print what would run; train nothing, write nothing")
     return parser.parse_args(argv)
@@ -101,7 +104,7 @@ def describe_request(request) -> str:
     lines = [f"config OK: {exp['name']} ({exp['problem']}), seed {exp['seed']}"]
     if request.sweep:
         lines.append(f"  scaling sweep: {exp['scaling']}")
-    for spec in pair_specs(cfg):
+    for spec in select_pairs(pair_specs(cfg), request.selection):
         rounds = spec.problem_cfg["optimizer_config"]["outer_iterations"] if spec.problem_cfg else "baseline"
         lines.append(f"  pair {spec.name} ({spec.alg_name}): {rounds} rounds" if spec.problem_cfg else
                      f"  baseline {spec.name}")
@@ -198,6 +201,8 @@ def new_manifest(args, cfg: dict, device, setup, specs: list[PairSpec]) -> dict:
                   "num_edges": setup.graph.number_of_edges()},
         "pairs": [{"problem_name": s.name, "alg_name": s.alg_name, "status": "not started"} for s in specs],
     }
+    if args.pairs is not None:
+        manifest["pairs_selected"] = parse_selection(args.pairs, cfg)
     try:
         import torchvision
         manifest["versions"]["torchvision"] = torchvision.__version__
@@ -274,7 +279,7 @@ def _main(argv, interrupts: Interrupts) -> int:
         setup, out_dir = build_setup(args, cfg, device, world, out_dir)
     except Stop as stop:
         return stop.status
-    specs = pair_specs(cfg)
+    specs = select_pairs(pair_specs(cfg), request.selection)
     if world is not None and not world.writer:
         specs = [s for s in specs if s.name != "centralized"]  # rank 0 runs it, after the pairs
     lock = None
@@ -333,6 +338,7 @@ class Request:
     out_dir: Path | None = None
     old_manifest: dict | None = None
     restart: dict | None = None
+    selection: list[str] | None = None  # the pairs to run (None: every pair of the config)
 
 
 def read_request(args, ranks) -> Request:
@@ -345,10 +351,39 @@ def read_request(args, ranks) -> Request:
         if args.output_dir:
             raise ConfigError("--output-dir: not with --resume (the run continues in its own folder)")
         cfg, manifest, out_dir = load_resume(args.resume, args.overrides)
-        return Request(sweep=False, raw=None, cfg=cfg, out_dir=out_dir, old_manifest=manifest, restart=restart)
+        stored = manifest.get("pairs_selected")
+        if args.pairs is None and stored is not None and not (
+                isinstance(stored, list) and stored and all(isinstance(name, str) for name in stored)):
+            raise ConfigError(f"--resume {args.resume}: manifest.json: pairs_selected must be a list of pair names")
+        selection = parse_selection(args.pairs if args.pairs is not None else
+                                    None if stored is None else ",".join(stored), cfg)
+        return Request(sweep=False, raw=None, cfg=cfg, out_dir=out_dir, old_manifest=manifest, restart=restart,
+                       selection=selection)
     if is_scaling_config(raw):
+        if args.pairs is not None:
+            raise ConfigError("--pairs: not for a scaling sweep (its pairs run on every graph of the sweep)")
         return Request(sweep=True, raw=raw, cfg=validate_scaling_config(raw))
-    return Request(sweep=False, raw=raw, cfg=validate_config(raw))
+    cfg = validate_config(raw)
+    return Request(sweep=False, raw=raw, cfg=cfg, selection=parse_selection(args.pairs, cfg))
+
+
+def parse_selection(text: str | None, cfg: dict) -> list[str] | None:
+    """The pair names of ``--pairs`` (None without it); raises ConfigError naming an unknown or repeated one."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    known = [spec.name for spec in pair_specs(cfg)]
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"--pairs: {name!r} is not a pair of this config; its pairs: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--pairs: a pair is named twice in {text!r}")
+    return names
+
+
+def select_pairs(specs: list[PairSpec], selection: list[str] | None) -> list[PairSpec]:
+    """The pairs to run, in the config's order."""
+    return specs if selection is None else [spec for spec in specs if spec.name in selection]
 
 
 def load_run(args, ranks, say: bool, request: Request):
@@ -429,6 +464,8 @@ def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, i
                                         if p["status"] not in FINISHED})
             manifest.setdefault("restarts", []).append(restart)
         manifest.setdefault("resumed", []).append({"at": now_iso(), "overrides": args.overrides})
+        if args.pairs is not None:
+            manifest["pairs_selected"] = parse_selection(args.pairs, cfg)
         manifest.update(config_sha256=config_hash(cfg), config=cfg)
         manifest["status"] = "running"
         manifest.pop("finished", None)

@@ -128,6 +128,38 @@ def test_same_config_same_numbers(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_pairs_runs_only_the_named_pairs_and_records_the_selection(tmp_path):
+    out = tmp_path / "out"
+    assert main([str(write_config(tmp_path, TINY)), "--output-dir", str(out), "--quiet", "--pairs", "dsgt,centralized",
+                 *sum((["--set", s] for s in data_overrides()), [])]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["problem_name"] for p in manifest["pairs"]] == ["dsgt", "centralized"]  # the config's order
+    assert manifest["pairs_selected"] == ["dsgt", "centralized"] and manifest["status"] == "completed"
+    assert sorted(p.name for p in out.glob("*_results.pt")) == ["centralized_results.pt", "dsgt_results.pt"]
+
+
+@pytest.mark.integration
+def test_selected_pairs_match_a_full_run_and_a_resume_adds_a_pair(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["experiment"]["execution"] = "grouped"  # "auto" may pick another kernel: equal up to rounding
+    cfg["problem_configs"]["problem1"]["optimizer_config"]["profile"] = False
+    path = write_config(tmp_path, cfg)
+    sets = sum((["--set", s] for s in data_overrides()), [])
+    assert main([str(path), "--output-dir", str(tmp_path / "all"), "--quiet", *sets]) == 0
+    part = tmp_path / "part"
+    assert main([str(path), "--output-dir", str(part), "--quiet", "--pairs", "dsgd", *sets]) == 0
+    assert main(["--resume", str(part), "--quiet"]) == 0  # keeps its selection: nothing more to run
+    assert [p["problem_name"] for p in json.loads((part / "manifest.json").read_text())["pairs"]] == ["dsgd"]
+    assert main(["--resume", str(part), "--quiet", "--pairs", "dsgd,dinno,individual"]) == 0
+    manifest = json.loads((part / "manifest.json").read_text())
+    assert [p["problem_name"] for p in manifest["pairs"]] == ["dsgd", "dinno", "individual"]
+    assert manifest["status"] == "completed" and manifest["pairs_selected"] == ["dsgd", "dinno", "individual"]
+    for name in ("dsgd", "dinno", "individual"):
+        a = torch.load(tmp_path / "all" / f"{name}_final_params.pt", weights_only=True)
+        b = torch.load(part / f"{name}_final_params.pt", weights_only=True)
+        assert torch.equal(a, b), name
+
+
 def test_diverging_pair_is_marked_and_the_next_pair_still_runs(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["experiment"]["individual_training"]["train_solo"] = False
@@ -215,6 +247,9 @@ def test_bad_config_exits_2_with_one_clear_line_and_writes_nothing(case, tmp_pat
     (["CFG", "--set", "experiment.seed"], "dotted.key=value"),
     (["CFG", "--set", "problem_configs.problem1.optimizer_config.outer_iterations=many"], "integer"),
     (["CFG", "--device", "tpu"], "invalid choice"),
+    (["CFG", "--pairs", "dsgt,nope"], "'nope' is not a pair of this config; its pairs: dinno, dsgd, dsgt, individual, "
+                                      "centralized"),
+    (["CFG", "--pairs", "dsgt,dsgt"], "named twice"),
 ])
 def test_bad_command_line_exits_2(argv, hint, tmp_path, capsys):
     cfg_path = str(write_config(tmp_path, TINY))
