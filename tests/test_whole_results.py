@@ -249,7 +249,7 @@ def test_only_rank_0_writes_the_manifest_of_a_resumed_run(tmp_path):
     path = tmp_path / "manifest.json"
     results_io.write_json(path, manifest)
     before = path.read_bytes()
-    args = argparse.Namespace(overrides=[])
+    args = argparse.Namespace(overrides=[], pairs=None)
     cfg = {"experiment": {"name": "x"}}
     for writer, changes in ((False, False), (True, True)):
         record = open_record(args, cfg, None, None, [], tmp_path, json.loads(before), SimpleNamespace(writer=writer),
