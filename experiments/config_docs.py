@@ -46,6 +46,8 @@ MEANINGS = {
     "experiment.individual_training.lr": "the baselines' learning rate (the start of their schedule)",
     "experiment.individual_training.lr_finish": "the rate the baselines' schedule ends at",
     "experiment.individual_training.lr_decay_type": "the baselines' schedule from `lr` to `lr_finish`",
+    "experiment.individual_training.lr_decay_rounds": "rounds the baselines' schedule takes to reach `lr_finish`, "
+                                                      "then constant (default: all of them)",
     "experiment.individual_training.epochs": "passes of the individual baseline over each robot's data",
     "experiment.individual_training.rounds": "rounds of the individual baseline instead of `epochs` passes "
                                              "(e.g. the first pair's `outer_iterations`)",
@@ -157,6 +159,8 @@ MEANINGS = {
     "optimizer.lr": "learning rate (the start of its schedule)",
     "optimizer.lr_finish": "the rate the schedule ends at",
     "optimizer.lr_decay_type": "the schedule from `lr` to `lr_finish` over the rounds",
+    "optimizer.lr_decay_rounds": "rounds the schedule takes to reach its finish rate, then constant; longer than "
+                                 "`outer_iterations`: cut there (default: `outer_iterations`)",
     "optimizer.consensus_stepsize": "gamma: the gossip step on the public copies",
     "optimizer.compressor": "message compressor (see Compressors)",
     "optimizer.alpha": "constant step size",
@@ -170,7 +174,7 @@ MEANINGS = {
     "optimizer.primal_penalty": "gradient: the optimizer steps on f_i + penalty (the original); proximal: the optimizer's "
                                 "moments see f_i alone and the penalty is solved exactly in its metric (adam, sgd)",
     "optimizer.primal_lr_start": "primal learning rate at round 1",
-    "optimizer.primal_lr_finish": "primal learning rate at the last round",
+    "optimizer.primal_lr_finish": "primal learning rate at the last round (of `lr_decay_rounds` when set)",
     "optimizer.primal_lr": "a constant primal learning rate (the older form)",
     "optimizer.init_grads": "start the tracker at the first gradients (else zeros)",
     "optimizer.adapt_then_combine": "gradient step first, then mix (else mix, then step)",

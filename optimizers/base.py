@@ -173,8 +173,10 @@ class DistributedOptimizer:
         raise NotImplementedError
 
     def lr_schedule(self, start: float, finish: float | None, kind: str):
-        """Learning rate of every round (``finish`` None: constant ``start``)."""
-        return learning_rates(kind, start, start if finish is None else finish, self.outer_iterations)
+        """Learning rate of every round (``finish`` None: constant ``start``), decaying over ``lr_decay_rounds``
+        rounds when the config sets it."""
+        return learning_rates(kind, start, start if finish is None else finish, self.outer_iterations,
+                              self.config.get("lr_decay_rounds"))
 
     def primal_steps(self, opt: torch.optim.Optimizer, lr: float, steps: int,
                      penalty_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:

@@ -40,6 +40,7 @@ class BEER(DistributedOptimizer):
         "lr": (float, REQUIRED, POSITIVE),
         "lr_finish": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
         "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
         "compressor": (COMPRESSOR, {"name": "identity"}),
         "profile": (bool, False),
@@ -79,7 +80,8 @@ def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
     """BEER robot by robot: gossip on the public copies, the tracked gradient step, the compressed updates of
     the copies (of the model, then of the tracker)."""
     lrs = learning_rates(config["lr_decay_type"], config["lr"],
-                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"],
+                         config.get("lr_decay_rounds"))
     gamma = config["consensus_stepsize"]
     compressor = make_compressor(config["compressor"], segments)
     streams = [compressor.stream([i]) for i in range(robots.n)]

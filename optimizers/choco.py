@@ -36,6 +36,7 @@ class CHOCOSGD(DistributedOptimizer):
         "lr": (float, REQUIRED, POSITIVE),
         "lr_finish": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
         "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
         "compressor": (COMPRESSOR, {"name": "identity"}),
         "profile": (bool, False),
@@ -60,7 +61,8 @@ def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
     """CHOCO-SGD robot by robot: a gradient step, the compressed update of the public copy, gossip on the
     copies."""
     lrs = learning_rates(config["lr_decay_type"], config["lr"],
-                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"],
+                         config.get("lr_decay_rounds"))
     compressor = make_compressor(config["compressor"], segments)
     streams = [compressor.stream([i]) for i in range(robots.n)]  # robot i's draws, as in the team's stream
     public = [torch.zeros_like(x) for x in robots.x]

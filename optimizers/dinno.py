@@ -51,6 +51,7 @@ class DiNNO(DistributedOptimizer):
         "primal_lr_finish": (float, None, POSITIVE),
         "primal_lr": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
         "profile": (bool, False),
     }
 
@@ -76,7 +77,7 @@ class DiNNO(DistributedOptimizer):
         if start is None:
             raise ValueError(f"{self.alg_name} needs primal_lr_start (or the older constant primal_lr)")
         finish = cfg["primal_lr_finish"] if cfg["primal_lr_finish"] is not None else start
-        self.lrs = learning_rates(cfg["lr_decay_type"], start, finish, self.outer_iterations)
+        self.lrs = learning_rates(cfg["lr_decay_type"], start, finish, self.outer_iterations, cfg.get("lr_decay_rounds"))
         self.primal_opt = None
         self.proximal = cfg.get("primal_penalty", "gradient") == "proximal"
         self.moment1 = self.moment2 = None
@@ -161,7 +162,8 @@ def reference_rounds(robots, config: dict, rounds: int) -> None:
     steps on f_i(x) + <x, lambda_i> + rho sum_j ||x - (x_i^k + x_j^k) / 2||^2."""
     start = config["primal_lr_start"] if config["primal_lr_start"] is not None else config["primal_lr"]
     finish = config["primal_lr_finish"] if config["primal_lr_finish"] is not None else start
-    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"])
+    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"],
+                         config.get("lr_decay_rounds"))
     if config.get("primal_penalty", "gradient") == "proximal":
         return _proximal_reference_rounds(robots, config, rounds, lrs)
     rho = config["rho_init"]

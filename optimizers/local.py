@@ -24,6 +24,7 @@ class LocalTraining(DistributedOptimizer):
         "lr": (float, REQUIRED, POSITIVE),
         "lr_finish": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
+        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
         "steps_per_round": (int, 1, AT_LEAST_ONE),
         "profile": (bool, False),
     }
@@ -47,7 +48,8 @@ class LocalTraining(DistributedOptimizer):
 def reference_rounds(robots, config: dict, rounds: int) -> None:
     """Every robot alone: its own optimizer on its own batches, ``steps_per_round`` steps a round."""
     lrs = learning_rates(config["lr_decay_type"], config["lr"],
-                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"])
+                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"],
+                         config.get("lr_decay_rounds"))
     leaves, optimizers = robots.optimizers(config["optimizer"], float(lrs[0]))
     for k in range(1, rounds + 1):
         for opt in optimizers:

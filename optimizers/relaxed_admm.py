@@ -26,7 +26,7 @@ from foundation.schema import POSITIVE, REQUIRED, Range
 from foundation.schedules import learning_rates
 
 _PRIMAL_KEYS = ("outer_iterations", "primal_iterations", "primal_optimizer", "persistant_primal_opt",
-                "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type")
+                "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type", "lr_decay_rounds")
 
 
 class RelaxedADMM(DiNNO):
@@ -65,7 +65,8 @@ def reference_rounds(robots, config: dict, rounds: int) -> None:
     rho, alpha = config["rho"], config["relaxation"]
     start = config["primal_lr_start"] if config["primal_lr_start"] is not None else config["primal_lr"]
     finish = config["primal_lr_finish"] if config["primal_lr_finish"] is not None else start
-    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"])
+    lrs = learning_rates(config["lr_decay_type"], start, finish, config["outer_iterations"],
+                         config.get("lr_decay_rounds"))
     z = {(i, j): rho * robots.x[i] for i in range(robots.n) for j in robots.neighbours(i)}
     for k in range(1, rounds + 1):
         sums = [sum(z[i, j] for j in robots.neighbours(i)) for i in range(robots.n)]

@@ -255,6 +255,21 @@ def test_learning_rate_schedules():
     assert np.allclose(learning_rates("log", 1e-2, 1e-4, 3), [1e-2, 1e-3, 1e-4])
     assert np.allclose(learning_rates("linear", 1.0, 0.0, 5), [1, 0.75, 0.5, 0.25, 0])
     assert np.allclose(learning_rates("constant", 0.3, 0.1, 2), [0.3, 0.3])
+    # a schedule shorter than the run holds its finish rate; a longer one is cut at the run's last round
+    assert np.allclose(learning_rates("log", 1e-2, 1e-4, 5, decay_rounds=3), [1e-2, 1e-3, 1e-4, 1e-4, 1e-4])
+    assert np.allclose(learning_rates("linear", 1.0, 0.0, 3, decay_rounds=5), [1, 0.75, 0.5])
+    assert np.allclose(learning_rates("constant", 0.3, 0.1, 3, decay_rounds=1), [0.3, 0.3, 0.3])
+
+
+@pytest.mark.parametrize("primal_penalty", ["gradient", "proximal"])
+def test_dinno_decay_rounds_holds_the_finish_rate(primal_penalty):
+    """lr_decay_rounds 2 of 5: the stack and its per-robot reference both hold the finish rate from round 2,
+    which moves the result against the schedule over all 5 rounds."""
+    cfg = {"rho_init": 0.5, "primal_iterations": 2, "primal_optimizer": "adam", "primal_lr_start": 0.05,
+           "primal_lr_finish": 0.005, "lr_decay_type": "log", "primal_penalty": primal_penalty}
+    held = run_stack(DiNNO, {**cfg, "lr_decay_rounds": 2})
+    assert torch.allclose(held, reference_theta(DiNNO, {**cfg, "lr_decay_rounds": 2}), atol=1e-5, rtol=0)
+    assert not torch.allclose(held, run_stack(DiNNO, cfg), atol=1e-4)
 
 
 # ------------------------------------------------- buffered rounds against the allocating originals

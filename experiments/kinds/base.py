@@ -44,6 +44,7 @@ INDIVIDUAL_SCHEMA = {
     "lr": (Float, 0.005, POSITIVE),
     "lr_finish": (Float, OPTIONAL, POSITIVE),  # with lr_decay_type: the rate the schedule ends at
     "lr_decay_type": (Choice(("constant", "linear", "log")), "constant"),
+    "lr_decay_rounds": (Int, OPTIONAL, AT_LEAST_ONE),  # the schedule's length when not the run's
     "epochs": (Int, 1, AT_LEAST_ONE),
     # given: this many rounds instead of `epochs` passes (e.g. the first pair's outer_iterations)
     "rounds": (Int, OPTIONAL, AT_LEAST_ONE),
@@ -224,7 +225,7 @@ class ExperimentSetup:
         first = first_problem(self.cfg)
         ind = self.exp["individual_training"]
         opt_cfg = {"optimizer": ind["optimizer"], "lr": ind["lr"], "lr_finish": ind["lr_finish"],
-                   "lr_decay_type": ind["lr_decay_type"], "profile": False}
+                   "lr_decay_type": ind["lr_decay_type"], "lr_decay_rounds": ind["lr_decay_rounds"], "profile": False}
         if which == "centralized":
             rounds = first["optimizer_config"]["outer_iterations"]
             kwargs = self.problem_kwargs(first, rounds)
