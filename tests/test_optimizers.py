@@ -272,6 +272,21 @@ def test_dinno_decay_rounds_holds_the_finish_rate(primal_penalty):
     assert not torch.allclose(held, run_stack(DiNNO, cfg), atol=1e-4)
 
 
+@pytest.mark.parametrize("alg", ["local", "choco_sgd", "beer", "deepsqueeze"])
+def test_every_rate_schedule_takes_decay_rounds(alg):
+    """The optimizers with an ``lr`` schedule read ``lr_decay_rounds`` too: their per-round rates are the held
+    schedule, and (the baselines) the per-robot reference follows it."""
+    from optimizers import BASELINES, OPTIMIZERS
+
+    cls = {**OPTIMIZERS, **BASELINES}[alg]
+    cfg = {**cls.example_config, "lr": 0.05, "lr_finish": 0.005, "lr_decay_type": "log", "lr_decay_rounds": 2}
+    opt = cls(make_problem(), InProcessNetwork(graph(), dtype=DT), {"outer_iterations": 5, **cfg})
+    opt.setup()
+    assert np.allclose(opt.lrs, [0.05, 0.005, 0.005, 0.005, 0.005])
+    if alg == "local":
+        assert torch.allclose(run_stack(cls, cfg), reference_theta(cls, cfg), atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------- buffered rounds against the allocating originals
 
 class AllocatingDSGD(DSGD):
