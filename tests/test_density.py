@@ -531,8 +531,8 @@ def test_density_demo_dinno_draws_the_walls(tmp_path):
 
 @pytest.mark.slow
 def test_tuned_paper_config_shortened_draws_walls_on_the_paper_plan():
-    """density_paper_tuned.yaml on the paper plan, DiNNO alone, its first 600 rounds (of the 2,000-round
-    schedule, as a tuning trial stops): the robots' maps must have left the blank map's 0.5 (the original's
+    """density_paper_tuned.yaml on the paper plan, DiNNO alone, its first 600 rounds (of the rate's 2,000-round
+    decay, as a tuning trial stops): the robots' maps must have left the blank map's 0.5 (the original's
     settings are still blank at round 1,000; the full tuned run scored 0.759 at round 600)."""
     from experiments.config import load_yaml, validate_config
     from experiments.kinds import KINDS
@@ -602,6 +602,9 @@ def test_shipped_density_configs_validate_with_the_issue_values():
     t = tuned["problem_configs"]["problem1"]
     assert (t["train_batch_size"], t["comm_radius"], t["dynamic_graph"]) == (12500, 1500.0, True)
     assert (t["optimizer_config"]["primal_penalty"], t["optimizer_config"]["persistant_primal_opt"]) == ("proximal", True)
+    # the rate decays over the first 2,000 of 4,000 rounds and is held after, for DiNNO and its baselines alike
+    assert (t["optimizer_config"]["outer_iterations"], t["optimizer_config"]["lr_decay_rounds"]) == (4000, 2000)
+    assert tuned["experiment"]["individual_training"]["lr_decay_rounds"] == 2000
     static = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" / "density_static_paper.yaml"))
     static_tuned = validate_config(load_yaml(REPO_ROOT / "experiments" / "configs" /
                                              "density_static_paper_tuned.yaml"))
