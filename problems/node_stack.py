@@ -679,8 +679,10 @@ class NodeStack:
         fast = min(_timed(lambda: self._loss_and_grad(plan, theta, x, y, loss_fn, compiled=True), theta.device)
                    for _ in range(3))
         facts["compiled_step_s"] = round(fast, 5)
-        wins = fast < 0.95 * facts["eager_step_s"] and \
-            (facts["eager_step_s"] - fast) * (self.expected_steps or 0) > facts["compile_s"]
+        # decided on the recorded figures, so the decision can be read back from compile_facts
+        saved = facts["eager_step_s"] - facts["compiled_step_s"]
+        wins = facts["compiled_step_s"] < 0.95 * facts["eager_step_s"] and \
+            saved * (self.expected_steps or 0) > facts["compile_s"]
         self.compiled[key], self.compile_sources[key] = wins, "measured"
         self.compile_facts[key] = facts
         if not wins:
