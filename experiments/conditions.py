@@ -17,7 +17,7 @@ Every condition's config is validated before anything runs. Each runs with ``run
 the completed conditions and resumes the others from their checkpoints. ``DIR/conditions.csv`` has one row
 per (condition, pair): status, the final node mean and worst robot of ``--metric`` (top-1 accuracy; e.g.
 ``map_balanced_accuracy`` for density maps), rounds and megabytes per robot until the node mean first reaches
-``--target`` (0.9), megabytes sent; ``DIR/conditions.png`` draws the final node mean of every pair under
+``--target`` (default: the metric's own level, 0.9 for accuracies, 1e-6 for optimality gaps), megabytes sent; ``DIR/conditions.png`` draws the final node mean of every pair under
 every condition. ``--combine`` joins the tables of conditions run in separate folders (on separate machines,
 say, each with its own ``--only``) into one ``OUT/conditions.csv`` and ``OUT/conditions.png``; ``--only``
 then picks the conditions and their order.
@@ -32,17 +32,23 @@ import math
 import sys
 from pathlib import Path
 
+from experiments.config import (  # noqa: E402
+    add_whole_run_options,
+    apply_overrides,
+    check_output_folder,
+    load_yaml,
+    validate_config,
+    whole_run_overrides,
+)
 from foundation.log import LOG
 from foundation.log import configure as configure_logging
-from experiments.config import (apply_overrides, check_output_folder, load_yaml,  # noqa: E402
-                                validate_config)
-from foundation.schema import SAFE_NAME, NAME_RULE, ConfigError, excerpt  # noqa: E402
+from foundation.schema import NAME_RULE, SAFE_NAME, ConfigError, excerpt  # noqa: E402
 
 ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "metric", "final_mean", "final_worst",
             "rounds_to_target", "mb_per_robot_to_target", "mb_per_robot_sent")
 
 
-def condition_configs(raw: dict) -> dict[str, dict]:
+def condition_configs(raw: dict | None) -> dict[str, dict]:
     """Each condition's whole raw config (validated), in the order given; raises ConfigError."""
     if not isinstance(raw, dict) or not isinstance(raw.get("conditions"), dict) or not raw["conditions"]:
         raise ConfigError("conditions: a conditions config needs a top-level conditions block (name -> experiment "
@@ -75,28 +81,30 @@ def merge(into: dict, changes: dict) -> None:
             into[key] = copy.deepcopy(value)
 
 
-def run_condition(name: str, cfg: dict, out_dir: Path) -> int:
-    """Run (or resume) one condition; its ``run.py`` exit status."""
+def run_condition(name: str, cfg: dict, out_dir: Path, quiet: bool = False) -> int:
+    """Run (or resume) one condition; its ``run.py`` exit status (with its notes and progress unless ``quiet``)."""
     import yaml
+
     from experiments import runner
     from foundation.results_io import atomic_path
 
     folder = out_dir / name
     manifest = folder / "manifest.json"
+    quiet_flag = ["--quiet"] if quiet else []
     if manifest.is_file():
         status = json.loads(manifest.read_text()).get("status")
         if status == "completed":
             return 0
-        return runner.main(["--resume", str(folder), "--quiet"])
+        return runner.main(["--resume", str(folder), *quiet_flag])
     config_path = out_dir / "configs" / f"{name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(config_path) as partial:
         Path(partial).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return runner.main([str(config_path), "--output-dir", str(folder), "--quiet"])
+    return runner.main([str(config_path), "--output-dir", str(folder), *quiet_flag])
 
 
 def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]:
-    """One row per pair of a condition's run folder."""
+    """One row per pair of a condition's run folder; with faulty robots, the numbers are the honest robots'."""
     import torch
 
     from problems.metrics import METRICS
@@ -114,20 +122,31 @@ def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]
                "status": pair.get("status"), "metric": metric, "final_mean": math.nan, "final_worst": math.nan,
                "rounds_to_target": math.nan, "mb_per_robot_to_target": math.nan, "mb_per_robot_sent": math.nan}
         accuracy, sent = history.get(metric, []), history.get("bytes_sent", [])
+        faulty = pair.get("faulty_robots") or []
+
+        def honest(values) -> torch.Tensor:
+            """A round's per-robot values without the faulty robots' (the team's numbers are the honest ones')."""
+            values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+            if faulty and values.numel() > max(faulty):
+                keep = torch.ones(values.numel(), dtype=torch.bool)
+                keep[faulty] = False
+                values = values[keep]
+            return values
+
         if accuracy:
-            last = torch.as_tensor(accuracy[-1], dtype=torch.float64).reshape(-1)
+            last = honest(accuracy[-1])
             last = last[~torch.isnan(last)]
             if last.numel():
                 row["final_mean"] = float(last.mean())
                 row["final_worst"] = float(last.max() if lower_is_better else last.min())
         if sent:
-            row["mb_per_robot_sent"] = float(torch.as_tensor(sent[-1], dtype=torch.float64).mean()) / 1e6
+            row["mb_per_robot_sent"] = float(honest(sent[-1]).mean()) / 1e6
         for k, acc, bytes_then in zip(history.get("round", []), accuracy, sent or [None] * len(accuracy)):
-            mean = float(torch.as_tensor(acc, dtype=torch.float64).nanmean())
+            mean = float(honest(acc).nanmean())
             if (mean <= target) if lower_is_better else (mean >= target):
                 row["rounds_to_target"] = float(k)
                 if bytes_then is not None:
-                    row["mb_per_robot_to_target"] = float(torch.as_tensor(bytes_then, dtype=torch.float64).mean()) / 1e6
+                    row["mb_per_robot_to_target"] = float(honest(bytes_then).mean()) / 1e6
                 break
         rows.append(row)
     return rows
@@ -195,7 +214,8 @@ def combined_rows(args) -> tuple[Path, list[dict], list[str]]:
             raise ConfigError(f"--only: {excerpt(unknown[0])} is in no table; allowed: {', '.join(names)}")
         names = wanted
         given = [(row, source) for n in names for row, source in given if row["condition"] == n]
-    rows, origin = [], {}
+    rows: list[dict] = []
+    origin: dict = {}
     for row, source in given:
         key = (row["condition"], row["problem_name"])
         if key in origin:
@@ -209,7 +229,54 @@ def combined_rows(args) -> tuple[Path, list[dict], list[str]]:
     metrics = sorted({r["metric"] for r in rows})
     if len(metrics) > 1:
         raise ConfigError(f"--combine: the tables report different metrics ({', '.join(metrics)}); join one metric")
+    notes = base_config_differences(args.combine, args.allow_different)
+    if notes:  # the allowed differences go into the condition names
+        for row, source in given:
+            if source in notes:
+                row["condition"] = f"{row['condition']} ({notes[source]})"
+        names = list(dict.fromkeys(row["condition"] for row in rows))
     return out_dir, rows, names
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def base_config_differences(sources: list[str], allowed: list[str]) -> dict[str, str]:
+    """The base configs (conditions.yaml without its conditions) of the tables to join must agree, but for the keys
+    in ``allowed``: refused with one line naming the keys that differ, else {source: "key=value, ..."} for the
+    allowed differences (the tables' condition names then carry them). A table without its conditions.yaml beside
+    it cannot be compared: one note says so."""
+    bases = {}
+    for source in sources:
+        folder = Path(source) if Path(source).is_dir() else Path(source).parent
+        path = folder / "conditions.yaml"
+        if not path.is_file():
+            LOG.warning(f"note: --combine {source}: no conditions.yaml beside it; its settings cannot be compared")
+            continue
+        raw = load_yaml(path) or {}
+        raw.pop("conditions", None)
+        bases[source] = _flat(raw)
+    if len(bases) < 2:
+        return {}
+    first_source, first = next(iter(bases.items()))
+    notes: dict[str, str] = {}
+    for source, base in bases.items():
+        differing = sorted(k for k in set(first) | set(base) if first.get(k) != base.get(k))
+        refused = [k for k in differing if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
+        if refused:
+            shown = ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+            raise ConfigError(f"--combine: {source} was run with other settings than {first_source} ({shown}); "
+                              f"join runs of one base config, or name what may differ with --allow-different KEY")
+        if differing:
+            notes[source] = ", ".join(f"{k}={base.get(k)}" for k in differing)
+            notes.setdefault(first_source, ", ".join(f"{k}={first.get(k)}" for k in differing))
+    return notes
 
 
 def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
@@ -231,11 +298,11 @@ def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
     ax.set_ylabel(f"final {metric} (node mean)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, ncol=min(len(conditions), 7), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+    ax.legend(fontsize=8, ncol=min(len(conditions), 4), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)  # above the axes, where it covers no bar
     fig.tight_layout()
     with atomic_path(path) as partial:
-        fig.savefig(partial, format="png", dpi=120)
+        fig.savefig(partial, format="png", dpi=120, bbox_inches="tight")  # the legend above the axes included
     plt.close(fig)
 
 
@@ -243,6 +310,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="Every pair of a config under several conditions.")
     parser.add_argument("config", nargs="?", help="a conditions config (YAML)")
     parser.add_argument("--resume", metavar="DIR", help="continue a conditions folder")
+    parser.add_argument("--allow-different", action="append", default=[], metavar="KEY",
+                        help="with --combine: a dotted config key the joined runs may differ in (its values go into "
+                             "the condition names); repeatable")
     parser.add_argument("--combine", nargs="+", metavar="DIR_OR_CSV",
                         help="join the conditions.csv tables of these folders (or files) into --output-dir")
     parser.add_argument("--output-dir", metavar="DIR", help="where the conditions' runs go (new or empty)")
@@ -251,11 +321,15 @@ def parse_args(argv):
     parser.add_argument("--only", help="comma-separated condition names to run (default: all)")
     parser.add_argument("--metric", default="top1_accuracy",
                         help="the recorded metric the table reports (default top1_accuracy)")
-    parser.add_argument("--target", type=float, default=0.9,
+    parser.add_argument("--target", type=float, default=None,
                         help="the node mean of --metric the table counts rounds and MB to (0.9)")
     parser.add_argument("--check", action="store_true",
                         help="validate every condition's config (and --set) and print them; run nothing, write nothing")
-    return parser.parse_args(argv)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
+    add_whole_run_options(parser)
+    args = parser.parse_args(argv)
+    args.overrides = whole_run_overrides(args.rounds, args.eval_every) + args.overrides
+    return args
 
 
 def main(argv=None) -> int:
@@ -263,7 +337,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
-    configure_logging()
+    configure_logging(quiet=args.quiet)
     if args.check:
         try:
             if args.config is None:
@@ -282,6 +356,11 @@ def main(argv=None) -> int:
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
         save_table(out_dir, rows, names, rows[0]["metric"])
+        from problems.metrics import METRICS
+
+        metric = rows[0]["metric"]
+        target = args.target if args.target is not None else getattr(METRICS.get(metric), "target", None)
+        print_table(rows, metric, math.nan if target is None else target)
         print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
         return 0
     try:
@@ -293,13 +372,27 @@ def main(argv=None) -> int:
     status = 0
     for name in names:
         LOG.info(f"condition {name}: {out_dir / name}")
-        code = run_condition(name, configs[name], out_dir)
+        code = run_condition(name, configs[name], out_dir, args.quiet)
         status = status or code
         if code == 130:
             break
     rows = write_table(out_dir, list(configs), args.metric, args.target)
+    print_table(rows, args.metric, args.target)
     print(f"{len(rows)} rows: {out_dir / 'conditions.csv'}")
     return status
+
+
+def print_table(rows: list[dict], metric: str, target: float) -> None:
+    """The combined table on stdout: every (condition, pair), final node mean and worst robot, rounds and megabytes
+    per robot to ``target``."""
+    fmt = lambda v, f: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)  # noqa: E731
+    print(f"\n| condition | pair | status | final {metric} mean | worst robot | rounds to {target:g} | "
+          f"MB/robot to {target:g} | MB/robot sent |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['condition']} | {r['problem_name']} | {r['status']} | {fmt(r['final_mean'], '{:.4g}')} | "
+              f"{fmt(r['final_worst'], '{:.4g}')} | {fmt(r['rounds_to_target'], '{:.0f}')} | "
+              f"{fmt(r['mb_per_robot_to_target'], '{:.2f}')} | {fmt(r['mb_per_robot_sent'], '{:.2f}')} |")
 
 
 def new_output_dir(given: str | None, needed: str, hint: str) -> Path:
@@ -317,11 +410,15 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
     """The output folder and every condition's config; refuses bad input before anything is written."""
     from problems.metrics import METRICS
 
-    if not math.isfinite(args.target):
-        raise ConfigError(f"--target: must be a finite number, got {args.target}")
     if args.metric not in METRICS or not METRICS[args.metric].scalar:
         scalar = [m for m, info in METRICS.items() if info.scalar]
         raise ConfigError(f"--metric: {excerpt(args.metric)} is not a scalar metric; allowed: {', '.join(scalar)}")
+    if args.target is None:  # the metric's own level (0.9 for accuracies, 1e-6 for optimality gaps, ...)
+        if METRICS[args.metric].target is None:
+            raise ConfigError(f"--target: {args.metric} has no default level; give one (e.g. --target 0.5)")
+        args.target = METRICS[args.metric].target
+    if not math.isfinite(args.target):
+        raise ConfigError(f"--target: must be a finite number, got {args.target}")
     if (args.resume is None) == (args.config is None):
         raise ConfigError("give either a conditions CONFIG file or --resume DIR (not both, not neither)")
     if args.resume is not None:
@@ -342,6 +439,7 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
             raise ConfigError(f"--only: {excerpt(unknown[0])} is not a condition; allowed: {', '.join(configs)}")
     if args.resume is None:
         import yaml
+
         from foundation.results_io import atomic_path
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,4 +449,7 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
 
 
 if __name__ == "__main__":
+    from experiments.checkout import warn_if_elsewhere
+
+    warn_if_elsewhere(__file__)
     sys.exit(main())

@@ -16,13 +16,16 @@ from typing import Any, Callable
 import torch
 
 from foundation import state
+from foundation.results_io import atomic_path
+from foundation.schedules import learning_rates
+from foundation.schema import defaults
 from optimizers.comm.compressors import make_compressor
 from optimizers.comm.graphs import adjacency
-from foundation.results_io import atomic_path
-from foundation.schema import defaults
-from foundation.schedules import learning_rates
 
 PROFILED_ROUNDS = 5
+# metrics the optimizer adds to the problem's from what the network counted (the last three with faults or a
+# robust rule configured)
+NETWORK_METRICS = ("bytes_sent", "messages_dropped", "messages_clipped", "robot_resets")
 
 
 class DivergedError(RuntimeError):
@@ -121,7 +124,7 @@ class DistributedOptimizer:
     values the config validator accepts."""
 
     alg_name = ""
-    config_schema: dict[str, tuple[Any, Any]] = {}
+    config_schema: dict[str, tuple[Any, ...]] = {}
     # keys this optimizer no longer takes, each with the one line that says why and what to use instead
     retired_keys: dict[str, str] = {}
     asynchrony = None  # an optimizers.comm.asynchrony.Asynchrony when robots wake at random
@@ -210,18 +213,57 @@ class DistributedOptimizer:
         ``current_graph`` (the team's adjacency)."""
         extras = {"bytes_sent": self.network.bytes_sent.clone(),
                   "wall_time": torch.tensor(self.elapsed, dtype=torch.float64)}
+        network = self.network
+        if getattr(network, "faults", None) is not None or getattr(network, "aggregation", None) is not None:
+            resets = self.__dict__.get("robot_resets")
+            extras.update(messages_dropped=network.tallies.dropped.clone(),
+                          messages_clipped=network.tallies.clipped.clone(),
+                          robot_resets=resets.clone() if resets is not None else torch.zeros_like(network.bytes_sent))
         if "current_graph" in self.problem.metrics:
             extras["current_graph"] = adjacency(self.network.graph)
         return self.problem.evaluate(round_index, extras=extras)
 
     def _check_finite(self, k: int, parameters_too: bool) -> None:
-        """Losses every round; the (large) parameter stack only when asked (a non-finite parameter
-        shows up in the next round's loss anyway)."""
-        anywhere = self.network.anywhere  # every process stops together
-        if anywhere(not bool(torch.isfinite(self.problem.last_losses).all())):
-            raise DivergedError(k, "training loss")
-        if parameters_too and anywhere(not bool(torch.isfinite(self.problem.theta).all())):
-            raise DivergedError(k, "parameter")
+        """Losses every round; the (large) parameter stack only when asked (a non-finite parameter shows up in the
+        next round's loss anyway, and its rows are dropped by the receivers meanwhile). Robots whose loss or
+        parameters are not finite are reset (:meth:`reset_robots`); the pair diverges only when most honest robots
+        are non-finite at once."""
+        problem, network = self.problem, self.network
+        bad = ~torch.isfinite(problem.last_losses).cpu()
+        if parameters_too:
+            bad |= ~torch.isfinite(problem.theta).all(dim=1).cpu()
+        if not network.anywhere(bool(bad.any())):  # every process takes the same branch
+            return
+        faults = getattr(network, "faults", None)
+        honest = torch.ones_like(bad) if faults is None else ~faults.faulty[network.robot_ids()]
+        failing, everyone = network.total(int((bad & honest).sum())), network.total(int(honest.sum()))
+        if 2 * failing > everyone:
+            raise DivergedError(k, "training loss" if not parameters_too else "parameter")
+        self.reset_robots(bad)
+
+    def reset_robots(self, bad: torch.Tensor) -> None:
+        """Robots ``bad`` (local rows) restart from their neighbourhood: their parameters become the network's
+        combination of their finite neighbours' parameters (two exchanges: the parameters with the bad rows
+        zeroed, and which rows were finite), every other row of their state (duals, trackers, moments) zero. Each
+        reset is counted in ``robot_resets``. A robot with no finite neighbour restarts from zero."""
+        from optimizers.comm.asynchrony import robot_rows
+
+        theta = self.problem.theta
+        ok = (~bad).to(theta.device)
+        values = torch.where(ok.unsqueeze(1), theta, torch.zeros_like(theta))
+        sums = self.network.mix(values, "reset")
+        weights = self.network.mix(ok.to(theta.dtype).unsqueeze(1), "reset_weight", row_bytes=theta.element_size())
+        restart = torch.where(weights > 1e-12, sums / weights.clamp_min(1e-12), torch.zeros_like(sums))
+        rows = bad.to(theta.device)
+        theta[rows] = restart[rows]
+        for name, tensor in robot_rows(self).items():
+            if name != "problem.theta":
+                tensor[rows.to(tensor.device)] = 0
+        self.problem.train_loss_ma[bad] = float("nan")
+        resets = self.__dict__.get("robot_resets")
+        if resets is None:
+            resets = self.robot_resets = torch.zeros(len(bad), dtype=torch.float64)
+        resets += bad.to(torch.float64)
 
     # ----------------------------------------------------------------------- checkpoints
     # Attributes every optimizer has that are wiring, not state that evolves in training; a subclass names the
@@ -293,11 +335,14 @@ class DistributedOptimizer:
         problem = self.problem
         freq = max(1, int(problem.evaluate_frequency))
         profiler = self._profiler(profile_dir) if first_round == 1 else None
+        begin_round = getattr(problem, "begin_round", None)  # a problem whose data come from the round (RL episodes)
         for k in range(first_round, self.outer_iterations + 1):
             if before_round is not None:
                 before_round(k)
             t0 = time.perf_counter()
             with torch.no_grad():
+                if begin_round is not None:
+                    begin_round(k)
                 if self.asynchrony is None:
                     self.round(k)
                 else:  # asleep robots' rows are put back after the round
@@ -311,6 +356,7 @@ class DistributedOptimizer:
                 profiler.step()
                 if k >= PROFILED_ROUNDS or k == self.outer_iterations:
                     profiler.__exit__(None, None, None)
+                    assert profile_dir is not None  # _profiler returns one only with a profile_dir
                     with atomic_path(Path(profile_dir) / f"{problem.name}_profile.json") as partial:
                         profiler.export_chrome_trace(str(partial))
                     profiler = None

@@ -195,11 +195,12 @@ def test_the_committed_radios_table_reads_back_as_a_conditions_table():
 
 def test_every_shipped_config_validates_with_its_own_tool():
     """A config with a tune block is a tuning study, one with conditions a conditions run, one with
-    experiment.scaling a scaling sweep, the rest runs."""
+    experiment.scaling a scaling sweep, one with a real_radio block a real radio study, the rest runs."""
     from pathlib import Path
 
     from experiments.conditions import condition_configs
     from experiments.config import load_yaml, validate_config, validate_scaling_config
+    from experiments.real_radio import STUDY_KEY, study_plan
     from experiments.tuning import validate_tuning
 
     configs = sorted((Path(__file__).resolve().parent.parent / "experiments" / "configs").glob("*.yaml"))
@@ -212,6 +213,8 @@ def test_every_shipped_config_validates_with_its_own_tool():
             condition_configs(raw)
         elif "scaling" in raw.get("experiment", {}):
             validate_scaling_config(raw)
+        elif STUDY_KEY in raw:
+            study_plan(raw)
         else:
             validate_config(raw)
 
@@ -232,3 +235,26 @@ def test_the_shipped_compressed_comparison_has_three_splits_and_every_compressed
             ("deepsqueeze", "top_k")} <= compressed
     uncompressed = {pc["optimizer_config"]["alg_name"] for pc in pairs if "compressor" not in pc["optimizer_config"]}
     assert {"dsgt", "choco_sgd", "beer"} <= uncompressed
+
+
+def test_a_conditions_row_reports_the_honest_robots_when_a_pair_had_faulty_ones(tmp_path):
+    """A faulty robot's accuracy and bytes are left out of the row, as out of summary.csv's honest_* columns."""
+    import torch
+
+    from experiments.conditions import pair_rows
+
+    folder = tmp_path / "nan_mean"
+    folder.mkdir()
+    pairs = [{"problem_name": "dsgd", "alg_name": "dsgd", "status": "completed", "faulty_robots": [1]},
+             {"problem_name": "dsgt", "alg_name": "dsgt", "status": "completed"}]
+    (folder / "manifest.json").write_text(json.dumps({"pairs": pairs}))
+    history = {"round": [10, 20], "top1_accuracy": [[0.95, 0.0, 0.87], [0.99, 0.1, 0.91]],
+               "bytes_sent": [[1e6, 0.0, 3e6], [2e6, 0.0, 4e6]]}
+    for name in ("dsgd", "dsgt"):
+        torch.save(history, folder / f"{name}_results.pt")
+    faulty, plain = pair_rows("nan_mean", folder, "top1_accuracy", 0.9)
+    assert faulty["final_mean"] == pytest.approx(0.95) and faulty["final_worst"] == pytest.approx(0.91)
+    assert faulty["rounds_to_target"] == 10 and faulty["mb_per_robot_to_target"] == pytest.approx(2.0)
+    assert faulty["mb_per_robot_sent"] == pytest.approx(3.0)
+    assert plain["final_mean"] == pytest.approx(2.0 / 3) and plain["final_worst"] == pytest.approx(0.1)
+    assert plain["rounds_to_target"] != plain["rounds_to_target"]  # NaN: the mean of all three never reaches 0.9

@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from optimizers.comm.graphs import metropolis_weights
 from optimizers.comm.link_models import IndependentLoss
-from optimizers.comm.network import EdgeExchange, HeldRows, lossy_combine, make_operator, operator_kind
+from optimizers.comm.network import EdgeExchange, HeldRows, Tallies, lossy_combine, make_operator, operator_kind
 
 
 class PeerLostError(RuntimeError):
@@ -87,7 +87,7 @@ def start_heartbeat(stop: threading.Event | None = None) -> threading.Event:
 _LOST_KEY = "nndt/lost"
 
 
-def silent_ranks(exclude: set[int] = frozenset()) -> list[int] | None:
+def silent_ranks(exclude: frozenset[int] | set[int] = frozenset()) -> list[int] | None:
     """Ranks whose heartbeat did not move for 2.5 beats (dead or hung), None when it cannot be told
     (no heartbeats, or the store itself is gone). Takes about 2.5 seconds; the first rank to find
     them records them in the store, and the others (whose peers may be exiting by then) read that."""
@@ -174,6 +174,7 @@ class TorchDistributedNetwork(EdgeExchange):
         self.bytes_sent = torch.zeros(self.num_local, dtype=torch.float64)
         self.link_model = None  # None: every message arrives
         self.held = HeldRows()
+        self.tallies = Tallies(self.num_local)
         self.wire_bytes_sent = 0
         self.wire_bytes_per_exchange = 0
         self.exchanges = 0
@@ -223,7 +224,7 @@ class TorchDistributedNetwork(EdgeExchange):
         mine = self.local_nodes
         linked = adjacency[mine] != 0  # (local, N): local robot i neighbours global robot j
         self._peers = []  # (group rank, global rank, local rows to send, halo slice to receive into)
-        columns = []
+        columns: list[int] = []
         for q in range(self.world_size):
             if q == self.rank:
                 self._own = slice(len(columns), len(columns) + self.num_local)
@@ -270,13 +271,15 @@ class TorchDistributedNetwork(EdgeExchange):
                     dist.P2POp(dist.irecv, halo[receive], peer, self.group)]
             peers += [q, q]
         if ops:
-            works = dist.batch_isend_irecv(ops)
-            for work, q in zip(works, peers):
-                try:
+            waiting_on = "a peer"  # posting a send to a peer whose socket closed fails already
+            try:
+                works = dist.batch_isend_irecv(ops)
+                for work, q in zip(works, peers):
+                    waiting_on = f"rank {q}"
                     work.wait()
-                except RuntimeError as error:  # gloo/nccl raise DistBackendError, a RuntimeError
-                    raise PeerLostError(_lost_message(self.rank, f"rank {q}", f"while exchanging rows "
-                                                      f"(exchange {self.exchanges + 1})", error)) from None
+            except RuntimeError as error:  # gloo/nccl raise DistBackendError, a RuntimeError
+                raise PeerLostError(_lost_message(self.rank, waiting_on, f"while exchanging rows "
+                                                  f"(exchange {self.exchanges + 1})", error)) from None
         wire_row_bytes = rows.shape[1] * rows.element_size()
         if row_bytes is None:  # a dense row; compressed messages say what they would cost on a radio
             row_bytes = wire_row_bytes
@@ -293,13 +296,21 @@ class TorchDistributedNetwork(EdgeExchange):
         """True on every rank when ``flag`` is true on at least one (all ranks must call it)."""
         return any_rank(flag, self.group)
 
+    def total(self, count: int) -> int:
+        """The sum of ``count`` over the ranks, on every rank (all ranks must call it)."""
+        value = torch.tensor([int(count)], dtype=torch.long, device=_comm_device())
+        with collective("sum of counts", self.group):
+            dist.all_reduce(value, group=self.group)
+        return int(value.item())
+
     def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
             ) -> torch.Tensor:
         """Local rows of ``W x``: Metropolis-weighted average of each local robot's and its neighbours' rows."""
         halo = self._halo(x, row_bytes)
-        if self.link_model is not None:
+        if not self._plain(halo):
             result = lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, halo,
-                                   self._links, self._edge_weight, relative=True)
+                                   self._links, self._edge_weight, relative=True, faults=self.faults,
+                                   aggregation=self.aggregation, tallies=self.tallies)
         else:
             result = (self._mixing @ halo).reshape(x.shape)
         return result if out is None else out.copy_(result)
@@ -308,9 +319,10 @@ class TorchDistributedNetwork(EdgeExchange):
                      ) -> torch.Tensor:
         """Local rows of ``A x``: sum of the neighbours' rows for each local robot."""
         halo = self._halo(x, row_bytes)
-        if self.link_model is not None:
+        if not self._plain(halo):
             result = lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, halo,
-                                   self._links, torch.ones_like(self._edge_weight), relative=False)
+                                   self._links, torch.ones_like(self._edge_weight), relative=False, faults=self.faults,
+                                   aggregation=self.aggregation, tallies=self.tallies)
         else:
             result = (self._adjacency @ halo).reshape(x.shape)
         return result if out is None else out.copy_(result)

@@ -129,6 +129,40 @@ def configure_network(network, experiment: dict, base: nx.Graph) -> GraphSchedul
     return None
 
 
+PER_EDGE_OPTIMIZERS = ("relaxed_admm", "sgp", "push_diging")  # their messages are per edge: no rule combines them
+
+
+def check_team_options(experiment: dict, graph: nx.Graph, alg_names=()) -> None:
+    """``experiment.faults`` and ``experiment.aggregation`` fit the team's graph (and its pairs' algorithms)."""
+    from foundation.schema import ConfigError
+    from optimizers.comm.aggregation import check_aggregation
+    from optimizers.comm.faults import check_faults
+
+    check_faults(experiment.get("faults") or [], graph.number_of_nodes())
+    aggregation = experiment.get("aggregation") or {"rule": "mean"}
+    if aggregation["rule"] != "mean":
+        degrees = [d for _, d in graph.degree()]
+        check_aggregation(aggregation, min(degrees) if degrees else 0)
+        for name in alg_names:
+            if name in PER_EDGE_OPTIMIZERS:
+                raise ConfigError(f"experiment.aggregation.rule: {aggregation['rule']} combines a neighbourhood's "
+                                  f"rows, but {name} sends one message per edge; use rule mean with {name}")
+
+
+def configure_faults(network, experiment: dict):
+    """``experiment.faults`` and ``experiment.aggregation`` on a network; returns the per-round hook that tells the
+    faults the round (None when every robot is honest)."""
+    network.set_aggregation(experiment.get("aggregation"))
+    entries = experiment.get("faults") or []
+    if not entries:
+        return None
+    from optimizers.comm.faults import Faults
+
+    faults = Faults(entries, network.num_nodes)
+    network.set_faults(faults)
+    return faults
+
+
 def configure_asynchrony(network, experiment: dict):
     """``experiment.asynchrony`` on a network (after ``configure_network``: lost messages stay lost); returns
     the per-round hook, or None when every robot is awake every round and nothing is late."""

@@ -43,12 +43,14 @@ survive while it is absent.
 from __future__ import annotations
 
 import warnings
+from typing import Any, Callable
 
 import networkx as nx
 import numpy as np
 import torch
 
 from foundation import state
+from optimizers.comm.aggregation import combine
 from optimizers.comm.asynchrony import deliver
 from optimizers.comm.graphs import metropolis_weights
 from optimizers.comm.link_models import IndependentLoss, join_link_states
@@ -99,7 +101,7 @@ class HeldRows:
 def join_held(parts: list[dict]) -> dict:
     """The held rows of every block (each holds the edges into its own robots) as one ``HeldRows`` state."""
     edges = [p["edge_ids"] for p in parts]
-    joined = {"edge_ids": torch.cat(edges) if edges else torch.zeros(0, 2, dtype=torch.long),
+    joined: dict[str, Any] = {"edge_ids": torch.cat(edges) if edges else torch.zeros(0, 2, dtype=torch.long),
               "last_rows": {}, "arrived": {}}
     for channel in dict.fromkeys(c for p in parts for c in p["last_rows"]):
         kept = [p for p in parts if channel in p["last_rows"]]
@@ -136,9 +138,21 @@ def team_network_state(parts: list[tuple[int, int, dict]]) -> dict:
     every block)."""
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
-    return {**first, "bytes_sent": torch.cat([p[2]["bytes_sent"] for p in parts]),
-            "held": join_held([held_state(p[2]) for p in parts]),
-            "link_model": join_link_states([p[2].get("link_model", {}) for p in parts])}
+    joined = {**first, "bytes_sent": torch.cat([p[2]["bytes_sent"] for p in parts]),
+              "held": join_held([held_state(p[2]) for p in parts]),
+              "link_model": join_link_states([p[2].get("link_model", {}) for p in parts])}
+    if all("tallies" in p[2] for p in parts):
+        joined["tallies"] = {key: torch.cat([p[2]["tallies"][key] for p in parts]) for key in ("dropped", "clipped")}
+    return joined
+
+
+def block_network_state(network: dict, start: int, stop: int) -> dict:
+    """The per-robot counters of a team network state cut to robots start..stop-1."""
+    network = dict(network)
+    network["bytes_sent"] = network["bytes_sent"][start:stop].clone()
+    if "tallies" in network:
+        network["tallies"] = {key: value[start:stop].clone() for key, value in network["tallies"].items()}
+    return network
 
 
 def link_state(model, held: HeldRows) -> dict:
@@ -147,24 +161,82 @@ def link_state(model, held: HeldRows) -> dict:
 
 
 def lossy_combine(held: HeldRows, channel: str, exchange: int, link_model, graph: nx.Graph, x_local: torch.Tensor,
-                  sources: torch.Tensor, links: dict, weight: torch.Tensor, relative: bool) -> torch.Tensor:
-    """The receiving side of lossy links, for the local robots' rows ``x_local``: sum_j weight_ij h_ij over
-    the rows h_ij robot i holds from j, or, ``relative``, x_i + sum_j weight_ij (h_ij - x_i) (= W x when
-    every row is fresh; exactly x_i when none is). h_ij of a lost message is the last row received from j,
-    or x_i itself when the model leaves failed edges out of the exchange (symmetric links). ``links`` lists the directed edges into local robots:
-    "src"/"dst" global ids, "source" the row of ``sources`` holding src's message, "dst_local" the local
-    row of dst, "ids" their buffer rows."""
+                  sources: torch.Tensor, links: dict, weight: torch.Tensor, relative: bool, faults=None,
+                  aggregation: dict | None = None, tallies: "Tallies | None" = None) -> torch.Tensor:
+    """The receiving side of lossy, faulty or robustly combined links, for the local robots' rows ``x_local``:
+    ``aggregation``'s combination (:mod:`optimizers.comm.aggregation`; default the mean: sum_j weight_ij h_ij, or,
+    ``relative``, x_i + sum_j weight_ij (h_ij - x_i), = W x when every row is fresh and exactly x_i when none is)
+    of the rows h_ij robot i holds from j. What j sent is first changed by its fault (``faults``,
+    :mod:`optimizers.comm.faults`), then lost or delivered by the link model; a row with a NaN or an infinity is
+    dropped like a lost message (counted in ``tallies.dropped`` per receiver). h_ij of a lost message is the last
+    row received from j, or x_i itself before any arrived or when the model leaves failed edges out of the exchange
+    (symmetric links). ``links`` lists the directed edges into local robots: "src"/"dst" global ids, "source" the
+    row of ``sources`` holding src's message, "dst_local" the local row of dst, "ids" their buffer rows."""
     ids, source, dst = links["ids"], links["source"], links["dst_local"]
     rows, arrived = held.buffers(channel, x_local)
-    delivered, messages = deliver(link_model, exchange, links["src"], links["dst"], ids, channel, graph,
-                                  sources[source])
-    rows[ids[delivered]] = messages[delivered]
-    arrived[ids[delivered]] = True
-    fallback = delivered if link_model.absent_when_lost else arrived[ids]  # the edge left out, or held rows
-    held_rows = torch.where(fallback.unsqueeze(1), rows[ids], x_local[dst])
-    if relative:
-        return x_local.clone().index_add_(0, dst, weight.unsqueeze(1) * (held_rows - x_local[dst]))
-    return torch.zeros_like(x_local).index_add_(0, dst, weight.unsqueeze(1) * held_rows)
+    if faults is None and link_model is None and bool(torch.isfinite(sources).all()):
+        # every message arrives as sent: written straight into the held rows (robust rules on clean links)
+        if in_order(ids, rows):
+            torch.index_select(sources, 0, source, out=rows)
+            arrived.fill_(True)
+            return combine(aggregation, x_local, dst, weight, rows, relative,
+                           clipped=None if tallies is None else tallies.clipped)
+    messages = sources[source]
+    sent = None
+    if faults is not None:
+        messages, sent = faults.transform(held, exchange, channel, links, messages, x_local, weight)
+    if link_model is not None:
+        delivered, messages = deliver(link_model, exchange, links["src"], links["dst"], ids, channel, graph, messages)
+    else:
+        delivered = torch.ones(len(ids), dtype=torch.bool, device=messages.device)
+    if sent is not None:
+        delivered = delivered & sent
+    if faults is None and link_model is None:  # a row is non-finite on every edge it goes out on: check it once
+        finite = torch.isfinite(sources).all(dim=1)[source]
+    else:
+        finite = torch.isfinite(messages).all(dim=1)
+    if not bool(finite.all()):
+        dropped = delivered & ~finite
+        if tallies is not None:
+            tallies.dropped += torch.bincount(dst[dropped].cpu(), minlength=len(x_local)).to(torch.float64)
+        delivered = delivered & finite
+    if in_order(ids, rows):  # the held rows are the edges' rows in order: replace them in one pass
+        lost = ~delivered
+        if bool(lost.any()):
+            messages[lost] = rows[lost]  # (messages is this call's own copy)
+        rows.copy_(messages)
+        arrived |= delivered
+    else:
+        rows[ids[delivered]] = messages[delivered]
+        arrived[ids[delivered]] = True
+    absent = link_model is not None and link_model.absent_when_lost
+    fallback = delivered if absent else arrived[ids]  # the edge left out, or held rows
+    if bool(fallback.all()):
+        held_rows = rows if in_order(ids, rows) else rows[ids]
+    else:
+        held_rows = torch.where(fallback.unsqueeze(1), rows[ids], x_local[dst])
+    return combine(aggregation, x_local, dst, weight, held_rows, relative,
+                   clipped=None if tallies is None else tallies.clipped)
+
+
+def in_order(ids: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether the edges' buffer rows ``ids`` are every held row, in order (one process's fixed graph)."""
+    return len(ids) == len(rows) and bool((ids == torch.arange(len(ids), device=ids.device)).all())
+
+
+class Tallies:
+    """Per local robot: messages it dropped as non-finite and rows its robust rule clipped, so far."""
+
+    def __init__(self, count: int):
+        self.dropped = torch.zeros(count, dtype=torch.float64)
+        self.clipped = torch.zeros(count, dtype=torch.float64)
+
+    def state_dict(self) -> dict:
+        return {"dropped": self.dropped.clone(), "clipped": self.clipped.clone()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.dropped.copy_(saved["dropped"])
+        self.clipped.copy_(saved["clipped"])
 
 
 def edge_slots(adjacency: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -176,6 +248,40 @@ def edge_slots(adjacency: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.nd
 class EdgeExchange:
     """Per-edge messages and per-edge rows, for a network that lists the directed edges into its robots in
     ``_links`` (sorted by receiver, then sender) and sends rows with ``_send(rows, row_bytes)``."""
+
+    # what the network that mixes this in provides (InProcessNetwork, TorchDistributedNetwork)
+    _links: dict[str, torch.Tensor]
+    _send: Callable[[torch.Tensor, Any], torch.Tensor]
+    set_graph: Callable[[nx.Graph], None]
+    device: torch.device
+    graph: nx.Graph
+    bytes_sent: torch.Tensor
+    exchanges: int
+    link_model: Any  # None: every message arrives
+    held: HeldRows
+    faults: Any = None  # optimizers.comm.faults.Faults: robots that send wrong messages (None: every robot is honest)
+    aggregation: dict | None = None  # optimizers.comm.aggregation: how a receiver combines (None: the mean)
+    tallies: Tallies
+
+    def close(self) -> None:
+        """The pair is over (a network of processes tells its peers; here nothing to do)."""
+
+    def set_faults(self, faults) -> None:
+        """Robots misbehave as ``faults`` (:class:`optimizers.comm.faults.Faults`) says from now on (None: none)."""
+        self.faults = faults
+
+    def set_aggregation(self, aggregation: dict | None) -> None:
+        """Receivers combine their neighbours' rows by this rule (:mod:`optimizers.comm.aggregation`; None: mean)."""
+        self.aggregation = None if not aggregation or aggregation["rule"] == "mean" else dict(aggregation)
+
+    def _plain(self, sources: torch.Tensor) -> bool:
+        """Whether an exchange can take the exact product: no lossy link, no misbehaving robot this round, the
+        plain mean, and every row finite (a NaN or an infinity is dropped on the receiving side instead)."""
+        if self.link_model is not None or self.aggregation is not None:
+            return False
+        if self.faults is not None and bool(self.faults.active(self._links["src"]).any()):
+            return False
+        return bool(torch.isfinite(sources).all())
 
     def _set_edge_slots(self, adjacency: np.ndarray) -> None:
         links, src, dst = self._links, self._links["src"].numpy(), self._links["dst"].numpy()
@@ -203,10 +309,27 @@ class EdgeExchange:
             row_bytes = n * messages.element_size()
         sources = self._send(packed.reshape(len(packed), -1), row_bytes).reshape(-1, self._max_degree, n)
         received = sources[links["source"], links["slot_from"]]
-        if self.link_model is None:
-            return received, torch.ones(len(received), dtype=torch.bool, device=received.device)
-        arrived, received = deliver(self.link_model, self.exchanges, links["src"], links["dst"], links["ids"], channel,
-                                    self.graph, received)
+        arrived = torch.ones(len(received), dtype=torch.bool, device=received.device)
+        if self.faults is not None:  # a receiver's own row: the mean of what its honest neighbours sent it
+            honest = ~self.faults.faulty[links["src"]].to(received.device)
+            count = torch.zeros(len(self.bytes_sent), dtype=received.dtype, device=received.device).index_add_(
+                0, links["dst_local"][honest], torch.ones_like(received[honest, 0]))
+            own = torch.zeros((len(self.bytes_sent), n), dtype=received.dtype, device=received.device).index_add_(
+                0, links["dst_local"][honest], received[honest]) / count.clamp_min(1).unsqueeze(1)
+            received, sent = self.faults.transform(self.held, self.exchanges, channel, links, received, own,
+                                                   torch.ones(len(received), dtype=received.dtype,
+                                                              device=received.device))
+            arrived &= sent
+        if self.link_model is not None:
+            delivered, received = deliver(self.link_model, self.exchanges, links["src"], links["dst"], links["ids"],
+                                          channel, self.graph, received)
+            arrived &= delivered
+        finite = torch.isfinite(received).all(dim=1)
+        if not bool(finite.all()):  # dropped like a lost message
+            self.tallies.dropped += torch.bincount(links["dst_local"][arrived & ~finite].cpu(),
+                                                   minlength=len(self.bytes_sent)).to(torch.float64)
+            arrived &= finite
+            received = torch.where(finite.unsqueeze(1), received, torch.zeros_like(received))
         return received, arrived
 
     def edge_rows(self, channel: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +351,8 @@ class EdgeExchange:
         robot received and what the link model remembers."""
         edges = torch.tensor(sorted(self.graph.edges()), dtype=torch.long).reshape(-1, 2)
         return {"bytes_sent": self.bytes_sent.clone(), "exchanges": self.exchanges, "edges": edges,
-                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held)}
+                "held": self.held.state_dict(), "link_model": link_state(self.link_model, self.held),
+                "tallies": self.tallies.state_dict()}
 
     def load_state_dict(self, saved: dict) -> None:
         self.held.load_state_dict(held_state(saved))
@@ -241,6 +365,8 @@ class EdgeExchange:
         self.set_graph(graph)
         self.bytes_sent.copy_(saved["bytes_sent"])
         self.exchanges = int(saved["exchanges"])
+        if "tallies" in saved:  # checkpoints before faults and robust rules kept none
+            self.tallies.load_state_dict(saved["tallies"])
 
 
 def graph_product(operator: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -337,6 +463,7 @@ class InProcessNetwork(EdgeExchange):
         self.exchanges = 0
         self.link_model = None  # None: every message arrives
         self.held = HeldRows()
+        self.tallies = Tallies(self.num_nodes)
         self.set_graph(graph)
 
     def robot_ids(self) -> torch.Tensor:
@@ -387,11 +514,15 @@ class InProcessNetwork(EdgeExchange):
         """True when ``flag`` is true in any process hosting robots (here: this one)."""
         return bool(flag)
 
+    def total(self, count: int) -> int:
+        """The sum of ``count`` over the processes hosting robots (here: this one)."""
+        return int(count)
+
     def mix(self, x: torch.Tensor, channel: str = "x", row_bytes=None, out: torch.Tensor | None = None
             ) -> torch.Tensor:
         """``W x``: Metropolis-weighted average of each node's and its neighbours' rows."""
         self._count(x, row_bytes)
-        if self.link_model is not None:
+        if not self._plain(x):
             return _into(self._lossy(x, channel, self._edge_weight, relative=True), out)
         return graph_product(self._mixing, x, out)
 
@@ -399,13 +530,13 @@ class InProcessNetwork(EdgeExchange):
                      ) -> torch.Tensor:
         """``A x``: sum of the neighbours' rows for each node."""
         self._count(x, row_bytes)
-        if self.link_model is not None:
+        if not self._plain(x):
             return _into(self._lossy(x, channel, torch.ones_like(self._edge_weight), relative=False), out)
         return graph_product(self._adjacency, x, out)
 
     def _lossy(self, x, channel, edge_weight, relative: bool) -> torch.Tensor:
         return lossy_combine(self.held, channel, self.exchanges, self.link_model, self.graph, x, x, self._links,
-                             edge_weight, relative)
+                             edge_weight, relative, self.faults, self.aggregation, self.tallies)
 
     def mixing_matrix(self) -> torch.Tensor:
         m = self._mixing
