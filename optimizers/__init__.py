@@ -1,5 +1,6 @@
 """Distributed optimizers, agnostic of the problem they train."""
 
+from foundation.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 from optimizers.beer import BEER
 from optimizers.choco import CHOCOSGD
 from optimizers.deepsqueeze import DeepSqueeze
@@ -8,15 +9,15 @@ from optimizers.dsgd import DSGD
 from optimizers.dsgt import DSGT
 from optimizers.extra import EXTRA
 from optimizers.local import LocalTraining
+from optimizers.motef import MoTEF
 from optimizers.next import NEXT
 from optimizers.prox_pda import ProxPDA
 from optimizers.push_diging import PushDIGing
 from optimizers.relaxed_admm import RelaxedADMM
 from optimizers.sgp import SGP
-from foundation.schema import REQUIRED, ConfigError, Custom, Str, did_you_mean, excerpt, validate_mapping
 
 OPTIMIZERS = {cls.alg_name: cls for cls in (DiNNO, DSGD, DSGT, CHOCOSGD, EXTRA, NEXT, ProxPDA,
-                                                   RelaxedADMM, SGP, PushDIGing, BEER, DeepSqueeze)}
+                                                   RelaxedADMM, SGP, PushDIGing, BEER, DeepSqueeze, MoTEF)}
 BASELINES = {LocalTraining.alg_name: LocalTraining}
 
 
@@ -42,5 +43,5 @@ def validate_optimizer_config(prefix: str, data) -> dict:
 
 OPTIMIZER_CONFIG = Custom(validate_optimizer_config)  # the schema kind of a problem's ``optimizer_config``
 
-__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "BEER", "DeepSqueeze", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "SGP", "PushDIGing", "LocalTraining", "OPTIMIZERS",
+__all__ = ["DiNNO", "DSGD", "DSGT", "CHOCOSGD", "BEER", "DeepSqueeze", "MoTEF", "EXTRA", "NEXT", "ProxPDA", "RelaxedADMM", "SGP", "PushDIGing", "LocalTraining", "OPTIMIZERS",
            "BASELINES", "OPTIMIZER_CONFIG", "validate_optimizer_config"]

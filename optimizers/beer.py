@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer
-from optimizers.comm.compressors import COMPRESSOR
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
 from foundation.schedules import learning_rates
-from optimizers.comm.compressors import make_compressor
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from optimizers.base import DistributedOptimizer
+from optimizers.comm.compressors import COMPRESSOR, make_compressor
 
 
 class BEER(DistributedOptimizer):
     alg_name = "beer"
     example_config = {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}  # a small working config (contract tests, docs)
-    derived = ("lrs", "compressor")
+    derived: tuple[str, ...] = ("lrs", "compressor")
     config_schema = {
         "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
         "lr": (float, REQUIRED, POSITIVE),

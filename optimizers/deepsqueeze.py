@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer
-from optimizers.comm.compressors import COMPRESSOR
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
 from foundation.schedules import learning_rates
-from optimizers.comm.compressors import make_compressor
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
+from optimizers.base import DistributedOptimizer
+from optimizers.comm.compressors import COMPRESSOR, make_compressor
 
 
 class DeepSqueeze(DistributedOptimizer):

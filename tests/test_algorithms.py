@@ -7,9 +7,22 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers import OPTIMIZERS, BEER, CHOCOSGD, DSGD, DSGT, EXTRA, NEXT, DeepSqueeze, DiNNO, LocalTraining, ProxPDA, RelaxedADMM
-from optimizers.comm.compressors import make_compressor
 from foundation.counters import code, uniform
+from optimizers import (
+    BEER,
+    CHOCOSGD,
+    DSGD,
+    DSGT,
+    EXTRA,
+    NEXT,
+    OPTIMIZERS,
+    DeepSqueeze,
+    DiNNO,
+    LocalTraining,
+    ProxPDA,
+    RelaxedADMM,
+)
+from optimizers.comm.compressors import make_compressor
 from optimizers.comm.network import InProcessNetwork
 from tests.test_optimizers import DT, N, Reference, graph, make_problem, reference_theta, run_convex
 
@@ -161,8 +174,8 @@ def test_deepsqueeze_averages_where_compressing_the_model_without_error_feedback
 
 
 def test_dsgd_refuses_a_compressor_and_names_the_methods_that_compress():
-    from optimizers import validate_optimizer_config
     from foundation.schema import ConfigError
+    from optimizers import validate_optimizer_config
     with pytest.raises(ConfigError, match=r"^p\.compressor: dsgd sends its model uncompressed .* use deepsqueeze, "
                                           r"choco_sgd or beer$"):
         validate_optimizer_config("p", {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.1,
@@ -252,8 +265,8 @@ def test_choco_gets_close_to_least_squares_solution():
     ("top_k", "c.compressor: expected a mapping such as {name: top_k, fraction: 0.01}, got 'top_k'"),
 ])
 def test_compressor_config_errors_name_key_and_choices(compressor, message):
-    from optimizers import validate_optimizer_config as validate_optimizer
     from foundation.schema import ConfigError
+    from optimizers import validate_optimizer_config as validate_optimizer
     with pytest.raises(ConfigError) as err:
         validate_optimizer("c", {"alg_name": "choco_sgd", "outer_iterations": 3, "lr": 0.1,
                                  "consensus_stepsize": 0.5, "compressor": compressor})
@@ -660,3 +673,49 @@ def test_relaxed_admm_refuses_bad_keys_with_one_line(bad, message):
         validate_optimizer_config("p.optimizer_config", {"alg_name": "relaxed_admm", "outer_iterations": 5,
                                                          "primal_lr_start": 0.01, **bad})
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+# ------------------------------------------------------------------------------------ MoTEF
+
+@pytest.mark.parametrize("cfg", [
+    {"lr": 0.05, "consensus_stepsize": 0.4, "momentum": 0.3, "compressor": {"name": "top_k", "fraction": 0.2}},
+    {"lr": 0.05, "lr_finish": 0.01, "lr_decay_type": "linear", "lr_warmup_rounds": 3, "consensus_stepsize": 0.6,
+     "consensus_stepsize_finish": 0.2, "consensus_decay_type": "log", "momentum": 0.5,
+     "compressor": {"name": "qsgd", "bits": 2, "scope": "tensor", "seed": 3}},
+])
+def test_motef_matches_its_per_robot_reference(cfg):
+    from optimizers import MoTEF
+
+    theta, net = run_stack(MoTEF, cfg)
+    segments = [s.numel for s in make_problem().stack.slots]
+    assert torch.allclose(theta, reference_theta(MoTEF, cfg, ROUNDS, segments=segments), atol=1e-10, rtol=0)
+    assert not torch.allclose(theta, make_problem().theta, atol=1e-3)
+
+
+def test_motef_with_momentum_one_is_beer_bit_for_bit():
+    from optimizers import MoTEF
+
+    cfg = {"lr": 0.05, "consensus_stepsize": 0.4, "compressor": {"name": "top_k", "fraction": 0.2}}
+    motef, motef_net = run_stack(MoTEF, {**cfg, "momentum": 1.0})
+    beer, beer_net = run_stack(BEER, cfg)
+    assert torch.equal(motef, beer) and torch.equal(motef_net.bytes_sent, beer_net.bytes_sent)
+
+
+def test_motef_warm_up_and_consensus_schedule():
+    from optimizers.motef import consensus_steps, warmed_up
+
+    rates = warmed_up([0.1] * 6, 3)
+    assert torch.allclose(rates, torch.tensor([0.025, 0.05, 0.075, 0.1, 0.1, 0.1], dtype=torch.float64))
+    gammas = consensus_steps({"consensus_stepsize": 0.8, "consensus_stepsize_finish": 0.2,
+                              "consensus_decay_type": "linear", "outer_iterations": 4})
+    assert torch.allclose(gammas, torch.tensor([0.8, 0.6, 0.4, 0.2], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("compressor", [{"name": "top_k", "fraction": 0.5}, {"name": "qsgd", "levels": 4, "seed": 1}])
+def test_motef_reaches_the_exact_least_squares_optimum_under_compression(compressor):
+    """Tracking the momentum (not the gradient) keeps the exact fixed point: every robot at the optimum."""
+    from optimizers import MoTEF
+
+    errors, start = run_convex(MoTEF, {"lr": 0.03, "consensus_stepsize": 0.3, "momentum": 0.5,
+                                       "compressor": compressor}, 4000)
+    assert errors.max() < 1e-8 * start

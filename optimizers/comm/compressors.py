@@ -33,8 +33,17 @@ from typing import Sequence
 import torch
 
 from foundation.counters import CounterStream
-from foundation.schema import AT_LEAST_ONE, OPTIONAL, REQUIRED, ConfigError, Custom, Range, Str, did_you_mean, \
-    validate_mapping
+from foundation.schema import (
+    AT_LEAST_ONE,
+    OPTIONAL,
+    REQUIRED,
+    ConfigError,
+    Custom,
+    Range,
+    Str,
+    did_you_mean,
+    validate_mapping,
+)
 
 FRACTION = Range(0.0, 1.0, low_open=True)
 SEED = Range(0, 2**32 - 1)
@@ -89,6 +98,7 @@ class Compressor:
         raise NotImplementedError
 
     def _check_segments(self, n: int) -> None:
+        assert self.segments is not None  # called only for a compressor with tensor segments
         if sum(self.segments) != n:
             raise ValueError(f"{self.name}: the tensor sizes add up to {sum(self.segments)}, the rows have {n} entries")
 
