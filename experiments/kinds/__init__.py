@@ -7,7 +7,7 @@ a setup, one :class:`ProblemKind`), then add the entry below.
 
 from __future__ import annotations
 
-from experiments.kinds import density, logreg, mnist
+from experiments.kinds import density, logreg, mnist, tag
 from experiments.kinds.base import ExperimentSetup, ProblemKind
 from foundation.schema import ConfigError, did_you_mean, excerpt
 
@@ -16,6 +16,7 @@ KINDS: dict[str, ProblemKind] = {kind.name: kind for kind in (
     density.STATIC,
     density.ONLINE,
     logreg.KIND,
+    tag.KIND,
 )}
 
 
