@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from tests.conftest import REPO_ROOT, assert_notebook_is_clean, execute_results_notebook  # noqa: E402
+from tests.conftest import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook  # noqa: E402
 from tests.test_density import make_plan, run_config, tiny_online_config  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "density.ipynb"
@@ -16,8 +15,8 @@ FIGURES = ("notebook_maps.png", "notebook_node_maps.png", "notebook_validation_l
            "notebook_animation.gif")
 
 
-def test_notebook_has_no_stored_outputs():
-    assert_notebook_is_clean(NOTEBOOK)
+def test_notebook_is_shipped_with_its_title_and_pictures():
+    assert_notebook_is_shipped_whole(NOTEBOOK)
 
 
 def test_notebook_shows_figures_inline_and_explains_its_steps():
