@@ -3,7 +3,7 @@ VENV := venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: venv run data test test-all clean-outputs
+.PHONY: venv run data test test-all lint notebooks clean-outputs
 
 # Create the virtual environment (or bring it up to date): the pinned requirements, then this project as an
 # editable package (so `import experiments, optimizers, ...` works from anywhere).
@@ -31,6 +31,16 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q --runslow
+
+# Static type check of the package with mypy ([tool.mypy] in pyproject.toml: the package folders, bodies of
+# unannotated functions too): wrong keyword arguments, missing attributes, None where a value is needed.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# Execute the shipped notebooks on small runs and store their outputs (pictures a reader of the repository sees).
+notebooks: $(STAMP)
+	$(PY) -m experiments.refresh_notebooks
 
 clean-outputs:
 	rm -rf experiments/outputs

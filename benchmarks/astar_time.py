@@ -4,12 +4,9 @@
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
-
 
 from floorplans import generate_floorplan  # noqa: E402
 from planner import astar, free_mask, path_length  # noqa: E402

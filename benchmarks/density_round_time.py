@@ -73,8 +73,8 @@ def bench_engine(args, execution="auto", chunk=None, compile="off"):
     import networkx as nx
     import torch
 
-    from optimizers.dinno import DiNNO
     from optimizers.comm.network import InProcessNetwork
+    from optimizers.dinno import DiNNO
     from problems.base import per_node_loss
     from problems.density import fourier_net
     from problems.node_stack import NodeStack

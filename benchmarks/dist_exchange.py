@@ -21,7 +21,6 @@ import time
 
 import torch
 
-
 from optimizers.comm.graphs import make_graph, metropolis_weights  # noqa: E402
 from optimizers.comm.network import InProcessNetwork  # noqa: E402
 

@@ -10,11 +10,9 @@ one sample at a time and stops at the first hit (``Lidar2D.scan_reference``).
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
-
 
 import floorplans  # noqa: E402
 from lidar import Lidar2D, random_free_poses  # noqa: E402

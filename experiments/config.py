@@ -16,8 +16,23 @@ import yaml
 
 from experiments.kinds import KINDS, kind_of
 from experiments.kinds.base import check_graph_parameters
-from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, UNIT_INTERVAL, Choice, ConfigError, Float, Int,
-                               Range, clip, did_you_mean, excerpt, key_text, validate_mapping)
+from foundation.schema import (
+    AT_LEAST_ONE,
+    OPTIONAL,
+    POSITIVE,
+    UNIT_INTERVAL,
+    Choice,
+    ConfigError,
+    Float,
+    Int,
+    Range,
+    clip,
+    did_you_mean,
+    excerpt,
+    key_text,
+    validate_mapping,
+)
+from optimizers.comm.faults import check_faults
 
 MAX_DEPTH = 50  # nesting levels of a config file (the schema needs 5)
 MAX_CONFIG_BYTES = 1 << 20
@@ -57,7 +72,12 @@ def validate_config(raw: Any) -> dict:
         names.add(pc["problem_name"])
         validated[key] = pc
     cfg = {"experiment": exp, "problem_configs": validated}
+    check_representable(cfg)
     check_graph_schedule(exp)
+    graph = exp.get("graph") or {}
+    if graph.get("num_nodes") is not None:  # robots known before the graph is built: check the faults now
+        check_faults(exp["faults"], graph["num_nodes"])
+        check_team(exp["team"], graph["num_nodes"])
     links = exp["links"]
     if links["model"] == "distance" and links["distance"]["radius"] is None and kind.name not in ("density", "online_density"):
         raise ConfigError("experiment.links.distance.radius: required for links.model distance on a graph "
@@ -68,6 +88,41 @@ def validate_config(raw: Any) -> dict:
                           f"{ind['lr_decay_type']}")
     kind.cross_check(cfg)
     return cfg
+
+
+def check_team(team: dict, robots: int) -> None:
+    """``experiment.team``'s hosts fit the team's robots (its ports are checked when it runs as a team)."""
+    hosts = team["hosts"]
+    if len(hosts) not in (1, robots):
+        raise ConfigError(f"experiment.team.hosts: {len(hosts)} hosts for {robots} robots; give one host (every robot "
+                          f"on it) or one per robot")
+    for key in ("router", "listen_host"):
+        value = team.get(key)
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ConfigError(f"experiment.team.{key}: {value!r} is not an address")
+    for host in hosts:
+        if not host or any(c.isspace() or c in "/[]" for c in host):
+            raise ConfigError(f"experiment.team.hosts: {host!r} is not a host name or address")
+
+
+def check_representable(cfg: dict) -> None:
+    """Every number a pair computes with fits the run's float type (float32: at most 3.4e38): a step of 1e308 would
+    only overflow once training started."""
+    import torch
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[cfg["experiment"]["dtype"]]
+    largest = torch.finfo(dtype).max
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif isinstance(value, float) and abs(value) > largest:
+            raise ConfigError(f"{prefix}: {value:g} does not fit the run's {cfg['experiment']['dtype']} (at most "
+                              f"{largest:.3g}); use a smaller value or experiment.dtype: float64")
+
+    for key, pc in cfg["problem_configs"].items():
+        walk(f"problem_configs.{key}", pc)
 
 
 def check_graph_schedule(exp: dict) -> None:
@@ -172,7 +227,7 @@ class _StrictLoader(yaml.SafeLoader):
             self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
-        first_line = {}
+        first_line: dict = {}
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 key = self.construct_object(key_node)
@@ -230,7 +285,7 @@ def apply_overrides(raw: dict | None, overrides: list[str]) -> dict:
     except RecursionError:
         raise ConfigError(f"config: nested deeper than {MAX_DEPTH} levels") from None
     for item in overrides:
-        where = f"--set {excerpt(item, 80)}"
+        where = f"--set {clip(item, 100)}"
         if "=" not in item:
             raise ConfigError(f"{where}: expected dotted.key=value")
         key, text = item.split("=", 1)
@@ -238,15 +293,76 @@ def apply_overrides(raw: dict | None, overrides: list[str]) -> dict:
         if not all(parts):
             raise ConfigError(f"{where}: empty key segment in {excerpt(key)}")
         value = parse_yaml(text, where)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                if part in node and node[part] is not None:
-                    raise ConfigError(f"{where}: {key_text('.'.join(parts[:i + 1]))} is not a mapping")
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        for target in pair_targets(raw, parts, where):
+            _set(raw, target, value, where)
     return raw
+
+
+def pair_targets(raw: dict, parts: list[str], where: str) -> list[list[str]]:
+    """The keys a ``problem_configs.<pair>...`` override sets: ``<pair>`` is a key of problem_configs, a pair's
+    problem_name, or ``*`` (every pair); anything else is refused with the pairs there are."""
+    if parts[0] != "problem_configs" or len(parts) < 3:
+        return [parts]
+    if parts[1] == "*" and "problem_configs" not in raw and isinstance(raw.get("problem"), dict):
+        return [["problem", *parts[2:]]]  # a scaling sweep's one pair
+    if not isinstance(raw.get("problem_configs"), dict):
+        return [parts]
+    pairs = raw["problem_configs"]
+    name = parts[1]
+    if name == "*":
+        return [["problem_configs", key, *parts[2:]] for key in pairs]
+    if name in pairs:
+        return [parts]
+    by_name = [key for key, pair in pairs.items() if isinstance(pair, dict) and pair.get("problem_name") == name]
+    if by_name:
+        return [["problem_configs", by_name[0], *parts[2:]]]
+    names = [f"{key} ({pair.get('problem_name')})" if isinstance(pair, dict) and pair.get("problem_name") not in
+             (None, key) else key for key, pair in pairs.items()]
+    raise ConfigError(f"{where}: problem_configs has no pair {key_text(name)}; its pairs: {', '.join(names)} "
+                      f"(a key, a problem_name or * for all)")
+
+
+def _set(raw: dict, parts: list[str], value, where: str) -> None:
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            if part in node and node[part] is not None:
+                raise ConfigError(f"{where}: {key_text('.'.join(parts[:i + 1]))} is not a mapping")
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def whole_run_overrides(rounds: int | None, eval_every: int | None) -> list[str]:
+    """``--rounds N`` and ``--eval-every N`` as overrides of every pair (a scaling sweep's one ``problem`` too)."""
+    prefix = "problem_configs.*"
+    out = []
+    if rounds is not None:
+        out.append(f"{prefix}.optimizer_config.outer_iterations={int(rounds)}")
+    if eval_every is not None:
+        out.append(f"{prefix}.metrics_config.evaluate_frequency={int(eval_every)}")
+    return out
+
+
+def add_whole_run_options(parser) -> None:
+    """``--rounds`` and ``--eval-every`` on a driver's command line."""
+    parser.add_argument("--rounds", type=_positive_int, metavar="N",
+                        help="every pair's outer_iterations (as --set problem_configs.*.optimizer_config."
+                             "outer_iterations=N)")
+    parser.add_argument("--eval-every", type=_positive_int, metavar="N",
+                        help="every pair's metrics_config.evaluate_frequency")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def check_output_folder(label: str, path: str | Path) -> None:

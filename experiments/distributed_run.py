@@ -29,8 +29,16 @@ from torch.nn.utils import parameters_to_vector
 
 from foundation.schema import ConfigError
 from optimizers.comm.dist_launch import RankEnv, init_distributed, rank_env
-from optimizers.comm.distributed import (PeerLostError, RankMetrics, TorchDistributedNetwork, check_identical,
-                                   collective, ranks_text, robot_blocks, silent_ranks)
+from optimizers.comm.distributed import (
+    PeerLostError,
+    RankMetrics,
+    TorchDistributedNetwork,
+    check_identical,
+    collective,
+    ranks_text,
+    robot_blocks,
+    silent_ranks,
+)
 from problems.base import RobotBlock
 
 
@@ -54,6 +62,7 @@ def restarted_run(args, env, output_metadir: Path) -> Path | None:
     or the one rank 0 noted for this job; None when this is not a restart or nothing was written."""
     if env is None or env.restart == 0 or args.resume is not None:
         return None
+    folder: Path | None
     if args.output_dir:
         folder = Path(args.output_dir).resolve()
     else:
@@ -93,8 +102,9 @@ class World:
     def agree_on_error(self, message: str | None) -> str | None:
         """The error that stops every rank, or None when no rank had one. Rank 0 reports it; another
         rank reports only an error of its own that rank 0 did not have."""
-        messages = [None] * self.world_size
-        dist.all_gather_object(messages, message)
+        messages: list[str | None] = [None] * self.world_size
+        with collective("agreeing on an error"):
+            dist.all_gather_object(messages, message)
         first = next((m for m in messages if m is not None), None)
         if first is not None and message is not None and (self.writer or message != messages[0]):
             prefix = "" if self.writer else f"rank {self.rank}: "
@@ -113,8 +123,13 @@ class World:
         check_identical(parameters_to_vector(setup.base_model.parameters()), "the base model")
         check_identical(torch.as_tensor(nx.to_numpy_array(setup.graph, nodelist=range(n))), "the graph")
 
-    def network(self, graph: nx.Graph, dtype: torch.dtype) -> TorchDistributedNetwork:
+    def network(self, graph: nx.Graph, dtype: torch.dtype, pair: str | None = None) -> TorchDistributedNetwork:
         return TorchDistributedNetwork(graph, device=self.device, dtype=dtype)
+
+    def gather_rows(self, rows: torch.Tensor, network: TorchDistributedNetwork) -> torch.Tensor | None:
+        """Every rank's rows of a per-robot tensor on rank 0 (None on the others)."""
+        from optimizers.comm.distributed import gather_rows
+        return gather_rows(rows, network)
 
     def gather_parts(self, part) -> list | None:
         """Every rank's ``part`` (any picklable state) on rank 0, in rank order; None on the others."""
@@ -146,6 +161,7 @@ class World:
                              f"launcher ended the job")
 
     def describe(self) -> dict:
+        assert self.blocks is not None  # host() set them
         return {"backend": self.backend, "world_size": self.world_size,
                 "robots_per_rank": [[b.start, b.stop] for b in self.blocks]}
 

@@ -118,7 +118,8 @@ def main(argv=None) -> int:
 
         try:
             raw = load_yaml(folder)
-            raw.pop("tune", None)
+            if raw is not None:  # an empty file: validate_config says what a config needs
+                raw.pop("tune", None)
             cfg = validate_config(raw)
             if cfg["experiment"]["problem"] not in ("density", "online_density"):
                 raise ConfigError(f"experiment.problem: a density config is needed, got {cfg['experiment']['problem']!r}")

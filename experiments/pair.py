@@ -21,15 +21,16 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from foundation.log import LOG
-from optimizers import BASELINES, OPTIMIZERS
-from foundation import results_io, state
-from optimizers.base import DivergedError
-from optimizers.comm.links import Chain, configure_asynchrony, configure_network
 from experiments.config import config_hash
+from foundation import results_io, state
+from foundation.log import LOG
 from foundation.schema import ConfigError
-from optimizers.comm.network import InProcessNetwork, team_network_state
-from problems.metrics import csv_columns, progress_metrics, summary_metrics
+from optimizers import BASELINES, OPTIMIZERS
+from optimizers.base import DistributedOptimizer, DivergedError
+from optimizers.comm.faults import faulty_robots
+from optimizers.comm.links import Chain, check_team_options, configure_asynchrony, configure_faults, configure_network
+from optimizers.comm.network import InProcessNetwork, block_network_state, team_network_state
+from problems.metrics import METRICS, csv_columns, progress_metrics, summary_metrics
 
 FINISHED = ("completed", "diverged")
 CHECKPOINT_FORMAT = 2  # {format, identity, sha256, payload (the checkpoint's torch.save bytes as uint8)}
@@ -120,14 +121,24 @@ def summarize(pair: dict, history: dict) -> dict:
     summary metric (robots that were not evaluated, NaN, left out)."""
     row = {"problem_name": pair["problem_name"], "alg_name": pair["alg_name"], "status": pair["status"],
            "rounds": pair.get("rounds_completed", 0), "seconds": round(pair.get("seconds", 0.0), 3)}
+    faulty = pair.get("faulty_robots") or []
     for m in summary_metrics():
         if history.get(m):
             final = torch.as_tensor(history[m][-1], dtype=torch.float64).reshape(-1)
-            final = final[~final.isnan()] if not final.isnan().all() else final
-            row[f"{m}_mean"] = float(final.mean())
-            row[f"{m}_min"] = float(final.min())
-            row[f"{m}_max"] = float(final.max())
+            _final_stats(row, m, final)
+            if faulty and METRICS[m].per_robot and METRICS[m].better and len(final) > max(faulty):
+                honest = torch.ones(len(final), dtype=torch.bool)
+                honest[faulty] = False  # a faulty robot's own numbers are left out of the team's
+                _final_stats(row, f"honest_{m}", final[honest])
     return row
+
+
+def _final_stats(row: dict, prefix: str, final: torch.Tensor) -> None:
+    """Mean, min and max of the robots' final values (robots that were not evaluated, NaN, left out)."""
+    final = final[~final.isnan()] if not final.isnan().all() else final
+    row[f"{prefix}_mean"] = float(final.mean())
+    row[f"{prefix}_min"] = float(final.min())
+    row[f"{prefix}_max"] = float(final.max())
 
 
 def load_history(out_dir: Path, name: str) -> dict:
@@ -153,15 +164,19 @@ def block_checkpoint(saved: dict, start: int, stop: int, total: int) -> dict:
         saved = {"round": saved["round"], "parts": [{"robots": [0, stop - start, stop - start], "state": saved}]}
     parts = sorted(((p["robots"][0], p["robots"][1], p["state"]) for p in saved["parts"]), key=lambda p: p[0])
     first = parts[0][2]
+    # the parts hold robots low..high-1 (all of them, or one robot's own checkpoint in a team of processes)
+    low, high = parts[0][0], parts[-1][1]
+    if not low <= start < stop <= high:
+        raise CheckpointError(f"the checkpoint holds robots {low} to {high - 1}, not {start} to {stop - 1}")
 
     def rows(key, drop=()):
         team = state.join_blocks([(s, e, {k: v for k, v in st[key].items() if k not in drop}) for s, e, st in parts])
-        return state.take_block(team, start, stop, total)
+        return state.take_block(team, start - low, stop - low, high - low)
 
     problem = rows("problem", GLOBAL_PROBLEM_STATE)
     problem.update({k: first["problem"][k] for k in GLOBAL_PROBLEM_STATE if k in first["problem"]})
-    network = team_network_state([(s, e, st["network"]) for s, e, st in parts])
-    network["bytes_sent"] = network["bytes_sent"][start:stop].clone()
+    network = block_network_state(team_network_state([(s, e, st["network"]) for s, e, st in parts]), start - low,
+                                  stop - low)
     return {"round": saved["round"], "optimizer": rows("optimizer"), "problem": problem, "network": network}
 
 
@@ -175,33 +190,40 @@ class PairRun:
 
     def __init__(self, spec: PairSpec, setup, device, out_dir: Path | None, record, interrupts=None,
                  world=None, checkpoints: bool = True, log: Callable[[str], None] = _note,
-                 tensorboard_dir: Path | None = None):
+                 tensorboard_dir: Path | None = None, mlflow_uri: str | None = None):
         self.spec, self.name, self.alg_name = spec, spec.name, spec.alg_name
         self.out_dir, self.record, self.interrupts = out_dir, record, interrupts
         exp = setup.exp
         sharded = world is not None and spec.name != "centralized"
         if sharded:
-            self.network = world.network(setup.graph, setup.dtype)
+            self.network = world.network(setup.graph, setup.dtype, pair=spec.name)
             ranks = world.rank_metrics(self.network)
             log = log if world.writer else (lambda message: None)  # rank 0 reports
         else:
             self.network = InProcessNetwork(setup.graph, device=device, dtype=setup.dtype)
             ranks = None
+        optimizer_cls: type[DistributedOptimizer]
         if spec.is_baseline:
             self.problem, opt_cfg = setup.make_baseline(spec.name, ranks=ranks)
             optimizer_cls = BASELINES["local"]
             self.verbose = exp["individual_training"]["verbose"]
             schedule = None
         else:
+            assert spec.problem_cfg is not None  # not a baseline
             self.problem = setup.make_problem(spec.problem_cfg, ranks=ranks)
             opt_cfg = {k: v for k, v in spec.problem_cfg["optimizer_config"].items() if k != "alg_name"}
             optimizer_cls = OPTIMIZERS[spec.alg_name]
             self.verbose = spec.problem_cfg["verbose_evals"]
             links = configure_network(self.network, exp, setup.graph)  # links, graph_schedule
+            check_team_options(exp, setup.graph, [spec.alg_name])
+            faults = configure_faults(self.network, exp)  # what faulty robots send, how receivers combine
             asynchrony = configure_asynchrony(self.network, exp)  # on top of the links
             if asynchrony is not None and world is not None:
                 raise ConfigError("experiment.asynchrony: runs in one process only, not under torchrun")
-            schedule = Chain(links, setup.graph_schedule(self.problem, self.network, spec.problem_cfg, log), asynchrony)
+            schedule = Chain(links, setup.graph_schedule(self.problem, self.network, spec.problem_cfg, log), asynchrony,
+                             faults)
+            if faults is not None:
+                record.update_pair(spec.name, faulty_robots=faulty_robots(exp["faults"]))
         self.schedule = schedule if schedule is not None and schedule.hooks else None
         self.optimizer = optimizer_cls(self.problem, self.network, opt_cfg)
         if not spec.is_baseline:
@@ -220,8 +242,10 @@ class PairRun:
         self.rounds_done = 0
         self.outcome: str | None = None  # completed / diverged once training ended; recorded by finish()
         self.final: dict = {}  # the team's final (and last finite) parameters, once every rank finished
-        writes = tensorboard_dir is not None and (world is None or world.writer)
+        writes = world is None or world.writer
         self.tensorboard_dir = tensorboard_dir if writes else None
+        self.mlflow_uri = mlflow_uri if writes else None
+        self.setup_cfg = setup.cfg
 
     def _deferred(self):
         from contextlib import nullcontext
@@ -266,10 +290,14 @@ class PairRun:
         bar = tqdm(total=optimizer.outer_iterations, initial=first - 1, desc=f"{name} ({self.alg_name})",
                    disable=quiet, dynamic_ncols=True, leave=True, file=sys.stderr, mininterval=1.0)
 
-        board = None
+        board = tracker = None
         if self.tensorboard_dir is not None:
             from experiments.tensorboard_log import EvaluationLog
             board = EvaluationLog(self.tensorboard_dir)
+        if self.mlflow_uri is not None:
+            from experiments.mlflow_log import PairTracker
+            tracker = PairTracker(self.mlflow_uri, self.setup_cfg["experiment"]["name"], name, self.alg_name,
+                                  self.setup_cfg, self.out_dir)
 
         def evaluated(k, metrics):
             if metrics is None:
@@ -284,6 +312,8 @@ class PairRun:
                     bar.write(line, file=sys.stderr)
             if board is not None:
                 board.log(k, metrics)
+            if tracker is not None:
+                tracker.log(k, metrics)
             if on_evaluation is not None:
                 on_evaluation(k, metrics)
 
@@ -299,34 +329,42 @@ class PairRun:
             optimizer.run_rounds(first, progress=progress, profile_dir=self.out_dir, before_round=self.schedule,
                                  on_checkpoint=self.save_checkpoint if self.checkpointing else None,
                                  checkpoint_every=self.checkpoint_every)
-            self.outcome = "completed"  # recorded by finish(), once the pair's files are written
             self.final = {"theta": self.team_rows(self.problem.theta)}
+            self.outcome = "completed"  # recorded by finish(), once the pair's files are written
         except DivergedError as exc:
             bar.write(f"  [{name}] diverged: {exc}")
             optimizer.evaluate(exc.round_index)
-            self.outcome = "diverged"
             self.record.update_pair(name, diverged_round=exc.round_index, error=str(exc))
+            assert optimizer.last_finite is not None  # begin() set it, a checkpoint restores it
             round_index, theta = optimizer.last_finite
             self.final = {"theta": self.team_rows(self.problem.theta),
                           "last_finite": (round_index, self.team_rows(theta))}
+            self.outcome = "diverged"
         finally:
             bar.close()
+            self.network.close()  # a robot of a team of processes tells its neighbours it is done
             if board is not None:
                 board.close()
+            if tracker is not None:
+                tracker.close(self.outcome)
             self.record.update_pair(name, **self.facts(time.perf_counter() - start))
 
     def team_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Every robot's rows of a per-robot tensor (gathered on rank 0 across processes; None elsewhere)."""
         if self.world is None:
             return rows.detach().cpu()
-        from optimizers.comm.distributed import gather_rows
-        team = gather_rows(rows.detach(), self.network)
+        team = self.world.gather_rows(rows.detach(), self.network)
         return None if team is None else team.cpu()
 
     def facts(self, seconds: float) -> dict:
         stack = self.problem.stack
         previous = self.record.pair(self.name).get("seconds", 0.0) if self.rounds_done else 0.0
-        return {"seconds": previous + seconds, "rounds_completed": self.rounds_done,
+        resets = self.optimizer.__dict__.get("robot_resets")  # this process's robots (all of them in one process)
+        restarted = {} if resets is None else {"robot_resets": int(resets.sum())}
+        team_facts = getattr(self.network, "team_facts", None)  # a robot of a team of processes
+        if team_facts is not None:
+            restarted["team"] = team_facts()
+        return {**restarted, "seconds": previous + seconds, "rounds_completed": self.rounds_done,
                 "outer_iterations": self.optimizer.outer_iterations,
                 "bytes_sent_total": self.bytes_sent_total(),
                 "node_stack": {"x".join(map(str, shape)): {"execution": form, "nodes_per_chunk": size,

@@ -3,7 +3,6 @@ processes: ``torchrun --nproc-per-node K experiments/run.py CONFIG.yaml``."""
 
 import signal
 import sys
-from pathlib import Path
 
 
 def _interrupted_while_starting(signum, frame):
@@ -15,10 +14,12 @@ def _interrupted_while_starting(signum, frame):
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 signal.signal(signal.SIGTERM, _interrupted_while_starting)
 
+from experiments.checkout import warn_if_elsewhere  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from optimizers.comm.dist_launch import exit_on_peer_loss  # noqa: E402
 
 if __name__ == "__main__":
+    warn_if_elsewhere(__file__)
     # a lost peer rank ends this one with one line and status 1 (one process: never happens)
     status = exit_on_peer_loss(lambda: main(restore_signals=False))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: nothing left to interrupt

@@ -20,20 +20,17 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import subprocess
-import sys
+from typing import IO, Any, Iterator
 
 import torch
 
-from foundation.log import LOG
 from experiments.kinds.base import REPO_ROOT
 from foundation.results_io import write_json
-from foundation.schema import ConfigError
+from foundation.schema import ConfigError, excerpt
 
 HEARTBEAT_INTERVAL_S = 15.0
 STALE_AFTER_INTERVALS = 4
@@ -64,17 +61,38 @@ def git_commit() -> str | None:
         return None
 
 
-def pick_device(requested: str | None, use_cuda: bool, say: bool = True) -> torch.device:
-    """``--device`` (cpu | cuda) over ``experiment.use_cuda``; CUDA asked for by the config but absent
-    falls back to the CPU with a note."""
-    if requested == "cuda" or (requested is None and use_cuda):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if requested == "cuda":
-            raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-        if say:
-            LOG.warning("note: experiment.use_cuda is true but no CUDA device is available; running on CPU")
+def pick_device(requested: str | None, use_cuda, say: bool = True) -> torch.device:
+    """``--device`` (cpu | cuda) over ``experiment.use_cuda``: ``auto`` takes CUDA when there is one and the CPU
+    otherwise, ``true`` requires CUDA (one line when there is none), ``false`` is the CPU."""
+    if requested == "cpu" or (requested is None and use_cuda is False):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    if use_cuda is True:
+        raise ConfigError("experiment.use_cuda: true requires a CUDA device and none is available; use "
+                          "use_cuda: auto (CUDA when present, else the CPU) or --device cpu")
     return torch.device("cpu")
+
+
+SMALL_MODEL_PARAMETERS = 5000  # below this, one thread: kernel launches dominate and threads only contend
+
+
+def choose_threads(setting, model) -> dict:
+    """Set torch's thread count for a run: ``experiment.threads`` when a number, else (``auto``) one thread for
+    models of fewer than ``SMALL_MODEL_PARAMETERS`` parameters unless ``OMP_NUM_THREADS`` says otherwise, torch's
+    default for larger ones. Returns what the manifest records."""
+    parameters = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+        return {"count": int(setting), "chosen_by": "experiment.threads"}
+    if os.environ.get("OMP_NUM_THREADS"):
+        return {"count": torch.get_num_threads(), "chosen_by": "OMP_NUM_THREADS"}
+    if parameters and parameters < SMALL_MODEL_PARAMETERS:
+        torch.set_num_threads(1)
+        return {"count": 1, "chosen_by": f"auto: a model of {parameters:,} parameters runs fastest on one thread"}
+    return {"count": torch.get_num_threads(), "chosen_by": f"auto: torch's default for {parameters:,} parameters"}
 
 
 class RunRecord:
@@ -110,6 +128,35 @@ class RunRecord:
         with self.lock:
             self.pair(name).update(fields)
             self.save()
+
+    RESERVE_NAME = ".manifest.reserve"
+
+    def reserve(self) -> None:
+        """Set aside disk space for the manifest's last word: a run that stops on a full disk frees it to record
+        why (at least 256 KiB, twice the manifest's size)."""
+        if self.path is None:
+            return
+        size = max(256 << 10, 2 * (self.path.stat().st_size if self.path.is_file() else 0))
+        spare = self.path.with_name(self.RESERVE_NAME)
+        try:
+            with open(spare, "wb") as fh:
+                fh.write(b"\0" * size)
+        except OSError:
+            spare.unlink(missing_ok=True)
+
+    def release_reserve(self) -> None:
+        if self.path is not None:
+            self.path.with_name(self.RESERVE_NAME).unlink(missing_ok=True)
+
+    def last_word(self, **fields) -> bool:
+        """Record how the run ended when writing is failing (a full disk): the reserve is freed first; returns
+        whether the manifest could be written."""
+        self.release_reserve()
+        try:
+            self.update(**fields)
+            return True
+        except OSError:
+            return False
 
     def start_heartbeat(self) -> None:
         if self.path is None or self._thread is not None:
@@ -167,9 +214,14 @@ class Interrupts:
         self.stopping = False
         self.last_signal: int | None = None
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def signal_name(self) -> str:
+        return signal.Signals(self.last_signal).name if self.last_signal is not None else "a signal"
 
     def _handle(self, signum, frame) -> None:
         self.last_signal = signum
@@ -223,6 +275,28 @@ def check_pair_entries(manifest: dict[str, Any], what: str, statuses) -> None:
             raise ConfigError(f"{what}: manifest.json pair {pair['problem_name']} has status "
                               f"{pair.get('status')!r}, not one of {', '.join(statuses)}; the folder's record is "
                               f"damaged")
+        for field, kinds in PAIR_FIELD_TYPES.items():
+            if field in pair and pair[field] is not None and (not isinstance(pair[field], kinds)
+                                                              or isinstance(pair[field], bool)):
+                raise ConfigError(f"{what}: manifest.json pair {pair['problem_name']}: {field} is "
+                                  f"{type(pair[field]).__name__}, not {' or '.join(k.__name__ for k in kinds)}; the "
+                                  f"folder's record is damaged")
+        files = pair.get("files")
+        if isinstance(files, dict):
+            for name, facts in files.items():
+                if not (isinstance(facts, dict) and isinstance(facts.get("bytes"), int)
+                        and isinstance(facts.get("sha256"), str)):
+                    raise ConfigError(f"{what}: manifest.json pair {pair['problem_name']}: the record of file "
+                                      f"{excerpt(name)} is not {{bytes, sha256}}; the folder's record is damaged")
+
+
+# what every field of a manifest's pair entry holds (a field that is there must have this type)
+PAIR_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "alg_name": (str,), "error": (str,), "traceback": (str,), "files": (dict,), "seconds": (int, float),
+    "rounds_completed": (int,), "outer_iterations": (int,), "checkpoint_round": (int,), "diverged_round": (int,),
+    "last_finite_round": (int,), "robot_resets": (int,), "bytes_sent_total": (int, float), "node_stack": (dict,),
+    "faulty_robots": (list,), "checkpoint_bytes": (int,), "checkpoint_seconds": (int, float),
+}
 
 
 LOCK_NAME = ".lock"
@@ -235,7 +309,7 @@ class FolderLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_NAME
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def acquire(self, what: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,22 +7,21 @@ command line (nothing written), 130 when interrupted (what exists is written fir
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import signal
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from foundation.log import LOG
-from foundation.log import configure as configure_logging
 from experiments import distributed_run, scaling
 from experiments.config import (
+    add_whole_run_options,
     apply_overrides,
     check_output_folder,
     config_differences,
@@ -31,6 +30,7 @@ from experiments.config import (
     load_yaml,
     validate_config,
     validate_scaling_config,
+    whole_run_overrides,
 )
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
@@ -50,6 +50,7 @@ from experiments.run_record import (
     Interrupts,
     RunRecord,
     check_pair_entries,
+    choose_threads,
     git_commit,
     new_output_dir,
     now_iso,
@@ -60,11 +61,14 @@ from experiments.run_record import (
 )
 from experiments.tensorboard_log import check_available
 from foundation import results_io
+from foundation.graph_files import graph_to_json
+from foundation.log import LOG
+from foundation.log import configure as configure_logging
 from foundation.results_io import check_files
+from foundation.schema import ConfigError
 from optimizers.comm.distributed import PeerLostError
 from optimizers.comm.graphs import GraphError
-from foundation.graph_files import graph_to_json
-from foundation.schema import ConfigError
+from optimizers.comm.links import check_team_options
 from problems.metrics import table_columns
 from problems.splits import DataError
 
@@ -91,8 +95,12 @@ def parse_args(argv):
                         help="run only these pairs, comma-separated problem_names (individual, centralized for the "
                              "baselines); a resumed folder keeps its selection unless --pairs is given again")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config (and --set) and print what would run; train nothing, write nothing")
-    return parser.parse_args(argv)
+                        help="validate the config (and --set), check the files it reads and print what would run; "
+                             "train nothing, write nothing")
+    add_whole_run_options(parser)
+    args = parser.parse_args(argv)
+    args.overrides = whole_run_overrides(args.rounds, args.eval_every) + args.overrides
+    return args
 
 
 def describe_request(request) -> str:
@@ -113,9 +121,66 @@ def describe_request(request) -> str:
     return "\n".join(lines)
 
 
+def check_report(args, request, say: bool = True) -> int:
+    """``--check``: what would run, and everything it would read or make checked first: the data (or plan) files,
+    the graph, the device, the output folder. Exit 0, or 2 with one line."""
+    try:
+        lines = [describe_request(request)]
+        if not request.sweep and request.cfg is not None:
+            lines += setup_report(args, request)
+    except (ConfigError, GraphError, DataError) as exc:
+        if say:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if say:
+        print("\n".join(lines))
+    return 0
+
+
+def setup_report(args, request) -> list[str]:
+    """The resolved data source, the robots' data sizes, the graph, the device, the threads and the output folder
+    of a checked config (raises ConfigError, GraphError or DataError as the run would)."""
+    import networkx as nx
+
+    from optimizers.comm.graphs import fiedler_value
+
+    cfg = request.cfg
+    exp = cfg["experiment"]
+    device = pick_device(args.device, exp["use_cuda"], say=False)
+    setup = KINDS[exp["problem"]].setup(cfg, device)
+    check_team_options(exp, setup.graph, [pc["optimizer_config"]["alg_name"] for pc in cfg["problem_configs"].values()])
+    info = setup.describe()
+    graph = setup.graph
+    assert graph is not None
+    connected = graph.number_of_nodes() == 1 or nx.is_connected(graph)
+    sizes = setup.robot_data_sizes()
+    shown = ", ".join(map(str, sizes)) if len(sizes) <= 12 else f"{min(sizes)} to {max(sizes)} (mean {sum(sizes) / len(sizes):.0f})"
+    threads = choose_threads(exp["threads"], setup.base_model)
+    if request.out_dir is not None:
+        folder = f"{request.out_dir} (resumed)"
+    elif args.output_dir:
+        check_output_folder("--output-dir", args.output_dir)
+        folder = str(Path(args.output_dir).resolve())
+    elif exp["writeout"]:
+        base = resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR)
+        check_output_folder("experiment.output_metadir", base)
+        folder = f"{base}/<timestamp>_{exp['name']}/"
+    else:
+        folder = "none (experiment.writeout is false)"
+    return [f"  data: {info.get('source', exp['problem'])}",
+            f"  robots' data: {shown} samples each",
+            f"  graph: {graph.graph.get('type', exp.get('graph', {}).get('type', '?'))}, {graph.number_of_nodes()} robots, "
+            f"{graph.number_of_edges()} edges, {'connected' if connected else 'NOT connected'}, Fiedler value "
+            f"{fiedler_value(graph):.4g}" if connected else
+            f"  graph: {graph.number_of_nodes()} robots, {graph.number_of_edges()} edges, NOT connected",
+            f"  device: {device}, threads: {threads['count']} ({threads['chosen_by']})",
+            f"  output folder: {folder}"]
+
+
 def print_table(rows: list[dict]) -> None:
+    honest = [(f"honest_{key}", f"honest {header}", fmt) for key, header, fmt in table_columns()]
     cols = [("problem_name", "pair", "{}"), ("alg_name", "alg", "{}"), ("status", "status", "{}"),
-            ("rounds", "rounds", "{}"), ("seconds", "seconds", "{:.1f}"), *table_columns()]
+            ("rounds", "rounds", "{}"), ("seconds", "seconds", "{:.1f}"), *table_columns(), *honest]
     cols = [c for c in cols if any(c[0] in r for r in rows)]
     cells = [[c[1] for c in cols]]
     for r in rows:
@@ -139,6 +204,9 @@ def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
         raise ConfigError(f"{what}: not an output folder of run.py (needs manifest.json and config.yaml)")
     manifest = read_manifest(manifest_path, what)
     check_pair_entries(manifest, what, PAIR_STATUSES)
+    if isinstance(manifest.get("team"), dict) and any(p["status"] not in FINISHED for p in manifest["pairs"]):
+        raise ConfigError(f"{what}: a team of robot processes wrote this folder; continue it with "
+                          f"experiments/team.py --resume {folder}")
     if run_is_live(manifest):
         raise ConfigError(f"{what}: the run is still live (pid {manifest.get('pid')} on "
                           f"{manifest.get('host')}, heartbeat {manifest.get('heartbeat')}); stop it first")
@@ -153,6 +221,7 @@ def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
         raise ConfigError(f"{what}: --set may only change outer_iterations when resuming; "
                           f"{difference[0]} differs from the run's config")
     expected = {"config_sha256": config_hash(cfg), "seed": cfg["experiment"]["seed"]}
+    refuse_extending_finished_pairs(what, manifest, cfg)
     for pair in manifest["pairs"]:
         name = pair["problem_name"]
         if pair["status"] in FINISHED:
@@ -169,6 +238,20 @@ def load_resume(folder: str, overrides: list[str]) -> tuple[dict, dict, Path]:
             except CheckpointError as exc:
                 raise ConfigError(f"{what}: {exc}") from None
     return cfg, manifest, out_dir
+
+
+def refuse_extending_finished_pairs(what: str, manifest: dict, cfg: dict) -> None:
+    """A finished pair keeps no state to continue from: more rounds for it (by --set or an edited config.yaml) are
+    refused with one line, never ignored. Unfinished pairs continue to their new length."""
+    rounds = {spec.name: spec.problem_cfg["optimizer_config"]["outer_iterations"]
+              for spec in pair_specs(cfg) if spec.problem_cfg is not None}
+    for pair in manifest["pairs"]:
+        name = pair["problem_name"]
+        done = pair.get("outer_iterations")
+        if pair["status"] in FINISHED and name in rounds and isinstance(done, int) and rounds[name] > done:
+            raise ConfigError(f"{what}: pair {name} {pair['status']} after its {done} rounds and keeps no state to "
+                              f"train on from; {rounds[name]} rounds need a new run (more rounds are for the pairs still "
+                              f"to finish)")
 
 
 def prepare_output_dir(args, exp: dict) -> Path | None:
@@ -196,6 +279,7 @@ def new_manifest(args, cfg: dict, device, setup, specs: list[PairSpec]) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "platform": platform.platform()},
         "execution_plan_cache": str(setup.plan_cache.path),
+        "threads": getattr(setup, "threads", None),
         "data": setup.describe(),
         "graph": {"type": setup.graph.graph.get("type"), "num_nodes": setup.graph.number_of_nodes(),
                   "num_edges": setup.graph.number_of_edges()},
@@ -211,19 +295,22 @@ def new_manifest(args, cfg: dict, device, setup, specs: list[PairSpec]) -> dict:
     return manifest
 
 
-def main(argv=None, restore_signals: bool = True) -> int:
+def main(argv=None, restore_signals: bool = True, robot: int | None = None) -> int:
     """Run (or resume) an experiment; returns the exit status. Ctrl-C / SIGTERM are handled from here
-    on; ``restore_signals=False`` leaves them held back after the return (the process is exiting)."""
+    on; ``restore_signals=False`` leaves them held back after the return (the process is exiting).
+    ``robot``: run as that robot of a team of processes (``experiments/robot.py``)."""
     interrupts = Interrupts()
-    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {sig: signal.getsignal(sig) for sig in Interrupts.SIGNALS}
+    threads = torch.get_num_threads()
     interrupts.install()
     try:
-        return _main(argv, interrupts)
+        return _main(argv, interrupts, robot)
     except KeyboardInterrupt:
         print("interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     finally:
         interrupts.stop()
+        torch.set_num_threads(threads)  # a run's choice does not outlive it (a notebook or test runs several)
         if restore_signals:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -241,11 +328,12 @@ class Stop(Exception):
         self.status = status
 
 
-def _main(argv, interrupts: Interrupts) -> int:
+def _main(argv, interrupts: Interrupts, robot: int | None = None) -> int:
     try:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if exc.code is not None else 2
+    args.robot = robot
     configure_logging(quiet=args.quiet)
     try:
         ranks = distributed_run.torchrun_env()  # None: the one-process run
@@ -265,9 +353,7 @@ def _main(argv, interrupts: Interrupts) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return refused(say)
     if args.check:
-        if say:
-            print(describe_request(request))
-        return 0
+        return check_report(args, request, say)
     if request.sweep:  # scaling studies: their own sweep over graphs (experiments/scaling.py)
         return scaling.main(args, interrupts, ranks, request.raw, request.cfg)
     restart = request.restart
@@ -276,12 +362,20 @@ def _main(argv, interrupts: Interrupts) -> int:
     except Stop as stop:
         return refused(say) if stop.status == 2 else stop.status
     try:
+        return _run(args, request, interrupts, cfg, old_manifest, out_dir, device, world, restart)
+    finally:
+        if world is not None and hasattr(world, "close"):  # a robot's Zenoh session
+            world.close()
+
+
+def _run(args, request, interrupts: Interrupts, cfg, old_manifest, out_dir, device, world, restart) -> int:
+    try:
         setup, out_dir = build_setup(args, cfg, device, world, out_dir)
     except Stop as stop:
         return stop.status
     specs = select_pairs(pair_specs(cfg), request.selection)
-    if world is not None and not world.writer:
-        specs = [s for s in specs if s.name != "centralized"]  # rank 0 runs it, after the pairs
+    if world is not None and (not world.writer or args.robot is not None):
+        specs = [s for s in specs if s.name != "centralized"]  # rank 0 (or the team launcher) runs it, after the pairs
     lock = None
     if out_dir is not None and (world is None or world.writer):
         lock = FolderLock(out_dir)  # one writer per folder, held until this process ends
@@ -301,10 +395,9 @@ def _main(argv, interrupts: Interrupts) -> int:
     except OSError as exc:  # the folder stopped being writable (full disk, read-only mount, ...)
         print(f"error: cannot write into {out_dir}: {exc.strerror or exc}; the run stops", file=sys.stderr)
         if record is not None:
-            try:
-                record.update(status="failed", error=f"cannot write into the output folder: {exc}", finished=now_iso())
-            except OSError:
-                pass  # the manifest stays 'running' with a heartbeat that goes stale: --resume works later
+            record.stop_heartbeat()
+            record.last_word(status="failed", error=f"cannot write into the output folder: {exc}",
+                             finished=now_iso())  # else the stale heartbeat says it: --resume works later
         return 1
     finally:
         if record is not None:
@@ -389,13 +482,22 @@ def select_pairs(specs: list[PairSpec], selection: list[str] | None) -> list[Pai
 def load_run(args, ranks, say: bool, request: Request):
     """The validated config (of the folder to resume, or the file with --set), its old manifest when
     resuming, the output folder, the device and, under torchrun, this rank's world."""
-    cfg, old_manifest, out_dir, world = request.cfg, request.old_manifest, request.out_dir, None
+    cfg, old_manifest, out_dir = request.cfg, request.old_manifest, request.out_dir
+    world: Any = None  # a torchrun rank's World, a robot's TeamWorld, or None for the one-process run
+    assert cfg is not None  # a run's request holds its validated config (only a sweep's may lack one)
     try:
         exp = cfg["experiment"]
         if wants_tensorboard(args, exp):
             check_available("--tensorboard" if args.tensorboard else "experiment.tensorboard")
+        if exp["mlflow"]:
+            from experiments.mlflow_log import check_available as mlflow_available
+            mlflow_available("experiment.mlflow")
         device = pick_device(args.device, exp["use_cuda"], say=say)
-        if ranks is not None:
+        if args.robot is not None:  # one robot of a team of processes
+            from experiments import team_run
+            incarnation = 0 if old_manifest is None else len(old_manifest.get("resumed", [])) + 1
+            world = team_run.join(cfg, device, args.robot, incarnation)
+        elif ranks is not None:
             world = distributed_run.join(exp, device)
             device = world.device
     except (ConfigError, GraphError, DataError) as exc:
@@ -413,6 +515,9 @@ def build_setup(args, cfg, device, world, out_dir):
         if args.resume is None and (world is None or world.writer):
             out_dir = prepare_output_dir(args, cfg["experiment"])
         setup = KINDS[cfg["experiment"]["problem"]].setup(cfg, device)
+        check_team_options(cfg["experiment"], setup.graph,
+                           [pc["optimizer_config"]["alg_name"] for pc in cfg["problem_configs"].values()])
+        setup.threads = choose_threads(cfg["experiment"]["threads"], setup.base_model)
         if world is not None:
             world.host(setup)
     except (ConfigError, GraphError, DataError) as exc:
@@ -445,7 +550,7 @@ def continue_after_restart(args, ranks, raw: dict | None) -> dict | None:
 
 def note_run_folder(args, exp: dict, world, out_dir: Path) -> None:
     """Rank 0 of a new torchrun job notes its output folder, so that restarted workers find it."""
-    if world is None or not world.writer or world.env.restart or args.output_dir:
+    if world is None or not world.writer or getattr(world, "env", None) is None or world.env.restart or args.output_dir:
         return
     note = distributed_run.run_folder_note(resolve_path(exp["output_metadir"], DEFAULT_OUTPUT_DIR), world.env.run_id)
     note.parent.mkdir(parents=True, exist_ok=True)
@@ -485,6 +590,7 @@ def open_record(args, cfg, setup, device, specs, out_dir, old_manifest, world, i
         writes = out_dir is not None and (world is None or world.writer)  # rank 0 alone writes the manifest
         record = RunRecord(out_dir / "manifest.json" if writes else None, manifest)
         record.save()
+        record.reserve()
     if writes:
         record.start_heartbeat()
     return record
@@ -522,18 +628,22 @@ def run_pairs(args, cfg, setup, device, specs, out_dir, record: RunRecord, inter
         done = {row["problem_name"] for row in summary_rows}
         summary_rows += [summarize(record.pair(s.name), {}) for s in specs if s.name not in done]
     interrupts.stop()  # from here on, signals only wait: everything that exists gets written
-    status = finish_run(setup, out_dir, record, summary_rows, interrupted)
+    if interrupted:
+        record.update(interrupted_by=interrupts.signal_name())
+    status = finish_run(setup, out_dir, record, summary_rows, interrupted, draw_figures=args.robot is None)
     if lost_peer is not None:
         raise lost_peer
     if interrupted:
-        print("interrupted: results so far are written; continue with --resume "
+        print(f"interrupted ({interrupts.signal_name()}): results so far are written; continue with --resume "
               f"{out_dir if out_dir is not None else 'OUTPUT_DIR'}", file=sys.stderr)
         return 130
     return 0 if status == "completed" else 1
 
 
-def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], interrupted: bool) -> str:
-    """The run's status, the printed table, summary.csv and the figures; returns the status."""
+def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], interrupted: bool,
+               draw_figures: bool = True) -> str:
+    """The run's status, the printed table, summary.csv and the figures (a robot of a team draws none: the team's
+    folder has them); returns the status."""
     statuses = [p["status"] for p in record.manifest["pairs"]]
     if interrupted:
         status = "interrupted"
@@ -545,6 +655,7 @@ def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], inte
     print_table(summary_rows)
     if out_dir is not None:
         results_io.write_csv(out_dir / "summary.csv", summary_rows)
+    if out_dir is not None and draw_figures:
         try:
             from visualization.plotting import save_standard_figures
             figures = save_standard_figures(out_dir)
@@ -553,9 +664,12 @@ def finish_run(setup, out_dir, record: RunRecord, summary_rows: list[dict], inte
         except Exception as exc:  # figures must never cost the results
             record.update(figures_error=f"{type(exc).__name__}: {exc}")
             LOG.warning(f"warning: figures could not be drawn: {exc}")
+    if out_dir is not None:
         print(f"\nresults: {out_dir}")
-        print(f"figures: {out_dir / 'figures'}")
+        if draw_figures:
+            print(f"figures: {out_dir / 'figures'}")
     record.update(status=status, finished=now_iso())
+    record.release_reserve()
     return status
 
 
@@ -597,8 +711,13 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
     try:
         board = out_dir / "tensorboard" / name if out_dir is not None and wants_tensorboard(args, setup.exp) else None
         writes = args.output_dir is not None or args.resume is not None or setup.exp["writeout"]
+        tracking = setup.exp["mlflow"]
+        uri = None
+        if tracking and out_dir is not None:
+            from experiments.mlflow_log import tracking_uri
+            uri = tracking_uri(tracking, out_dir)
         run = PairRun(spec, setup, device, out_dir, record, interrupts, world, checkpoints=writes,
-                      tensorboard_dir=board)
+                      tensorboard_dir=board, mlflow_uri=uri)
         run.train(args.quiet, resume)
     except KeyboardInterrupt:
         interrupts.stop()

@@ -42,17 +42,25 @@ import numpy as np
 import torch
 import yaml
 
-from foundation.log import LOG
 from experiments.config import load_yaml, validate_scaling_config
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
 from experiments.pair import FINISHED, PairRun, PairSpec, load_history, pair_specs
-from experiments.run_record import (DEFAULT_OUTPUT_DIR, FolderLock, RunRecord, git_commit, new_output_dir, pick_device,
-                                    remove_partial_writes)
+from experiments.run_record import (
+    DEFAULT_OUTPUT_DIR,
+    FolderLock,
+    RunRecord,
+    choose_threads,
+    git_commit,
+    new_output_dir,
+    pick_device,
+    remove_partial_writes,
+)
 from foundation import results_io
-from optimizers.comm.graphs import GraphError, fiedler_value, make_graph
 from foundation.graph_files import graph_from_json, graph_to_json
+from foundation.log import LOG
 from foundation.schema import ConfigError
+from optimizers.comm.graphs import GraphError, fiedler_value, make_graph
 from problems.splits import DataError
 
 CSV_FIELDS = ("trial", "num_nodes", "target_fiedler", "fiedler", "radius", "num_edges", "problem_name",
@@ -64,6 +72,8 @@ CSV_FIELDS = ("trial", "num_nodes", "target_fiedler", "fiedler", "radius", "num_
 def trial_plan(scaling: dict) -> list[dict]:
     """(trial, N, target Fiedler value) of every trial."""
     count = scaling["num_trials"]
+    sizes: list[int] | np.ndarray
+    targets: list[float] | np.ndarray
     if scaling["const"] == "fiedler":
         sizes = np.round(np.linspace(scaling["min_N"], scaling["max_N"], count)).astype(int)
         targets = [scaling["target_fied"]] * count
@@ -223,8 +233,9 @@ def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts, world=N
     if reference is None:
         (pair, history), = train_trial_pairs(folder, setup, [PairSpec("centralized", "local", None)], device,
                                              interrupts)
-        reference = folder.close({"top1_accuracy": float(final_stats(history, "top1_accuracy").mean()),
-                                  "pair": pair})
+        top1 = final_stats(history, "top1_accuracy")
+        assert top1 is not None  # the centralized reference evaluates top-1 accuracy
+        reference = folder.close({"top1_accuracy": float(top1.mean()), "pair": pair})
     return scaling["target_fraction"] * reference["top1_accuracy"]
 
 
@@ -245,7 +256,7 @@ def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float
     for pair, history in trained:
         rows.append(pair_row(plan, setup.graph, pair, history, target))
         LOG.info(f"  {pair['problem_name']}: {pair['status']}, {pair.get('rounds_completed', 0)} rounds in "
-              f"{pair.get('seconds', 0.0):.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}", flush=True)
+              f"{pair.get('seconds', 0.0):.1f} s, final top-1 {rows[-1]['final_top1_mean']:.3f}")
     return folder.close({"rows": rows})["rows"]
 
 
@@ -265,20 +276,23 @@ def prepare(args, raw: dict | None = None, cfg: dict | None = None, make_folder:
     is checked, on the largest team, before anything is written. ``raw`` / ``cfg``: the config the command
     line gave, read and validated once by the runner (a resumed sweep reads its folder's)."""
     resume = args.resume is not None
+    out_dir: Path | None
     if resume:
         if args.overrides or args.config:
             raise ConfigError("--resume: the folder's config.yaml is used; give no config file or --set")
         out_dir = Path(args.resume).resolve()
         raw = load_yaml(out_dir / "config.yaml")
         cfg = validate_scaling_config(raw)
+    assert cfg is not None  # the runner validated the config (or the resumed folder's, just above)
     exp = cfg["experiment"]
     kind = KINDS[exp["problem"]]
     device = pick_device(args.device, exp["use_cuda"])
     plan = trial_plan(exp["scaling"])
     data = kind.setup.load_data(cfg)
     largest = max(p["num_nodes"] for p in plan)
-    kind.setup(trial_config(cfg, {"num_nodes": largest, "target_fiedler": exp["graph"]["target_fiedler"]}),
-               device, graph=nx.complete_graph(largest), data=data)
+    largest_setup = kind.setup(trial_config(cfg, {"num_nodes": largest, "target_fiedler": exp["graph"]["target_fiedler"]}),
+                               device, graph=nx.complete_graph(largest), data=data)
+    choose_threads(exp["threads"], largest_setup.base_model)
     if not resume:
         if args.output_dir:
             out_dir = Path(args.output_dir).resolve()
@@ -314,6 +328,7 @@ def run_trials(out_dir: Path, cfg: dict, kind, device, plan: list[dict], data, m
         if plan_item["trial"] == 0:
             target = target_accuracy(out_dir, cfg, setup, device, interrupts, world)
         if writer:
+            assert graph is not None  # the writer made or read it
             LOG.info(f"trial {plan_item['trial']}: N = {plan_item['num_nodes']}, Fiedler value "
                   f"{graph.graph['fiedler']:.3f} (target {plan_item['target_fiedler']:.3f})")
         rows += run_trial(out_dir, cfg, plan_item, setup, device, target, interrupts, world)

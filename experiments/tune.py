@@ -2,9 +2,10 @@
 (see :mod:`experiments.tuning`)."""
 
 import sys
-from pathlib import Path
 
+from experiments.checkout import warn_if_elsewhere  # noqa: E402
 from experiments.tuning import main  # noqa: E402
 
 if __name__ == "__main__":
+    warn_if_elsewhere(__file__)
     sys.exit(main())

@@ -47,24 +47,51 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 
-from foundation.log import LOG
-from foundation.log import configure as configure_logging
-from experiments.config import apply_overrides, check_output_folder, load_yaml, validate_config
+from experiments.config import (
+    add_whole_run_options,
+    apply_overrides,
+    check_output_folder,
+    load_yaml,
+    validate_config,
+    whole_run_overrides,
+)
 from experiments.kinds import KINDS
 from experiments.kinds.base import resolve_path
 from experiments.pair import PairRun, PairSpec
-from experiments.run_record import (DEFAULT_OUTPUT_DIR, Interrupts, RunRecord, git_commit, new_output_dir, now_iso,
-                                    pick_device, run_is_live)
+from experiments.run_record import (
+    DEFAULT_OUTPUT_DIR,
+    Interrupts,
+    RunRecord,
+    choose_threads,
+    git_commit,
+    new_output_dir,
+    now_iso,
+    pick_device,
+    run_is_live,
+)
 from experiments.tensorboard_log import check_available
 from foundation import results_io
+from foundation.log import LOG
+from foundation.log import configure as configure_logging
+from foundation.schema import (
+    AT_LEAST_ONE,
+    SEED_RANGE,
+    Choice,
+    ConfigError,
+    Custom,
+    Int,
+    ListOf,
+    Str,
+    clip,
+    excerpt,
+    validate_mapping,
+)
 from optimizers.comm.graphs import GraphError
-from foundation.schema import (AT_LEAST_ONE, SEED_RANGE, Choice, ConfigError, Custom, Int, ListOf, Str, excerpt,
-                               validate_mapping)
 from problems.metrics import METRICS
 from problems.splits import DataError
 
@@ -231,9 +258,17 @@ class Tuner:
         self.tune, self.cfg = validate_tuning(raw)
         self.tensorboard = tensorboard
         self.storage_url = storage_url or f"sqlite:///{out_dir / 'study.db'}"
-        self.storage = optuna.storages.RDBStorage(self.storage_url,
-                                                  engine_kwargs={"connect_args": {"timeout": 120}}
-                                                  if self.storage_url.startswith("sqlite") else {})
+        try:
+            self.storage = optuna.storages.RDBStorage(self.storage_url,
+                                                      engine_kwargs={"connect_args": {"timeout": 120}}
+                                                      if self.storage_url.startswith("sqlite") else {})
+            self.storage.get_all_studies()  # a damaged database fails here, not in the middle of a trial
+        except Exception as exc:  # sqlalchemy's and optuna's errors, whatever the database says
+            where = out_dir / "study.db" if storage_url is None else storage_url
+            first = (str(exc).splitlines() or [""])[0]
+            raise ConfigError(f"{where}: cannot be read as an Optuna study database ({type(exc).__name__}: "
+                              f"{clip(first, 100)}); it is damaged: move it away (its trials are lost) and start a "
+                              f"new study with tune.py CONFIG --output-dir NEW_FOLDER") from None
         self.setups: dict[int, Any] = {}
 
     def study(self, problem: str):
@@ -264,7 +299,8 @@ class Tuner:
 
     def setup_for(self, seed: int, cfg: dict):
         if seed not in self.setups:
-            self.setups[seed] = KINDS[cfg["experiment"]["problem"]].setup(cfg, self.device)
+            setup = self.setups[seed] = KINDS[cfg["experiment"]["problem"]].setup(cfg, self.device)
+            setup.threads = choose_threads(cfg["experiment"]["threads"], setup.base_model)
         return self.setups[seed]
 
     def sample(self, trial, problem: str) -> dict:
@@ -337,8 +373,8 @@ class Tuner:
             if remaining <= 0:
                 continue
             states = self.optuna.trial.TrialState
-            callbacks = [self.optuna.study.MaxTrialsCallback(trials, states=(states.COMPLETE, states.PRUNED,
-                                                                             states.FAIL))]
+            callbacks: list[Callable] = [self.optuna.study.MaxTrialsCallback(
+                trials, states=(states.COMPLETE, states.PRUNED, states.FAIL))]
             if after_trial is not None:
                 callbacks.append(lambda study, trial: after_trial())
             # a trial that crashes is recorded as failed; the study goes on
@@ -424,7 +460,10 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
     parser.add_argument("--check", action="store_true",
                         help="validate the tuning config (and --set) and print the studies; train nothing, write nothing")
-    return parser.parse_args(argv)
+    add_whole_run_options(parser)
+    args = parser.parse_args(argv)
+    args.overrides = whole_run_overrides(args.rounds, args.eval_every) + args.overrides
+    return args
 
 
 def prepare(args) -> tuple[Path, dict, dict]:
@@ -450,6 +489,7 @@ def prepare(args) -> tuple[Path, dict, dict]:
                               f"stop it first")
         raw = load_yaml(out_dir / "config.yaml")
         validate_tuning(raw)
+        assert raw is not None  # validate_tuning refuses anything but a mapping
         return out_dir, raw, manifest
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     tune, cfg = validate_tuning(raw)
@@ -485,6 +525,7 @@ def start_workers(args, out_dir: Path, trials: int, storage: str | None) -> list
 def main(argv=None) -> int:
     interrupts = Interrupts()
     interrupts.install()
+    threads = torch.get_num_threads()
     try:
         return _main(argv, interrupts)
     except KeyboardInterrupt:
@@ -492,6 +533,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         interrupts.stop()
+        torch.set_num_threads(threads)  # the study's choice does not outlive it
 
 
 def _main(argv, interrupts: Interrupts) -> int:

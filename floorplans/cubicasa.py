@@ -91,7 +91,7 @@ def parse_svg(svg_path):
     (width, height), or the bounding box of all polygons when the SVG gives none.
     """
     root = ET.parse(os.fspath(svg_path)).getroot()
-    out = {"walls": [], "doors": [], "windows": []}
+    out: dict = {"walls": [], "doors": [], "windows": []}
 
     def visit(el, m):
         m = m @ _parse_transform(el.get("transform"))

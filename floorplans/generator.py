@@ -190,11 +190,12 @@ def generate_layout(
                      building=(b0r, b1r, b0c, b1c), wall_thickness=t, door_width=dw)
 
 
-def _cut_rooms(interior, rng, num_rooms: int, corridor: bool, cw: int, min_room: int, t: int) -> list:
+def _cut_rooms(interior, rng, num_rooms: int, corridor: bool, cw: int, min_room: int,
+               t: int) -> list[tuple[tuple[int, int, int, int], str]]:
     """(rect, kind) of the corridor (across the middle third of the interior's longer side) and the rooms:
     the largest splittable rectangle is split in two, by an orientation that follows its shape, until there
     are ``num_rooms`` rooms or none can be split."""
-    leaves = []
+    leaves: list[tuple[tuple[int, int, int, int], str]] = []
     todo = [interior]
     if corridor:
         r0, r1, c0, c1 = interior
@@ -283,7 +284,7 @@ def _door_edges(edges: list, corridor_ids: set, n: int, rng, extra_door_prob: fl
 
 def _place_obstacles(img: np.ndarray, rooms: list, rng, num_obstacles: int, obstacle_size, t: int, dw: int) -> list:
     """Up to ``num_obstacles`` boxes drawn into rooms (kept 1.3 door widths off walls and each other)."""
-    obstacles = []
+    obstacles: list = []
     if num_obstacles <= 0:
         return obstacles
     lo_sz, hi_sz = obstacle_size if obstacle_size is not None else (max(2, 2 * t), max(3, dw))

@@ -19,7 +19,8 @@ def load_floorplan(path) -> np.ndarray:
     if img is None:
         raise ValueError(f"could not read an image from {path}")
     if np.issubdtype(img.dtype, np.integer):
-        scale = float(np.iinfo(img.dtype).max)
+        # an integer dtype (np.issubdtype does not narrow the type for mypy)
+        scale = float(np.iinfo(img.dtype).max)  # type: ignore[type-var]
     else:
         scale = 1.0
     img = img.astype(np.float32) / scale

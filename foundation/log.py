@@ -18,5 +18,5 @@ def configure(quiet: bool = False) -> None:
             LOG.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.nndt = True
+    handler.nndt = True  # type: ignore[attr-defined]  # marks our handler: the next configure() replaces it
     LOG.addHandler(handler)

@@ -52,6 +52,7 @@ class Range:
             return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
         if self.high is None:
+            assert self.low is not None  # every Range bounds at least one side
             return f"{'greater than' if self.low_open else 'at least'} {fmt(self.low)}"
         if self.low is None:
             return f"{'less than' if self.high_open else 'at most'} {fmt(self.high)}"
@@ -80,9 +81,11 @@ class Name(str):
 
 @dataclass(frozen=True)
 class Custom:
-    """A value checked by ``validate(dotted_key, value) -> value`` (e.g. an optimizer or compressor block)."""
+    """A value checked by ``validate(dotted_key, value) -> value`` (e.g. an optimizer or compressor block);
+    ``describe`` names what it takes on the configuration page."""
 
     validate: Callable[[str, Any], Any]
+    describe: str = "mapping (see below)"
 
 
 Float, Int, Bool, Str = float, int, bool, str
@@ -100,7 +103,7 @@ def excerpt(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def clip(text: str, limit: int = 160) -> str:
+def clip(text: object, limit: int = 160) -> str:
     """``text`` as one short line (for error messages that quote text from files or the system)."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -178,8 +178,8 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
             raise ValueError("num_scans_in_window must be >= 1")
         self.window_step = None if window_step is None else int(window_step)
         self.start_index = int(start_index) % self.num_poses
-        self._cache_key = None
-        self._cache = None
+        self._cache_key: int | None = None
+        self._cache: torch.Tensor | None = None
 
     @property
     def all_points(self) -> torch.Tensor:
@@ -213,6 +213,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
             self.start_index = 0 if after >= self.num_poses else after
         else:
             step = self.window_step if step is None else int(step)
+            assert step is not None  # a window_step is set when no step is given
             self.start_index = (self.start_index + step) % self.num_poses
         return self.current_position
 
@@ -222,7 +223,7 @@ class OnlineTrajectoryLidarDataset(ScanDataset):
     def window_points(self) -> torch.Tensor:
         """(M, 3) tensor of the current window's points, poses in window order."""
         key = self.start_index
-        if self._cache_key == key:
+        if self._cache_key == key and self._cache is not None:
             return self._cache
         P, W, s = self.num_poses, self.window_length, self.start_index
         r = self.scan_ranges

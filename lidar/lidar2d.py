@@ -289,14 +289,14 @@ class Lidar2D:
             ``ranges`` is a (K, 2) int64 array, rows ``ranges[k, 0]:ranges[k, 1]`` belong to pose ``k``.
         """
         p = self.check_poses(poses) if check else np.asarray(poses, dtype=np.float64).reshape(-1, 2)
-        chunks, counts = [], []
+        chunks, chunk_counts = [], []
         for s in range(0, len(p), max(1, self.chunk_size)):
             pts, cnt = self._scan_chunk(p[s : s + self.chunk_size], clipped)
             chunks.append(pts)
-            counts.append(cnt)
+            chunk_counts.append(cnt)
         if chunks:
             points = np.concatenate(chunks, axis=0)
-            counts = np.concatenate(counts)
+            counts = np.concatenate(chunk_counts)
         else:
             points = np.zeros((0, 3))
             counts = np.zeros(0, dtype=np.int64)

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer, make_torch_optimizer, reset_torch_optimizer
-from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
 from foundation.schedules import learning_rates
-
+from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
+from optimizers.base import DistributedOptimizer, make_torch_optimizer, reset_torch_optimizer
 
 PROXIMAL_OPTIMIZERS = ("adam", "sgd")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
@@ -134,6 +133,7 @@ class DiNNO(DistributedOptimizer):
         lr = float(self.lrs[k - 1])
         adam = cfg["primal_optimizer"] == "adam"
         if adam and not cfg["persistant_primal_opt"]:
+            assert self.moment1 is not None and self.moment2 is not None  # setup() made them for proximal Adam
             self.moment1.zero_()
             self.moment2.zero_()
             self.moment_steps = 0
@@ -142,6 +142,7 @@ class DiNNO(DistributedOptimizer):
             _, grads = self.local_grads(theta, "grads")
             metric = self.workspace("prox_metric", theta)
             if adam:
+                assert self.moment1 is not None and self.moment2 is not None  # as above
                 self.moment_steps += 1
                 t = self.moment_steps
                 self.moment1.mul_(beta1).add_(grads, alpha=1.0 - beta1)
@@ -177,10 +178,12 @@ def reference_rounds(robots, config: dict, rounds: int) -> None:
         for i in range(robots.n):
             duals[i] = duals[i] + rho * sum(snapshot[i] - snapshot[j] for j in robots.neighbours(i))
         if config["persistant_primal_opt"]:
+            assert leaves is not None  # made before the first round
             for leaf, x in zip(leaves, robots.x):
                 leaf.data.copy_(x)
         else:
             leaves, optimizers = robots.optimizers(config["primal_optimizer"], float(lrs[k - 1]))
+        assert optimizers is not None
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = float(lrs[k - 1])

@@ -14,8 +14,8 @@ W stays row-stochastic, so the step is still an average and consensus stays a fi
 
 from __future__ import annotations
 
-from optimizers.base import DistributedOptimizer
 from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
+from optimizers.base import DistributedOptimizer
 
 
 class DSGD(DistributedOptimizer):

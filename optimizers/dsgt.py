@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer
 from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
+from optimizers.base import DistributedOptimizer
 
 
 class DSGT(DistributedOptimizer):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer
 
 
 class EXTRA(DistributedOptimizer):

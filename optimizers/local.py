@@ -8,10 +8,11 @@ fresh batch (as many gradient steps per round as a DiNNO robot's ``primal_iterat
 
 from __future__ import annotations
 
-from optimizers.base import DistributedOptimizer, make_torch_optimizer
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 import torch
+
 from foundation.schedules import learning_rates
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, make_torch_optimizer
 
 
 class LocalTraining(DistributedOptimizer):

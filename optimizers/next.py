@@ -18,8 +18,8 @@ not remove.
 
 from __future__ import annotations
 
-from optimizers.base import DistributedOptimizer
 from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Range
+from optimizers.base import DistributedOptimizer
 
 
 class NEXT(DistributedOptimizer):

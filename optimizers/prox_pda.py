@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.base import DistributedOptimizer, make_torch_optimizer
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, make_torch_optimizer
 
 
 class ProxPDA(DistributedOptimizer):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 from optimizers.base import DistributedOptimizer
 from optimizers.push_sum import PUSH_SUM_SCHEMA, PushSum
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
 
 
 class PushDIGing(DistributedOptimizer):

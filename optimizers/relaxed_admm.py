@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.dinno import DiNNO
-from foundation.schema import POSITIVE, REQUIRED, Range
 from foundation.schedules import learning_rates
+from foundation.schema import POSITIVE, REQUIRED, Range
+from optimizers.dinno import DiNNO
 
 _PRIMAL_KEYS = ("outer_iterations", "primal_iterations", "primal_optimizer", "persistant_primal_opt",
-                "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type", "lr_decay_rounds")
+                "primal_lr_start", "primal_lr_finish", "primal_lr", "lr_decay_type", "lr_decay_rounds", "profile")
 
 
 class RelaxedADMM(DiNNO):

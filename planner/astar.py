@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +46,7 @@ def downsample_grid(grid, factor: int) -> np.ndarray:
     H, W = blocked.shape
     if H % factor or W % factor:
         raise ValueError(f"grid shape {blocked.shape} is not divisible by {factor}")
-    return blocked.reshape(H // factor, factor, W // factor, factor).any(axis=(1, 3))
+    return cast(np.ndarray, blocked.reshape(H // factor, factor, W // factor, factor).any(axis=(1, 3)))
 
 
 def path_length(path) -> float:
@@ -142,7 +143,7 @@ def _search(ok: list, Wp: int, s: int, g_idx: int, eight: bool) -> list | None:
     parent = [-1] * n_cells
     closed = bytearray(n_cells)
     gs[s] = 0.0
-    heap = []
+    heap: list[tuple[float, float, int]] = []
     push, pop = heapq.heappush, heapq.heappop
     h0 = h_of(s)
     push(heap, (h0, h0, s))

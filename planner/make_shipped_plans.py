@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ NUM_ROBOTS = 7
 STYLES = ("minimal_overlap", "some_overlap", "tight_paths")
 PACKAGE_DIR = os.path.dirname(os.path.abspath(floorplans.__file__))
 
-PLANS = {
+PLANS: dict[str, dict[str, Any]] = {
     "paper": dict(
         folder="paper_plan",
         layout=dict(width=2100, height=1600, seed=3, num_rooms=14, outside_corner=True, num_obstacles=6,
@@ -160,7 +161,7 @@ def make_plan(name: str, out_dir: str, verbose: bool = True) -> dict:
                     nbrs = sorted(graph.neighbors(a.index))
                 members = [a, plan.rooms[nbrs[r % len(nbrs)]]]
                 frac = 0.03
-            visits = []
+            visits: list = []
             for room in members:
                 visits += _room_visits(allowed, _room_rect(room, f), frac, visits[-1] if visits else None)
             wps.append(_loop(grid, allowed, visits, cl, sp))

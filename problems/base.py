@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -59,7 +59,111 @@ class RobotBlock:
         return range(self.start, self.stop)
 
 
-class SupervisedProblem:
+class StackProblem:
+    """What every problem on a node stack shares: the robots' models as one :class:`NodeStack`, the configured
+    metrics and their history, the training-loss average and the checkpointed state. A subclass brings the data
+    (``local_grads``) and the metrics (``compute_metrics``).
+
+    ``robots`` (a :class:`RobotBlock`) makes the problem one process's block of a larger team, and ``ranks``
+    (e.g. ``optimizers.comm.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
+    """
+
+    classification = False
+    base_metrics: tuple[str, ...] = ()
+    # metrics recorded along with a configured one (metric -> the one it comes with)
+    recorded_with: dict[str, str] = {}
+
+    def __init__(self, name: str, model: nn.Module, num_nodes: int, metrics: Sequence[str],
+                 evaluate_frequency: int = 20, tloss_decay: float = 0.2, device="cpu",
+                 dtype: torch.dtype = torch.float32, execution: str = "auto", chunk_size: int | None = None,
+                 plan_cache=None, robots: RobotBlock | None = None, ranks=None, compile: str = "off"):
+        self.name = name
+        self.num_nodes = num_nodes
+        if robots is not None and robots.stop - robots.start != self.num_nodes:
+            raise ValueError(f"robot block {robots} does not match the {self.num_nodes} node data sets")
+        self.robots = robots
+        self.ranks = ranks  # combines metrics across processes (None: every robot is here)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache,
+                               team_size=None if robots is None else robots.total, compile=compile)
+        self.metrics = list(metrics)
+        unknown = [m for m in self.metrics if m not in self.available_metrics()]
+        if unknown:
+            raise ValueError(f"metric {unknown[0]!r} is not available for {type(self).__name__}; "
+                             f"allowed: {', '.join(self.available_metrics())}")
+        self.evaluate_frequency = evaluate_frequency
+        self.tloss_decay = tloss_decay
+        self.train_loss_ma = torch.full((self.num_nodes,), math.nan, dtype=torch.float64)
+        self.last_losses = torch.zeros(self.num_nodes, dtype=dtype, device=self.device)
+        self.history: dict[str, list] = {}
+
+    @classmethod
+    def recorded_metrics(cls, configured) -> tuple[str, ...]:
+        """Every metric a problem configured with ``configured`` records."""
+        return tuple(configured) + tuple(m for m, parent in cls.recorded_with.items() if parent in configured)
+
+    @classmethod
+    def available_metrics(cls) -> tuple[str, ...]:
+        return cls.base_metrics
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.stack.theta
+
+    def local_grads(self, theta: torch.Tensor | None = None, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _update_train_loss(self, losses: torch.Tensor) -> None:
+        current = losses.detach().to("cpu", torch.float64)
+        fresh = torch.isnan(self.train_loss_ma)
+        self.train_loss_ma = torch.where(
+            fresh, current, (1.0 - self.tloss_decay) * self.train_loss_ma + self.tloss_decay * current)
+
+    # ---------------------------------------------------------------------- evaluation
+    def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
+                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+        """Compute the configured metrics, append them to ``history`` and return them (None on a process
+        that does not keep them)."""
+        theta = self.theta if theta is None else theta
+        values = self.compute_metrics(theta)
+        for key, value in (extras or {}).items():
+            values[key] = torch.as_tensor(value).detach().cpu().clone()
+        if self.ranks is not None:  # every robot's rows on rank 0, which alone keeps the history
+            values = self.ranks.combine(values, per_robot())
+            if values is None:
+                return None
+        self.history.setdefault("round", []).append(round_index)
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+        return values
+
+    # ---------------------------------------------------------------------- checkpoints
+    def capture(self, names: Sequence[str]) -> dict:
+        return state.capture(self, names)
+
+    def restore(self, saved: dict) -> None:
+        state.restore(self, saved)
+
+    def state_dict(self) -> dict:
+        """Parameters and the node stack's execution decisions (a subclass adds what else it keeps)."""
+        return {"theta": self.theta.detach().clone(), "stack_plans": dict(self.stack.plans),
+                "stack_compiled": dict(self.stack.compiled)}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.theta.copy_(saved["theta"].to(self.theta.device, self.theta.dtype))
+        self.stack.plans.update(saved["stack_plans"])
+        self.stack.compiled.update(saved.get("stack_compiled", {}))  # a resumed run keeps its compile decisions
+
+    def make_node_models(self) -> list[nn.Module]:
+        return [self.stack.node_model(i) for i in range(self.num_nodes)]
+
+
+class SupervisedProblem(StackProblem):
     """Nodes that each fit (input -> target) pairs of their own, evaluated on one shared validation set.
 
     ``node_indices[i]`` are the rows of ``train_x``/``train_y`` node ``i`` owns. The data tensors
@@ -71,11 +175,8 @@ class SupervisedProblem:
     and ``ranks`` (e.g. ``optimizers.comm.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
     """
 
-    classification = False
-    base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
-                    "train_loss_moving_average")
-    # metrics recorded along with a configured one (metric -> the one it comes with)
-    recorded_with: dict[str, str] = {}
+    base_metrics: tuple[str, ...] = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+                                     "train_loss_moving_average")
 
     def __init__(self, name: str, model: nn.Module, node_indices: Sequence[torch.Tensor],
                  train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -85,41 +186,24 @@ class SupervisedProblem:
                  execution: str = "auto", chunk_size: int | None = None, plan_cache=None,
                  eval_nodes: int | None = None, robots: RobotBlock | None = None, ranks=None,
                  compile: str = "off"):
-        self.name = name
-        self.num_nodes = len(node_indices)
-        if robots is not None and robots.stop - robots.start != self.num_nodes:
-            raise ValueError(f"robot block {robots} does not match the {self.num_nodes} node data sets")
-        self.robots = robots
-        self.ranks = ranks  # combines metrics across processes (None: every robot is here)
+        super().__init__(name, model, len(node_indices), metrics, evaluate_frequency, tloss_decay, device, dtype,
+                         execution, chunk_size, plan_cache, robots, ranks, compile)
         if robots is not None:  # keep only this block's training samples
             used = torch.cat([torch.as_tensor(ix, dtype=torch.long) for ix in node_indices])
             train_x, train_y = train_x[used], train_y[used]
             ends = torch.cumsum(torch.tensor([len(ix) for ix in node_indices]), 0).tolist()
             node_indices = [torch.arange(end - len(ix), end) for ix, end in zip(node_indices, ends)]
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.stack = NodeStack(model, self.num_nodes, self.device, dtype, execution, chunk_size, plan_cache,
-                               team_size=None if robots is None else robots.total, compile=compile)
         self.loss_name = loss
-        self.metrics = list(metrics)
-        unknown = [m for m in self.metrics if m not in self.available_metrics()]
-        if unknown:
-            raise ValueError(f"metric {unknown[0]!r} is not available for {type(self).__name__}; "
-                             f"allowed: {', '.join(self.available_metrics())}")
         self.train_batch_size = train_batch_size
         self.val_batch_size = val_batch_size
-        self.evaluate_frequency = evaluate_frequency
-        self.tloss_decay = tloss_decay
         self.verbose_evals = verbose_evals
         self.train_x = self._to_device(train_x)
         self.train_y = train_y.to(self.device)
         self.val_x = self._to_device(val_x)
         self.val_y = val_y.to(self.device)
-        self.sampler = NodeBatchSampler(node_indices, self.device, seed=seed,
-                                        robot_ids=None if robots is None else robots.ids)
-        self.train_loss_ma = torch.full((self.num_nodes,), math.nan, dtype=torch.float64)
-        self.last_losses = torch.zeros(self.num_nodes, dtype=dtype, device=self.device)
-        self.history: dict[str, list] = {}
+        # a subclass may put a sampler of its own with the same counters in its place (FullBatchPasses, WindowSampler)
+        self.sampler: Any = NodeBatchSampler(node_indices, self.device, seed=seed,
+                                             robot_ids=None if robots is None else robots.ids)
         # Validation on a fixed, seeded sample of nodes (the others read NaN): large teams stay cheap.
         self.eval_nodes = None
         team = self.num_nodes if robots is None else robots.total
@@ -130,11 +214,6 @@ class SupervisedProblem:
             self.eval_nodes = pick.to(self.device)
 
     @classmethod
-    def recorded_metrics(cls, configured) -> tuple[str, ...]:
-        """Every metric a problem configured with ``configured`` records."""
-        return tuple(configured) + tuple(m for m, parent in cls.recorded_with.items() if parent in configured)
-
-    @classmethod
     def available_metrics(cls) -> tuple[str, ...]:
         extra = ("top1_accuracy", "validation_as_vector", "mean_model_top1_accuracy") if cls.classification else ()
         return cls.base_metrics + extra
@@ -142,10 +221,6 @@ class SupervisedProblem:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         return x.to(self.dtype) if x.is_floating_point() else x
-
-    @property
-    def theta(self) -> torch.Tensor:
-        return self.stack.theta
 
     # ------------------------------------------------------------------------ training
     def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +248,6 @@ class SupervisedProblem:
 
     def batch_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(out, target).mean(dim=1)
-
-    def _update_train_loss(self, losses: torch.Tensor) -> None:
-        current = losses.detach().to("cpu", torch.float64)
-        fresh = torch.isnan(self.train_loss_ma)
-        self.train_loss_ma = torch.where(
-            fresh, current, (1.0 - self.tloss_decay) * self.train_loss_ma + self.tloss_decay * current)
 
     # ---------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -253,38 +322,17 @@ class SupervisedProblem:
         keep = wanted | {"consensus_pairwise", "forward_pass_count"}
         return {k: v.detach().cpu() for k, v in values.items() if k in keep}
 
-    def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
-                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Compute the configured metrics, append them to ``history`` and return them."""
-        theta = self.theta if theta is None else theta
-        values = self.compute_metrics(theta)
-        for key, value in (extras or {}).items():
-            values[key] = torch.as_tensor(value).detach().cpu().clone()
-        if self.ranks is not None:  # every robot's rows on rank 0, which alone keeps the history
-            values = self.ranks.combine(values, per_robot())
-            if values is None:
-                return None
-        self.history.setdefault("round", []).append(round_index)
-        for key, value in values.items():
-            self.history.setdefault(key, []).append(value)
-        return values
-
     # ---------------------------------------------------------------------- checkpoints
+    SAVED = ("train_loss_ma", "last_losses", "history")
+
     def state_dict(self) -> dict:
         """Parameters, batch streams, loss averages and the metric history so far."""
-        return {"theta": self.theta.detach().clone(), "sampler": self.sampler.state_dict(),
-                "stack_plans": dict(self.stack.plans), "stack_compiled": dict(self.stack.compiled),
-                **state.capture(self, ("train_loss_ma", "last_losses", "history"))}
+        return {**super().state_dict(), "sampler": self.sampler.state_dict(), **self.capture(self.SAVED)}
 
     def load_state_dict(self, saved: dict) -> None:
-        self.theta.copy_(saved["theta"].to(self.theta.device, self.theta.dtype))
+        super().load_state_dict(saved)
         self.sampler.load_state_dict(saved["sampler"])
-        self.stack.plans.update(saved["stack_plans"])
-        self.stack.compiled.update(saved.get("stack_compiled", {}))  # a resumed run keeps its compile decisions
-        state.restore(self, {k: saved[k] for k in ("train_loss_ma", "last_losses", "history")})
-
-    def make_node_models(self) -> list[nn.Module]:
-        return [self.stack.node_model(i) for i in range(self.num_nodes)]
+        self.restore({k: saved[k] for k in self.SAVED})
 
 
 class ClassificationProblem(SupervisedProblem):

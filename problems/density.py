@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -119,8 +119,8 @@ class DensityProblem(SupervisedProblem):
     ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`), is recorded at every evaluation.
     """
 
-    base_metrics = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
-                    "train_loss_moving_average", "mesh_grid_density")
+    base_metrics: tuple[str, ...] = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+                                     "train_loss_moving_average", "mesh_grid_density")
     recorded_with = {"validation_loss_wall": "validation_loss", "validation_loss_free": "validation_loss",
                      "map_balanced_accuracy": "mesh_grid_density", "map_wall_iou": "mesh_grid_density"}
 
@@ -129,7 +129,7 @@ class DensityProblem(SupervisedProblem):
                  map_truth: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.map_truth = map_truth
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.image_shape = cast(tuple[int, int], tuple(int(s) for s in image_shape))
         self.mesh_only_at_end = bool(mesh_only_at_end)
         self.mesh_every = None if mesh_every is None else int(mesh_every)
         self.total_rounds = total_rounds
@@ -160,7 +160,7 @@ class DensityProblem(SupervisedProblem):
         return True
 
     def evaluate(self, round_index: int, theta: torch.Tensor | None = None,
-                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
         self._round = round_index
         return super().evaluate(round_index, theta, extras)
 

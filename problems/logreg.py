@@ -21,7 +21,7 @@ Gradients are full local gradients by default (``full_batch``: every sample of D
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from problems.base import SupervisedProblem
 LOSSES = {"breast_cancer": "logistic", "diabetes": "squared"}
 
 
-def load_tabular(name: str, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+def load_tabular(name: str, test_fraction: float, seed: int) -> dict[str, Any]:
     """``name``'s features and targets (float64), split into a training and a seeded test part, both
     standardized with the training part's mean and spread."""
     from sklearn import datasets

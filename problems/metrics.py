@@ -22,6 +22,7 @@ class Metric:
     figure: bool = False  # a standard figure figures/<name>.png against round
     progress: bool = False  # its range over the robots in the per-evaluation progress lines
     table: tuple = ()  # columns of the printed table: (statistic of summary.csv, header, format) each
+    target: float | None = None  # the level tables count rounds and megabytes to (None: none by default)
 
 
 METRICS: dict[str, Metric] = {
@@ -31,13 +32,16 @@ METRICS: dict[str, Metric] = {
     "validation_loss_wall": Metric("validation loss on wall points", summary=True, better="lower"),
     "validation_loss_free": Metric("validation loss on free points", summary=True, better="lower"),
     "top1_accuracy": Metric("top-1 accuracy", summary=True, better="higher", figure=True, progress=True,
-                            table=(("mean", "top-1 mean", "{:.4f}"), ("min", "top-1 min", "{:.4f}"))),
+                            table=(("mean", "top-1 mean", "{:.4f}"), ("min", "top-1 min", "{:.4f}")), target=0.9),
     "mean_model_top1_accuracy": Metric("top-1 accuracy of the robots' mean model", per_robot=False, summary=True,
-                                       better="higher", figure=True, table=(("mean", "mean model top-1", "{:.4f}"),)),
+                                       better="higher", figure=True, table=(("mean", "mean model top-1", "{:.4f}"),),
+                                       target=0.9),
     "optimality_gap": Metric("optimality gap f(x) - f*", summary=True, better="lower", log_scale=True, figure=True,
-                             progress=True),
+                             progress=True, table=(("mean", "gap mean", "{:.3g}"), ("max", "gap worst", "{:.3g}")),
+                             target=1e-6),
     "mean_optimality_gap": Metric("optimality gap of the robots' mean, f(mean x) - f*", per_robot=False,
-                                  summary=True, better="lower", log_scale=True, figure=True),
+                                  summary=True, better="lower", log_scale=True, figure=True,
+                                  table=(("mean", "mean-model gap", "{:.3g}"),), target=1e-6),
     "validation_as_vector": Metric("per-sample correctness on the validation set", scalar=False),
     "consensus_error": Metric("consensus error (unit-normalized parameters)", summary=True, better="lower",
                               log_scale=True, figure=True, progress=True,
@@ -46,9 +50,22 @@ METRICS: dict[str, Metric] = {
     "train_loss_moving_average": Metric("training loss (moving average)", summary=True, better="lower",
                                         progress=True),
     "bytes_sent": Metric("bytes sent", summary=True),
+    "messages_dropped": Metric("received messages dropped as non-finite", summary=True),
+    "messages_clipped": Metric("received rows clipped by the robust rule", summary=True),
+    "robot_resets": Metric("restarts from the neighbourhood after a non-finite state", summary=True),
     "map_balanced_accuracy": Metric("map balanced accuracy", summary=True, better="higher",
-                                    table=(("mean", "map bal. acc.", "{:.3f}"),)),
+                                    table=(("mean", "map bal. acc.", "{:.3f}"),), target=0.9),
     "map_wall_iou": Metric("map wall IoU", summary=True, better="higher", table=(("mean", "wall IoU", "{:.3f}"),)),
+    "episode_reward": Metric("team episode reward (training episodes, summed over robots)", per_robot=False,
+                             summary=True, better="higher", figure=True, progress=True,
+                             table=(("mean", "episode reward", "{:.1f}"),), target=0.0),
+    "policy_reward": Metric("team episode reward with every robot playing this robot's policy", summary=True,
+                            better="higher", figure=True, progress=True,
+                            table=(("mean", "policy reward mean", "{:.1f}"), ("min", "policy reward min", "{:.1f}")),
+                            target=0.0),
+    "catches_per_episode": Metric("catches per episode (robot-evader contacts, summed over steps)", per_robot=False,
+                                  summary=True, better="higher"),
+    "timesteps": Metric("timesteps (every agent's turn, as the original counts them)", per_robot=False, summary=True),
     "mesh_grid_density": Metric("density on the mesh grid", scalar=False),
     "current_position": Metric("position", scalar=False),
     "current_graph": Metric("communication graph", per_robot=False, scalar=False),

@@ -25,13 +25,14 @@ one note.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -98,8 +99,26 @@ def is_elementwise(module: nn.Module) -> bool:
     return isinstance(module, _ELEMENTWISE) or getattr(module, "elementwise", False)
 
 
+class Branches(nn.Module):
+    """Sub-networks side by side on one input, their outputs concatenated along the last axis (e.g. a policy's
+    actor and critic: one model, so one row of the node stack per robot). The stack runs each branch with grouped
+    kernels when every branch has them."""
+
+    def __init__(self, **branches: nn.Module):
+        super().__init__()
+        if not branches:
+            raise ValueError("Branches needs at least one sub-network")
+        for name, branch in branches.items():
+            self.add_module(name, branch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.children()], dim=-1)
+
+
 def supports_grouped(model: nn.Module) -> bool:
     """True when every layer of ``model`` has a grouped (node-batched) kernel."""
+    if isinstance(model, Branches):
+        return all(supports_grouped(branch) for branch in model.children())
     if not isinstance(model, nn.Sequential):
         return False
     for layer in model:
@@ -125,14 +144,14 @@ class _GroupedForward:
 
     fuse_conv_pool = True  # each node's own input: convolution + max-pool as one _ConvMaxPool (False: as before)
 
-    def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot]):
+    def __init__(self, model: nn.Sequential, slots: Sequence[ParamSlot], prefix: str = ""):
         self.layers = list(model)
         by_name = {s.name: s for s in slots}
-        self.layer_params = []
-        for idx, layer in enumerate(self.layers):
-            names = [f"{idx}.{n}" for n, _ in layer.named_parameters()]
-            self.layer_params.append({n.split(".", 1)[1]: by_name[n].name for n in names})
-        self._columns = None  # (shared input, its patches as columns) of the last shared-input convolution
+        self.layer_params: list[dict[str, str]] = []
+        for idx, layer in enumerate(self.layers):  # each layer's own parameter names -> the model's
+            self.layer_params.append({n: by_name[f"{prefix}{idx}.{n}"].name for n, _ in layer.named_parameters()})
+        # (shared input, its patches as columns) of the last shared-input convolution
+        self._columns: tuple[torch.Tensor, dict] | None = None
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool) -> torch.Tensor:
         k = next(iter(params.values())).shape[0]
@@ -149,7 +168,7 @@ class _GroupedForward:
                 layout = "filters"
             elif (self.fuse_conv_pool and isinstance(layer, nn.Conv2d) and layout == "nodes" and _is_plain_conv(layer)
                   and not x.requires_grad and (fused := self._node_conv(x, index, params))[0] is not None):
-                x, next_layer = fused
+                x, next_layer = cast("tuple[torch.Tensor, int]", fused)  # its output: not None (checked above)
                 layout = "channels"
             elif isinstance(layer, nn.Conv2d):
                 weight = params[names["weight"]]
@@ -223,8 +242,8 @@ class _GroupedForward:
         not) is taken along outside autograd: one product per position in the pooling tile, on the patches
         of those positions only, folded with a running maximum; the bias (and the ReLU) come after the
         maximum, which gives the same values."""
-        layer, names = self.layers[index], self.layer_params[index]
-        weight, bias = params[names["weight"]], params.get(names.get("bias"))
+        layer, names = cast(nn.Conv2d, self.layers[index]), self.layer_params[index]
+        weight, bias = params[names["weight"]], params.get(names["bias"]) if "bias" in names else None
         if self._columns is None or self._columns[0] is not x:  # the same input for every chunk of nodes
             self._columns = (x, {})
         cache = self._columns[1]
@@ -238,7 +257,7 @@ class _GroupedForward:
                 cache[index] = shared_conv_columns(x, layer, 1, sizes)[0]
             out = filters @ cache[index] if bias is None else torch.addmm(bias.reshape(-1, 1), filters, cache[index])
             return out.view(filters.shape[0], x.shape[0], *sizes), index + 1
-        tile = pool.kernel_size
+        tile = cast("_TiledMaxPool", pool).kernel_size
         pooled = [size // tile for size in sizes]
         if index not in cache:
             cache[index] = shared_conv_columns(x, layer, tile, pooled)
@@ -251,18 +270,19 @@ class _GroupedForward:
             out.relu_()
         return out.view(filters.shape[0], x.shape[0], *pooled), index + 2 + relu
 
-    def _node_conv(self, x: torch.Tensor, index: int, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def _node_conv(self, x: torch.Tensor, index: int,
+                   params: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
         """Convolution ``index`` and the non-overlapping max-pool after it (with a ReLU between or not) of each
         node's own input batch (k, B, C_in, H, W), an input that needs no gradient (the data), as one
         ``_ConvMaxPool``: (B, k * C_out, P_h, P_w) in the channels layout, and the index of the next layer to
         run; (None, index) when no such max-pool follows."""
-        layer, names = self.layers[index], self.layer_params[index]
+        layer, names = cast(nn.Conv2d, self.layers[index]), self.layer_params[index]
         relu = index + 2 < len(self.layers) and isinstance(self.layers[index + 1], nn.ReLU)
         pool = self.layers[index + 1 + relu] if index + 1 + relu < len(self.layers) else None
         sizes = conv_output_size(layer, x.shape[3:])
         if pool is None or not _is_tiled_max_pool(pool, x[0]) or min(sizes) < pool.kernel_size:
             return None, index
-        weight, bias = params[names["weight"]], params.get(names.get("bias"))
+        weight, bias = params[names["weight"]], params.get(names["bias"]) if "bias" in names else None
         k = weight.shape[0]
         filters = weight.reshape(k * weight.shape[1], *weight.shape[2:])
         inputs = self._to_channels(x, "nodes", k)
@@ -296,6 +316,28 @@ class _GroupedForward:
             return x.reshape(k, x.shape[0] // k, *x.shape[1:]).transpose(1, 2)
         batch = x.shape[0]
         return x.reshape(batch, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+class _BranchedForward:
+    """Forward of a :class:`Branches` model for a block of nodes: each branch's grouped forward, concatenated."""
+
+    def __init__(self, model: Branches, slots: Sequence[ParamSlot]):
+        self.branches = [_GroupedForward(cast(nn.Sequential, branch), slots, prefix=f"{name}.")
+                         for name, branch in model.named_children()]
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        return torch.cat([branch(params, x, shared_input) for branch in self.branches], dim=-1)
+
+    def release(self) -> None:
+        for branch in self.branches:
+            branch.release()
+
+
+def grouped_forward(model: nn.Module, slots: Sequence[ParamSlot]) -> _GroupedForward | _BranchedForward:
+    """The grouped forward of a model that :func:`supports_grouped`."""
+    if isinstance(model, Branches):
+        return _BranchedForward(model, slots)
+    return _GroupedForward(cast(nn.Sequential, model), slots)
 
 
 class _ConvMaxPool(torch.autograd.Function):
@@ -359,8 +401,9 @@ def _is_plain_conv(layer: nn.Conv2d) -> bool:
 
 
 def conv_output_size(layer: nn.Conv2d, size: Sequence[int]) -> list[int]:
+    padding = cast("tuple[int, ...]", layer.padding)  # numeric (_is_plain_conv), not "same" / "valid"
     return [(s + 2 * pad - dil * (kernel - 1) - 1) // stride + 1 for s, pad, dil, kernel, stride in
-            zip(size, layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+            zip(size, padding, layer.dilation, layer.kernel_size, layer.stride)]
 
 
 def shared_conv_columns(x: torch.Tensor, layer: nn.Conv2d, tile: int, positions: Sequence[int]) -> list[torch.Tensor]:
@@ -369,7 +412,7 @@ def shared_conv_columns(x: torch.Tensor, layer: nn.Conv2d, tile: int, positions:
     patches of the output positions (tile * i + a, tile * j + b) for the P_h x P_w tiles (tile 1: every
     output position). Each matrix is one copy of a strided view of the input (``unfold`` followed by the
     transpose to this layout writes every patch twice and takes four times as long)."""
-    pad_h, pad_w = layer.padding
+    pad_h, pad_w = cast("tuple[int, int]", layer.padding)  # numeric (_is_plain_conv), not "same" / "valid"
     padded = nn.functional.pad(x, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x
     batch, channels = padded.shape[:2]
     (kh, kw), (dil_h, dil_w) = layer.kernel_size, layer.dilation
@@ -386,7 +429,13 @@ def shared_conv_columns(x: torch.Tensor, layer: nn.Conv2d, tile: int, positions:
     return matrices
 
 
-def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> bool:
+if TYPE_CHECKING:
+    class _TiledMaxPool(nn.MaxPool2d):
+        """What :func:`_is_tiled_max_pool` accepts: a max-pool whose ``kernel_size`` is one int."""
+        kernel_size: int
+
+
+def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> TypeGuard[_TiledMaxPool]:
     """A max-pool over non-overlapping square tiles, outside autograd (where the strided maximum of
     ``_tiled_max_pool`` gives the same values much faster than the CPU max_pool2d kernel)."""
     if not isinstance(layer, nn.MaxPool2d) or x.requires_grad or layer.return_indices or layer.ceil_mode:
@@ -396,7 +445,7 @@ def _is_tiled_max_pool(layer: nn.Module, x: torch.Tensor) -> bool:
             and x.dim() == 4 and x.shape[-1] >= size and x.shape[-2] >= size)
 
 
-def _tiled_max_pool(x: torch.Tensor, layer: nn.MaxPool2d) -> torch.Tensor:
+def _tiled_max_pool(x: torch.Tensor, layer: _TiledMaxPool) -> torch.Tensor:
     size = layer.kernel_size
     rows, cols = x.shape[-2] // size * size, x.shape[-1] // size * size
     tiles = [x[..., i:rows:size, j:cols:size] for i in range(size) for j in range(size)]
@@ -429,43 +478,98 @@ class ExecutionPlanCache:
 
     Keyed by everything that decides which form is fastest (model, nodes, batch shape, dtype, device,
     threads, torch version): the first run measures, later runs on the same machine take the same
-    decision and therefore compute bit-identical numbers.
+    decision and therefore compute bit-identical numbers. The file is input like any other: an entry of the wrong
+    shape (an unknown execution, a chunk that is not a whole number from 1 to the robots, a compile decision that is
+    not true or false) is ignored with one note naming the file, and measured again. Writes hold an ``fcntl`` lock
+    and re-read the file first, so that of runs measuring at once the first to write is kept, as docs/running.md says.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._noted: set[str] = set()
+
+    def _note(self, message: str) -> None:
+        if message not in self._noted:
+            self._noted.add(message)
+            from foundation.log import LOG
+
+            LOG.warning(f"note: execution-plan cache {self.path}: {message}")
 
     def _read(self) -> dict:
+        if self.path.is_dir():
+            self._note("is a folder, not a file; plans are measured and not kept")
+            return {}
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            self._note("cannot be read (damaged or not JSON); plans are measured again and the file rewritten")
+            return {}
+        if not isinstance(data, dict):
+            self._note("is not a mapping of plans; plans are measured again and the file rewritten")
+            return {}
+        return data
 
     def get(self, key: str):
-        """The (execution, nodes per chunk) stored under ``key`` (a compile decision is stored as a bool)."""
-        entry = self._read().get(key)
-        if isinstance(entry, bool):
-            return entry
-        if isinstance(entry, list) and len(entry) == 2 and entry[0] in EXECUTIONS and isinstance(entry[1], int):
+        """The (execution, nodes per chunk) stored under ``key`` (a compile decision is stored as a bool), or None
+        when there is none or it is not a valid one (then it is measured again)."""
+        return self._valid(key, self._read().get(key))
+
+    def _valid(self, key: str, entry):
+        if entry is None:
+            return None
+        if key.startswith("compile | "):
+            if isinstance(entry, bool):
+                return entry
+            self._note(f"the compile decision {entry!r} is not true or false; measured again")
+            return None
+        nodes = _nodes_of(key)
+        if (isinstance(entry, list) and len(entry) == 2 and entry[0] in EXECUTIONS and entry[0] != "auto"
+                and isinstance(entry[1], int) and not isinstance(entry[1], bool)
+                and 1 <= entry[1] <= (nodes if nodes is not None else entry[1])):
             return entry[0], entry[1]
+        self._note(f"the plan {entry!r} is not [grouped | vmap | loop, nodes per chunk from 1 to "
+                   f"{nodes if nodes is not None else 'the robots'}]; measured again")
         return None
 
-    def put(self, key: str, choice) -> None:
-        data = self._read()
-        data[key] = choice if isinstance(choice, bool) else list(choice)
+    def put(self, key: str, choice):
+        """Keep ``choice`` under ``key`` unless another run kept a valid one first; returns what the file holds."""
+        if self.path.is_dir():
+            self._note("is a folder, not a file; plans are measured and not kept")
+            return choice
+        value = choice if isinstance(choice, bool) else list(choice)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                data = self._read()
+                kept = self._valid(key, data.get(key))
+                if kept is not None:
+                    return kept  # the first measurement stays
+                data[key] = value
+                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+                os.replace(tmp, self.path)
         except OSError:  # a read-only cache only costs the measurement next time
-            pass
+            tmp.unlink(missing_ok=True)
+        return choice
+
+
+def _nodes_of(key: str) -> int | None:
+    """The number of robots a plan key names ("... | nodes N | ...")."""
+    for part in key.split(" | "):
+        if part.startswith("nodes "):
+            try:
+                return int(part.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
 
 
 def default_plan_cache() -> ExecutionPlanCache:
     """``$NNDT_PLAN_CACHE``, else ``~/.cache/nn_distributed_training/execution_plans.json``."""
-    path = os.environ.get("NNDT_PLAN_CACHE")
+    path: str | Path | None = os.environ.get("NNDT_PLAN_CACHE")
     if not path:
         path = Path.home() / ".cache" / "nn_distributed_training" / "execution_plans.json"
     return ExecutionPlanCache(path)
@@ -507,7 +611,7 @@ class NodeStack:
         self.autotune = execution == "auto"
         self.execution = ("grouped" if grouped_ok else "vmap") if self.autotune else execution
         self.chunk_size = chunk_size
-        self._grouped = _GroupedForward(self.template, self.slots) if grouped_ok else None
+        self._grouped = grouped_forward(self.template, self.slots) if grouped_ok else None
         self._activation_width: dict[tuple, int] = {}
         self.plans: dict[tuple, tuple[str, int]] = {}
         self.plan_sources: dict[tuple, str] = {}
@@ -559,15 +663,15 @@ class NodeStack:
         if key in self.plans:
             return self.plans[key]
         cache_key = self._cache_key(x) if self.autotune and self.plan_cache is not None else None
-        cached = self.plan_cache.get(cache_key) if cache_key is not None else None
+        cached = self.plan_cache.get(cache_key) if cache_key is not None and self.plan_cache is not None else None
         if not self.autotune:
             choice = (self.execution, self.chunk_size or auto_chunk(self.num_nodes, x.shape[1]))
             self.plan_sources[key] = "config"
-        elif cached is not None:
+        elif cached is not None and (cached[0] != "grouped" or self._grouped is not None):
             choice = cached
             self.plan_sources[key] = "cache"
         else:
-            timings = {}
+            timings: dict[tuple[str, int], float] = {}
             for candidate in self.candidates(x.shape[1]):
                 def run(candidate=candidate):
                     self._loss_and_grad(candidate, theta, x, y, loss_fn)
@@ -575,11 +679,13 @@ class NodeStack:
                 if timings and warmup > 3 * min(timings.values()):
                     continue  # clearly slower: not worth measuring again
                 timings[candidate] = min(_timed(run, theta.device) for _ in range(2))
-            choice = min(timings, key=timings.get)
+            choice = min(timings, key=timings.__getitem__)
             self.timings = {f"{form}/{size}": t for (form, size), t in timings.items()}
             self.plan_sources[key] = "measured"
-            if cache_key is not None:
-                self.plan_cache.put(cache_key, choice)
+            if cache_key is not None and self.plan_cache is not None:
+                kept = self.plan_cache.put(cache_key, choice)  # another run's first measurement wins
+                if tuple(kept) != tuple(choice):
+                    choice, self.plan_sources[key] = (kept[0], kept[1]), "cache"
         self.plans[key] = choice
         self.execution = choice[0]
         return choice
@@ -605,6 +711,7 @@ class NodeStack:
         """As :meth:`forward`, from per-layer parameters with a leading node axis."""
         execution = execution or self.execution
         if execution == "grouped":
+            assert self._grouped is not None  # "grouped" only for a model with grouped kernels
             return self._grouped(params, x, shared_input)
         if execution == "loop":
             k = next(iter(params.values())).shape[0]
@@ -687,8 +794,11 @@ class NodeStack:
         self.compile_facts[key] = facts
         if not wins:
             self._compiled_fns.pop(self._compile_key(plan, x), None)
-        if cache_key is not None:
-            self.plan_cache.put(cache_key, wins)
+        if cache_key is not None and self.plan_cache is not None:
+            kept = self.plan_cache.put(cache_key, wins)  # another run's first decision wins
+            if kept != wins:
+                wins = self.compiled[key] = bool(kept)
+                self.compile_sources[key] = "cache"
         return wins
 
     @staticmethod
@@ -781,7 +891,7 @@ def _quiet_compiler() -> None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
-def _caused_by_interrupt(exc: BaseException) -> bool:
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):

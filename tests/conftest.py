@@ -7,9 +7,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shared_mnist_dir() -> Path | None:
-    """MNIST in torchvision's layout: $NNDT_MNIST_DIR, else ../shared/data/mnist beside the repository."""
-    candidate = Path(os.environ.get("NNDT_MNIST_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
-    return candidate if (candidate / "MNIST" / "raw").is_dir() else None
+    """MNIST in torchvision's layout: $NNDT_DATA (what the code reads too), else the repository's data/, else a
+    copy beside the repository (../shared/data/mnist); None when none has it."""
+    candidates = [os.environ.get("NNDT_DATA"), REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data" / "mnist"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir() and any((Path(candidate) / "MNIST" / "raw").iterdir()):
+            return Path(candidate)
+    return None
 
 
 def pytest_configure(config):
@@ -40,20 +44,22 @@ def repo_root() -> Path:
 def mnist_dir() -> Path:
     path = shared_mnist_dir()
     if path is None:
-        pytest.skip("MNIST folder not present (set NNDT_MNIST_DIR)")
+        pytest.skip("MNIST not present (put it in data/MNIST/raw with `make data`, or set NNDT_DATA)")
     return path
 
 
-def assert_notebook_is_clean(path: Path) -> None:
-    """A committed notebook: no stored outputs, and its first cell reads the results folder from NNDT_RESULTS."""
+def assert_notebook_is_shipped_whole(path: Path) -> None:
+    """A committed notebook: its title first, then the cell that reads the results folder from NNDT_RESULTS, and
+    the outputs of its last execution stored (``make notebooks``), pictures included, without an error."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    first = nb.cells[0]
-    assert first.cell_type == "code" and "NNDT_RESULTS" in first.source
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs") and cell.get("execution_count") is None
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert nb.cells[1].cell_type == "code" and "NNDT_RESULTS" in nb.cells[1].source
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) or "image/gif" in o.get("data", {}) for o in outputs), \
+        f"{path.name} has no stored picture: run make notebooks"
+    assert not any(o.get("output_type") == "error" for o in outputs)
 
 
 def execute_results_notebook(notebook: Path, results: Path, figures, monkeypatch, timeout: int = 180) -> str:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import networkx as nx
-import pytest
 import torch
 import yaml
 
@@ -18,8 +17,8 @@ from experiments import runner
 from experiments.config import load_yaml, validate_scaling_config
 from experiments.kinds import KINDS
 from experiments.scaling import trial_config, trial_plan
-from optimizers import DSGD
 from foundation.graph_files import graph_from_json
+from optimizers import DSGD
 from optimizers.comm.network import InProcessNetwork
 from problems.metrics import METRICS
 from tests.conftest import REPO_ROOT
@@ -128,7 +127,7 @@ def test_no_reaching_into_private_parts():
 
 
 def test_every_kind_is_one_registry_entry_with_its_metrics():
-    assert list(KINDS) == ["mnist", "density", "online_density", "logreg"]
+    assert list(KINDS) == ["mnist", "density", "online_density", "logreg", "rl_tag"]
     for kind in KINDS.values():
         assert kind.metrics == kind.setup.problem_class.available_metrics()
         recorded = kind.setup.problem_class.recorded_metrics(kind.metrics)

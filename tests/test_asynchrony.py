@@ -6,9 +6,9 @@ import networkx as nx
 import pytest
 import torch
 
+from foundation.counters import code, uniform
 from optimizers import DSGD, DSGT, PushDIGing, RelaxedADMM
 from optimizers.comm.asynchrony import _DELAY
-from foundation.counters import code, uniform
 from optimizers.comm.links import configure_asynchrony
 from optimizers.comm.network import InProcessNetwork
 from tests.test_optimizers import DT, N, Reference, least_squares_problem, make_problem
@@ -112,8 +112,8 @@ def test_every_robot_awake_and_nothing_late_is_the_synchronous_run():
     ({"delay": 2}, "experiment.asynchrony.delay"),
 ])
 def test_bad_asynchrony_settings_are_refused_with_one_line(tmp_path, bad, message, capsys):
-    from tests.test_reliability import long_tiny, write_config
     from experiments.run import main
+    from tests.test_reliability import long_tiny, write_config
 
     cfg = long_tiny(rounds=4)
     cfg["experiment"]["asynchrony"] = bad

@@ -24,8 +24,8 @@ def test_eval_time_runs_and_prints_its_ratio_last(capsys):
     assert re.fullmatch(r"evaluation / matmul-rate time: \d+\.\d\d", lines[-1])
     assert any(line.strip().startswith("whole-batch blocks") for line in lines)
     assert any(re.match(r"blocks of \d+ robots x \d+ digits \(no floor", line.strip()) for line in lines)
-    profiled = lines[lines.index(next(l for l in lines if "profile of one evaluation" in l)) + 1:-1]
-    assert profiled and all(re.fullmatch(r"\s+\S+\s+\d+\.\d\d s\s+\d+\.\d%\s+\(\d+ calls\)", l) for l in profiled)
+    profiled = lines[lines.index(next(line for line in lines if "profile of one evaluation" in line)) + 1:-1]
+    assert profiled and all(re.fullmatch(r"\s+\S+\s+\d+\.\d\d s\s+\d+\.\d%\s+\(\d+ calls\)", row) for row in profiled)
 
 
 def test_round_time_judges_each_local_step_against_the_centralized_step(capsys):
@@ -71,3 +71,16 @@ def test_round_time_profile_sorts_operators_and_accounts_for_the_whole_round():
     assert "mm" in profile.pop("top")
     assert all(v >= 0 for v in profile.values())
     assert profile["total"] >= profile["matrix products"]  # wall time per round holds the operators' own time
+
+
+def test_the_gpu_check_runs_its_cpu_part_and_says_what_it_skipped(capsys):
+    import torch
+
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for name in ("mnist", "density", "rl"):
+        assert any(line.startswith(f"INFO {name} on CPU: ") and "ms/round" in line for line in lines), name
+        expected = "PASS" if torch.cuda.is_available() else "SKIP"
+        assert any(line.startswith(f"{expected} {name} on CUDA against CPU") for line in lines), name

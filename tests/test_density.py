@@ -18,8 +18,7 @@ from experiments.runner import main
 from floorplans.io import save_floorplan
 from optimizers.comm.links import FollowPositions
 from optimizers.comm.network import InProcessNetwork
-from problems.density import (OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality,
-                              observable_walls)
+from problems.density import OnlineDensityProblem, Sine, WindowSampler, fourier_net, map_quality, observable_walls
 from problems.node_stack import NodeStack
 from tests.conftest import REPO_ROOT
 
@@ -674,7 +673,8 @@ def test_blurred_plan_reference_scores_match_a_pointwise_bilinear_reference(tiny
     is refused with one line."""
     from experiments.config import load_yaml, validate_config
     from experiments.kinds import KINDS
-    from experiments.loss_breakdown import blurred_plan_losses, main as breakdown_main
+    from experiments.loss_breakdown import blurred_plan_losses
+    from experiments.loss_breakdown import main as breakdown_main
 
     rc, out = tiny_online_run
     assert rc == 0

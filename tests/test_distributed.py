@@ -19,12 +19,12 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers.dinno import DiNNO
 from optimizers.comm.distributed import robot_blocks
-from optimizers.dsgd import DSGD
-from optimizers.dsgt import DSGT
 from optimizers.comm.graphs import make_graph
 from optimizers.comm.network import InProcessNetwork
+from optimizers.dinno import DiNNO
+from optimizers.dsgd import DSGD
+from optimizers.dsgt import DSGT
 from problems.base import consensus_distances
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,8 +107,13 @@ def run_all(num_nodes: int, make_network, rows: slice) -> dict:
 
 def worker(scenario: str, out_dir: str, num_nodes: int) -> None:
     from optimizers.comm import dist_launch
-    from optimizers.comm.distributed import (TorchDistributedNetwork, any_rank, check_identical,
-                                        consensus_error, gather_rows)
+    from optimizers.comm.distributed import (
+        TorchDistributedNetwork,
+        any_rank,
+        check_identical,
+        consensus_error,
+        gather_rows,
+    )
 
     timeout = float(os.environ.get("TEST_DIST_TIMEOUT", "30"))
     env, _ = dist_launch.init_distributed("gloo", timeout_s=timeout)

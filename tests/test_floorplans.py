@@ -15,9 +15,9 @@ from floorplans import (
     save_floorplan,
     signed_distance_field,
 )
-from planner.make_shipped_plans import PLANS, STYLES, make_plan
 from lidar import Lidar2D, trajectory_from_waypoints
 from planner import free_mask
+from planner.make_shipped_plans import PLANS, STYLES, make_plan
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -4,6 +4,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from foundation.graph_files import graph_from_json, graph_to_json
 from optimizers.comm.graphs import (
     GRAPH_TYPES,
     GraphError,
@@ -12,7 +13,6 @@ from optimizers.comm.graphs import (
     make_graph,
     metropolis_weights,
 )
-from foundation.graph_files import graph_from_json, graph_to_json
 
 GRAPH_ARGS = {"p": 0.4, "radius": 0.45, "target_fiedler": 1.0}
 

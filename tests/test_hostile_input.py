@@ -211,8 +211,9 @@ def test_output_metadir_without_write_permission_is_refused(tmp_path, monkeypatc
 
 
 def test_failed_download_leaves_no_folders(tmp_path, monkeypatch, capsys):
-    import torchvision.datasets.mnist as tv_mnist
     from urllib.error import URLError
+
+    import torchvision.datasets.mnist as tv_mnist
 
     def offline(*args, **kwargs):
         raise URLError("no network")

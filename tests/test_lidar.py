@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from floorplans import generate_floorplan
 from lidar import (
     Lidar2D,
     OnlineTrajectoryLidarDataset,
@@ -13,7 +14,6 @@ from lidar import (
     pixel_to_lidar,
     trajectory_from_waypoints,
 )
-from floorplans import generate_floorplan
 
 WALL_COL = 300  # wall pixels from this column on: the wall face is at x = WALL_COL - nx / 2
 

@@ -1,9 +1,9 @@
 """experiment.links and experiment.graph_schedule through the runner, on a tiny MNIST run."""
 
-import pytest
 import copy
 import json
 
+import pytest
 import torch
 
 from tests.test_runner import TINY, run, write_config

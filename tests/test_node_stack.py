@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from problems.mnist import mnist_cnn
 from problems import node_stack
+from problems.mnist import mnist_cnn
 from problems.node_stack import NodeStack, auto_chunk, flatten_parameters, supports_grouped
 from problems.sampling import NodeBatchSampler
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from foundation.schedules import learning_rates
 from optimizers import DSGD, DSGT, DiNNO, LocalTraining
 from optimizers.comm.network import InProcessNetwork
-from foundation.schedules import learning_rates
 from problems.base import SupervisedProblem
 from problems.sampling import NodeBatchSampler
 
@@ -353,8 +353,8 @@ class AllocatingDiNNO(DiNNO):
 def test_buffered_rounds_are_bit_identical_to_allocating_rounds(cls, old_cls, cfg, dtype, monkeypatch):
     """Workspace buffers, the in-place DiNNO penalty, the reset (not rebuilt) Adam and column-blocked
     sparse mixing change no bit against the allocating rounds with one-call products, on 40 robots."""
-    from optimizers.comm.graphs import make_graph
     from optimizers.comm import network as network_module
+    from optimizers.comm.graphs import make_graph
     nodes, per_node = 40, 6
     g = torch.Generator().manual_seed(5)
     x = torch.randn(nodes * per_node, 8, generator=g, dtype=dtype)

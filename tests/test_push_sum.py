@@ -5,8 +5,8 @@ import networkx as nx
 import pytest
 import torch
 
-from optimizers import ConfigError, PushDIGing, SGP, validate_optimizer_config
 from foundation.counters import code, uniform
+from optimizers import SGP, ConfigError, PushDIGing, validate_optimizer_config
 from optimizers.comm.link_models import make_link_model
 from optimizers.comm.network import InProcessNetwork
 from optimizers.push_sum import out_edges

@@ -287,7 +287,7 @@ def test_original_mnist_configs_run_with_paths_overridden(name, tmp_path):
     for key, pc in raw["problem_configs"].items():
         sets += [f"problem_configs.{key}.optimizer_config.outer_iterations=2",
                  f"problem_configs.{key}.val_batch_size=2000"]
-    args = [str(path), "--quiet"]
+    args = [str(path), "--quiet", "--device", "cpu"]  # the original's use_cuda: true requires CUDA here
     for item in [*data_overrides(), *sets]:
         args += ["--set", item]
     assert main(args) == 0

@@ -17,8 +17,8 @@ import yaml
 from experiments.run_record import FolderLock
 from experiments.runner import main
 from foundation import results_io
-from optimizers.dsgd import DSGD
 from foundation.schema import ConfigError
+from optimizers.dsgd import DSGD
 from tests.conftest import REPO_ROOT
 from tests.test_reliability import SETS, crash_once, long_tiny, manifest_of, same_results
 from tests.test_runner import run, write_config

@@ -22,9 +22,6 @@ from foundation.results_io import atomic_path, save_figure  # noqa: E402
 from problems.metrics import METRICS, figure_metrics, label  # noqa: E402
 
 
-
-
-
 def load_results(folder: str | Path) -> dict[str, dict]:
     """problem_name -> results dict (metric -> list of per-evaluation values), in run order."""
     folder = Path(folder)
@@ -37,10 +34,11 @@ def load_results(folder: str | Path) -> dict[str, dict]:
     return results
 
 
-def latest_output(problems: tuple[str, ...], base: str | Path, kind: str = "run") -> str:
-    """The most recently written output folder under ``base`` whose manifest says it is a ``kind`` of one of
-    ``problems`` ("" when there is none). ``kind``: "run" (experiments/run.py: a manifest without a kind),
-    "scaling" or "tuning"; a folder whose manifest cannot be read is skipped."""
+def latest_output(problems: tuple[str, ...], base: str | Path, kind: str = "run", say: bool = True) -> str:
+    """The most recently written *completed* output folder under ``base`` whose manifest says it is a ``kind`` of one
+    of ``problems`` ("" when there is none). ``kind``: "run" (experiments/run.py: a manifest without a kind),
+    "scaling" or "tuning"; a folder whose manifest cannot be read is skipped. With ``say``, one line names the folder
+    chosen and the newer ones skipped (a crashed, interrupted or still running run has nothing whole to draw)."""
     found = []
     for manifest in Path(base).glob("*/manifest.json"):
         try:
@@ -48,8 +46,19 @@ def latest_output(problems: tuple[str, ...], base: str | Path, kind: str = "run"
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and data.get("kind", "run") == kind and data.get("problem") in problems:
-            found.append(manifest)
-    return str(max(found, key=lambda m: m.stat().st_mtime).parent) if found else ""
+            found.append((manifest.stat().st_mtime, manifest.parent, data.get("status")))
+    found.sort(key=lambda f: f[0], reverse=True)
+    skipped: list[str] = []
+    for _, folder, status in found:
+        if status == "completed":
+            if say:
+                reason = f" (newer but not completed: {', '.join(skipped)})" if skipped else ""
+                print(f"results: {folder}{reason}")
+            return str(folder)
+        skipped.append(f"{folder.name} {status or 'without a status'}")
+    if say and skipped:
+        print(f"no completed run under {base} (not completed: {', '.join(skipped)})")
+    return ""
 
 
 def load_graph(folder: str | Path) -> nx.Graph:
@@ -78,10 +87,10 @@ def plot_metric(results: dict[str, dict], metric: str, ax=None, log_scale: bool 
             continue
         rounds = torch.as_tensor(res["round"][:len(res[metric])], dtype=torch.float64)
         if x == "megabytes":  # a log axis, so that messages 50x smaller are not squeezed against zero
-            rounds = megabytes_per_node(res)
-            if rounds is None:
+            megabytes = megabytes_per_node(res)
+            if megabytes is None:
                 continue
-            rounds = rounds[:len(res[metric])]
+            rounds = megabytes[:len(res[metric])]
             keep = rounds > 0
             rounds, res = rounds[keep], {**res, metric: [v for v, k in zip(res[metric], keep.tolist()) if k]}
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[metric]])
@@ -427,7 +436,7 @@ def save_tuning_figures(folder: str | Path, rows: list[dict], tune: dict) -> lis
             xs = [r[name] for r in done if name in r]
             ax.plot(xs, [r["objective"] for r in done if name in r], "o", ms=4)
             key = name[len("params_"):]
-            bounds = next((b for b in tune["space"].values() if key in b), {}).get(key, {})
+            bounds: dict = next((b for b in tune["space"].values() if key in b), {}).get(key, {})
             if "log_uniform" in bounds:
                 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
                 ax.set_xscale("log")
@@ -471,9 +480,11 @@ def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
     print("|---|---|---|---|---|---|")
     for folder in folders:
         for r in accuracy_table(load_results(folder), threshold):
+            silent = r["mb_total"] is None  # a pair that sends nothing (the baselines): no megabytes to count
             print(f"| {Path(folder).name} | {r['pair']} | {r['final_mean']:.3f} / {r['final_min']:.3f} | "
-                  f"{fmt(r['rounds_to_threshold'], '{}')} | {fmt(r['mb_to_threshold'], '{:.2f}')} | "
-                  f"{fmt(r['mb_total'], '{:.2f}')} |")
+                  f"{fmt(r['rounds_to_threshold'], '{}')} | "
+                  f"{'-' if silent else fmt(r['mb_to_threshold'], '{:.2f}')} | "
+                  f"{'-' if silent else fmt(r['mb_total'], '{:.2f}')} |")
 
 
 def last_quarter_accuracy(res: dict) -> tuple[float, float] | None:

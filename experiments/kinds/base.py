@@ -11,23 +11,67 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import networkx as nx
+import numpy as np
 import torch
 
+from foundation.schema import (
+    AT_LEAST_ONE,
+    OPTIONAL,
+    POSITIVE,
+    REQUIRED,
+    SEED_RANGE,
+    UNIT_INTERVAL,
+    Bool,
+    Choice,
+    ConfigError,
+    Custom,
+    Float,
+    Int,
+    ListOf,
+    Name,
+    Range,
+    Str,
+    excerpt,
+)
 from optimizers import OPTIMIZER_CONFIG
-from optimizers.comm.link_models import LINKS
+from optimizers.comm.aggregation import AGGREGATION_SCHEMA
+from optimizers.comm.faults import FAULTS
 from optimizers.comm.graphs import GRAPH_TYPES, GRAPHS, graph_from_config
-from foundation.schema import (AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, SEED_RANGE, UNIT_INTERVAL, Bool, Choice, Range,
-                               ConfigError, Float, Int, ListOf, Name, Str)
-from problems.base import RobotBlock
-from problems.mnist_data import data_folder
+from optimizers.comm.link_models import LINKS
+from problems.base import RobotBlock, StackProblem
 from problems.node_stack import default_plan_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = data_folder()  # $NNDT_DATA, else the repository's data/
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def validate_use_cuda(key: str, value: Any):
+    """``auto`` (CUDA when present), ``true`` (CUDA required) or ``false``."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: {excerpt(value)} is not allowed; allowed: auto, true, false")
+
+
+def validate_mlflow(key: str, value: Any):
+    """``false``, ``true`` (a local store in the output folder) or a tracking URI (``scheme://...``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and "://" in value and "\0" not in value and len(value) <= 1000:
+        return value
+    raise ConfigError(f"{key}: expected true, false or a tracking URI such as http://host:5000 or "
+                      f"sqlite:///path/mlflow.db, got {excerpt(value)}")
+
+
+def validate_threads(key: str, value: Any):
+    """``auto`` or a number of threads from 1 to 1024."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ConfigError(f"{key}: expected auto or a whole number of threads from 1 to 1024, got {excerpt(value)}")
+    return value
+
 
 GRAPH_SCHEMA = {
     "num_nodes": (Int, REQUIRED, AT_LEAST_ONE),
@@ -56,13 +100,29 @@ INDIVIDUAL_SCHEMA = {
     "verbose": (Bool, True),
 }
 
-COMMON_EXPERIMENT = {
+TEAM_SCHEMA = {
+    "deadline_ms": (Float, 1000.0, POSITIVE),
+    "max_staleness": (Int, 20, Range(0, 1_000_000)),
+    "start_timeout_s": (Float, 60.0, POSITIVE),
+    "silent_after_s": (Float, 5.0, POSITIVE),
+    "congestion": (Choice(("drop", "block")), "drop"),
+    "hosts": (ListOf(Str), ["127.0.0.1"]),
+    "listen_host": (Str, OPTIONAL),
+    "base_port": (Int, 17400, Range(1024, 65535)),
+    "router": (Str, OPTIONAL),
+    "key_file": (Str, OPTIONAL),
+    "key_prefix": (Name, "nndt"),
+}
+
+COMMON_EXPERIMENT: dict[str, tuple] = {
     "name": (Name, REQUIRED),
     "problem": (Str, OPTIONAL),  # a registered kind (checked against the registry before the schema)
     "data_dir": (Str, OPTIONAL),
     "output_metadir": (Str, OPTIONAL),
     "writeout": (Bool, True),
-    "use_cuda": (Bool, False),
+    "use_cuda": (Custom(validate_use_cuda, "`auto` \\| bool"), "auto"),
+    # threads of the run's tensor work: auto chooses from the model's size (small models run fastest on one)
+    "threads": (Custom(validate_threads, "`auto` \\| integer"), "auto"),
     "seed": (Int, 0, SEED_RANGE),
     "dtype": (Choice(("float32", "float64")), "float32"),
     "centralized": (Bool, False),
@@ -73,11 +133,16 @@ COMMON_EXPERIMENT = {
     "checkpoint_every": (Int, OPTIONAL, AT_LEAST_ONE),
     "individual_training": (INDIVIDUAL_SCHEMA, {}),
     "tensorboard": (Bool, False),  # TensorBoard event files per pair (experiments/tensorboard_log.py)
+    # MLflow tracking per pair: true (a store in the output folder) or a tracking URI (experiments/mlflow_log.py)
+    "mlflow": (Custom(validate_mlflow, "bool \\| tracking URI"), False),
     # lossy and time-varying communication (optimizers/comm/links.py)
     "links": (LINKS, {}),
     "graph_schedule": ({"graphs": (ListOf(GRAPH_SCHEMA), OPTIONAL),
                         "random_edges_per_round": (Int, OPTIONAL, AT_LEAST_ONE),
                         "seed": (Int, 0, SEED_RANGE)}, {}),
+    # faulty and hostile robots (optimizers/comm/faults.py) and how receivers combine rows (optimizers/comm/aggregation.py)
+    "faults": (FAULTS, []),
+    "aggregation": (AGGREGATION_SCHEMA, {}),
     # robots that wake at random and messages that arrive late (optimizers/comm/asynchrony.py)
     "asynchrony": ({"activation": (Float, 1.0, Range(0.0, 1.0, low_open=True)),
                     "max_delay": (Int, 0, Range(0, 1000)),
@@ -85,6 +150,8 @@ COMMON_EXPERIMENT = {
     # under torchrun (experiments/distributed_run.py)
     "backend": (Choice(("auto", "gloo", "nccl")), "auto"),
     "dist_timeout_s": (Float, 60.0, POSITIVE),
+    # robots as their own processes on a real network (experiments/robot.py, experiments/team.py)
+    "team": (TEAM_SCHEMA, {}),
 }
 
 METRICS_CONFIG = {
@@ -126,8 +193,47 @@ def check_batches_fit(cfg: dict, limit: int, what: str) -> None:
                               f"than {what}")
 
 
+def available_memory() -> int | None:
+    """Bytes the system can still give (MemAvailable of /proc/meminfo; None where it cannot be told)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+GRAPH_BYTES_PER_EDGE = 400  # networkx's two adjacency entries of an undirected edge, with their attribute dicts
+
+
+def expected_edges(graph: dict) -> float:
+    """About how many edges a graph block builds (before it is built)."""
+    n = graph["num_nodes"]
+    kind = graph["type"]
+    if kind == "complete":
+        return n * (n - 1) / 2
+    if kind == "random":
+        return (graph.get("p") or 0.0) * n * (n - 1) / 2
+    if kind in ("disk", "fiedler") and graph.get("radius"):
+        return min(n * (n - 1) / 2, n * (n - 1) / 2 * 3.1416 * graph["radius"] ** 2)
+    return 3.0 * n  # cycle, wheel, delaunay (planar), fiedler searches: a few edges per robot
+
+
+def check_memory(what: str, needed: float, key: str) -> None:
+    """Refuse, with the figure, what cannot fit into the memory the system has left."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise ConfigError(f"{key}: {what} needs about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free; "
+                          f"use fewer robots or a sparser graph")
+
+
 def build_graph(exp: dict) -> nx.Graph:
-    return graph_from_config(exp["graph"], seed=exp["seed"])
+    graph = exp["graph"]
+    check_memory(f"a {graph['type']} graph of {graph['num_nodes']:,} robots ({expected_edges(graph):,.0f} edges)",
+                 expected_edges(graph) * GRAPH_BYTES_PER_EDGE + 16.0 * graph["num_nodes"] ** 2 * (graph["num_nodes"] <= 4096),
+                 "experiment.graph.num_nodes")
+    return graph_from_config(graph, seed=exp["seed"])
 
 
 def resolve_path(value: str | None, default: Path) -> Path:
@@ -141,6 +247,10 @@ def first_problem(cfg: dict) -> dict:
     return next(iter(cfg["problem_configs"].values()))
 
 
+# a per-robot sequence that :meth:`ExperimentSetup.local` slices
+_PerRobot = TypeVar("_PerRobot", list, torch.Tensor, np.ndarray)
+
+
 class ExperimentSetup:
     """What stays fixed across the pairs of one experiment: the communication graph, the frozen base
     model (every node of every pair starts from it) and each robot's data. Subclasses build those in
@@ -150,9 +260,9 @@ class ExperimentSetup:
     scaling sweep builds each trial on its own graph with the data and the base model of the sweep.
     """
 
-    problem_class: type = None
+    problem_class: type[StackProblem] = None  # type: ignore[assignment]  # every subclass sets it
     # metrics that need other robots (consensus) or a communication graph: not for a single model
-    team_metrics = ("consensus_error", "current_graph")
+    team_metrics: tuple[str, ...] = ("consensus_error", "current_graph")
 
     def __init__(self, cfg: dict, device: torch.device, graph: nx.Graph | None = None, data: Any = None,
                  base_model: torch.nn.Module | None = None):
@@ -165,6 +275,7 @@ class ExperimentSetup:
         self.block: RobotBlock | None = None  # under torch.distributed: the robots this process hosts
         self.graph: nx.Graph | None = graph
         self.base_model = base_model
+        self.threads: dict | None = None  # the thread count the run chose (experiments.run_record.choose_threads)
         self.num_nodes: int | None = None if graph is None else graph.number_of_nodes()
 
     @classmethod
@@ -172,13 +283,23 @@ class ExperimentSetup:
         """Data a sweep can load once and give every trial's setup (None: each setup loads its own)."""
         return None
 
+    # copies of the robots' parameters a run holds at once: the stack, its gradients, an optimizer's moments and
+    # duals or trackers, the network's held rows and workspace buffers
+    STACK_COPIES = 10
+
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` as the experiment's base model: built after seeding, never trained itself."""
+        """``model`` as the experiment's base model: built after seeding, never trained itself. A team whose
+        parameters cannot fit into the memory left is refused here, before any is allocated."""
         for p in model.parameters():
             p.requires_grad_(False)
+        if self.num_nodes:
+            parameters = sum(p.numel() for p in model.parameters())
+            item = torch.finfo(self.dtype).bits // 8
+            check_memory(f"{self.num_nodes:,} robots of {parameters:,} parameters",
+                         float(self.num_nodes) * parameters * item * self.STACK_COPIES, "experiment.graph.num_nodes")
         return model
 
-    def local(self, per_robot: list) -> list:
+    def local(self, per_robot: _PerRobot) -> _PerRobot:
         """This process's entries of a per-robot list (all of them in one process)."""
         return per_robot if self.block is None else per_robot[self.block.start:self.block.stop]
 
@@ -206,6 +327,7 @@ class ExperimentSetup:
     # ----------------------------------------------------------------- baselines
     def centralized_batch(self, batch: int) -> int:
         """The pooled model's batch when each robot's batch is ``batch``."""
+        assert self.num_nodes is not None  # every setup knows it after __init__
         return batch * self.num_nodes
 
     def individual_schedule(self, individual: dict) -> tuple[int, int]:

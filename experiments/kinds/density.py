@@ -21,16 +21,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.kinds.base import (COMMON_EXPERIMENT, GRAPH_SCHEMA, METRICS_CONFIG, REPO_ROOT, ExperimentSetup,
-                                    ProblemKind, build_graph, check_batches_fit, check_graph_parameters,
-                                    first_problem, problem_schema, resolve_path)
+from experiments.kinds.base import (
+    COMMON_EXPERIMENT,
+    GRAPH_SCHEMA,
+    METRICS_CONFIG,
+    REPO_ROOT,
+    ExperimentSetup,
+    ProblemKind,
+    build_graph,
+    check_batches_fit,
+    check_graph_parameters,
+    first_problem,
+    problem_schema,
+    resolve_path,
+)
 from floorplans.io import load_floorplan
+from foundation.schema import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    OPTIONAL,
+    POSITIVE,
+    REQUIRED,
+    Bool,
+    Choice,
+    ConfigError,
+    Float,
+    Int,
+    ListOf,
+    Str,
+    excerpt,
+    schema_entry,
+)
 from lidar import Lidar2D, RandomPoseLidarDataset, ScanError, TrajectoryLidarDataset
 from lidar.coords import trajectory_from_waypoints
 from optimizers.comm.graphs import disk_graph
 from optimizers.comm.links import FollowPositions
-from foundation.schema import (AT_LEAST_ONE, NON_NEGATIVE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError,
-                               Float, Int, ListOf, Str, excerpt, schema_entry)
 from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net, observable_walls
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
@@ -166,7 +191,7 @@ def waypoint_files(folder: Path) -> list[Path]:
 
 
 class DensitySetup(ExperimentSetup):
-    problem_class = DensityProblem
+    problem_class: type[DensityProblem] = DensityProblem
 
     def __init__(self, cfg: dict, device: torch.device, graph=None, data=None, base_model=None):
         super().__init__(cfg, device, graph, data, base_model)
@@ -255,6 +280,7 @@ class DensitySetup(ExperimentSetup):
         return poses
 
     def _build_data(self) -> None:
+        assert self.num_nodes is not None  # _load_waypoints set it
         data = self.data_cfg
         if data["split_type"] == "trajectory":
             sets = [TrajectoryLidarDataset(self.lidar, w, data["spline_res"], round_density=data["round_density"],
@@ -334,6 +360,7 @@ class OnlineDensitySetup(DensitySetup):
     problem_class = OnlineDensityProblem
 
     def _build_data(self) -> None:
+        assert self.num_nodes is not None  # _load_waypoints set it
         data = self.data_cfg
         sets = [TrajectoryLidarDataset(self.lidar, w, data["spline_res"], round_density=data["round_density"],
                                        clipped=False, dtype=self.dtype) for w in self.waypoints]
@@ -362,6 +389,10 @@ class OnlineDensitySetup(DensitySetup):
                 "window_points": self.data_cfg["num_scans_in_window"] * self.scans.shape[2],
                 "validation_points": int(self.val_x.shape[0])}
 
+    def robot_data_sizes(self) -> list[int]:
+        """Points along each robot's whole trajectory (it sees one window of them at a time)."""
+        return [poses * self.scans.shape[2] for poses in self.num_poses]
+
     def centralized_batch(self, batch: int) -> int:
         return batch  # the pooled problem draws a batch from every robot's window
 
@@ -378,6 +409,7 @@ class OnlineDensitySetup(DensitySetup):
             scans, poses, num_poses = self.scans, self.poses, self.num_poses
         else:  # this process's robots (all of them in one process)
             scans, poses, num_poses = self.local(self.scans), self.local(self.poses), self.local(self.num_poses)
+        assert self.base_model is not None  # __init__ built it
         return OnlineDensityProblem(name, self.base_model, scans, poses, num_poses, self.val_x, self.val_y,
                                     loss=self.exp["loss"], num_scans_in_window=data["num_scans_in_window"],
                                     window_step=data["window_step"], pooled=pooled, **kwargs)

@@ -6,9 +6,17 @@ from __future__ import annotations
 import networkx as nx
 import torch
 
-from experiments.kinds.base import (COMMON_EXPERIMENT, GRAPH_SCHEMA, ExperimentSetup, ProblemKind, build_graph,
-                                    check_batches_fit, check_graph_parameters, problem_schema)
-from foundation.schema import (POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Range)
+from experiments.kinds.base import (
+    COMMON_EXPERIMENT,
+    GRAPH_SCHEMA,
+    ExperimentSetup,
+    ProblemKind,
+    build_graph,
+    check_batches_fit,
+    check_graph_parameters,
+    problem_schema,
+)
+from foundation.schema import POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Range
 from problems.logreg import LOSSES, LogRegProblem, TeamObjective, linear_model, load_tabular, split_labels
 from problems.splits import DataError, split_indices
 
@@ -95,6 +103,7 @@ class LogRegSetup(ExperimentSetup):
         return kwargs
 
     def build_problem(self, name, kwargs, pooled):
+        assert self.num_nodes is not None and self.base_model is not None  # __init__ set them
         if pooled:  # one model whose objective is the team's f: each sample weighted 1 / (N |D_i|)
             indices = [torch.cat(self.node_indices)]
             weights = [torch.cat(self.sample_weights) / self.num_nodes]

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import networkx as nx
 import torch
 
+from experiments.kinds.base import (
+    COMMON_EXPERIMENT,
+    GRAPH_SCHEMA,
+    ExperimentSetup,
+    ProblemKind,
+    build_graph,
+    check_batches_fit,
+    check_graph_parameters,
+    problem_schema,
+    resolve_path,
+)
 from foundation.log import LOG
-from experiments.kinds.base import (COMMON_EXPERIMENT, DEFAULT_DATA_DIR, GRAPH_SCHEMA, ExperimentSetup, ProblemKind,
-                                    build_graph, check_batches_fit, check_graph_parameters, problem_schema,
-                                    resolve_path)
 from foundation.schema import AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Int
 from problems.mnist import MNISTProblem, mnist_cnn
-from problems.mnist_data import DATASET_CHOICES, images_to_tensor, load_mnist
+from problems.mnist_data import DATASET_CHOICES, data_folder, images_to_tensor, load_mnist
 from problems.splits import SPLIT_TYPES, split_indices
 
 EXPERIMENT_SCHEMA = {
@@ -56,10 +63,17 @@ class MnistSetup(ExperimentSetup):
                  base_model=None):
         super().__init__(cfg, device, graph, data, base_model)
         exp = self.exp
+        self.data = self.load_data(cfg) if data is None else data
+        robots = exp["graph"]["num_nodes"] if self.graph is None else self.graph.number_of_nodes()
+        share = len(self.data.train_labels) // robots  # the most the smallest robot can get
+        for key, pc in cfg["problem_configs"].items():
+            if pc["train_batch_size"] > share:  # said before the graph is built (a large one takes a while)
+                raise ConfigError(f"problem_configs.{key}.train_batch_size: {pc['train_batch_size']} is larger than the "
+                                  f"{share} training samples the smallest node can get ({robots:,} robots share "
+                                  f"{len(self.data.train_labels):,})")
         if self.graph is None:
             self.graph = build_graph(exp)
         self.num_nodes = self.graph.number_of_nodes()
-        self.data = self.load_data(cfg) if data is None else data
         self.node_indices = split_indices(self.data.train_labels, self.num_nodes, exp["data_split_type"],
                                           seed=self.seed, alpha=exp["dirichlet_alpha"],
                                           min_size=max(pc["train_batch_size"]
@@ -82,7 +96,7 @@ class MnistSetup(ExperimentSetup):
     @classmethod
     def load_data(cls, cfg: dict):
         exp = cfg["experiment"]
-        data_dir = resolve_path(exp["data_dir"], DEFAULT_DATA_DIR)
+        data_dir = resolve_path(exp["data_dir"], data_folder())  # $NNDT_DATA (read now), else data/
         with warnings.catch_warnings(record=True) as caught:  # the fallback notice, as one plain line
             warnings.simplefilter("always")
             data = load_mnist(data_dir, exp["dataset"], download=exp["download"])
@@ -102,6 +116,7 @@ class MnistSetup(ExperimentSetup):
 
     def build_problem(self, name, kwargs, pooled):
         indices = [torch.cat(self.node_indices)] if pooled else self.local(self.node_indices)
+        assert self.base_model is not None  # __init__ built it
         return MNISTProblem(name, self.base_model, indices, self.train_x, self.train_y, self.val_x, self.val_y,
                             loss=self.exp["loss"], **kwargs)
 

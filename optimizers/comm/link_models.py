@@ -36,8 +36,19 @@ import networkx as nx
 import torch
 
 from foundation import counters
-from foundation.schema import (OPTIONAL, POSITIVE, SEED_RANGE, UNIT_INTERVAL, Choice, ConfigError, Custom, Float, Int,
-                               did_you_mean, validate_mapping)
+from foundation.schema import (
+    OPTIONAL,
+    POSITIVE,
+    SEED_RANGE,
+    UNIT_INTERVAL,
+    Choice,
+    ConfigError,
+    Custom,
+    Float,
+    Int,
+    did_you_mean,
+    validate_mapping,
+)
 
 _STATE = counters.code("link state")
 
@@ -187,7 +198,7 @@ LINK_MODELS = {cls.name: cls for cls in (IndependentLoss, SymmetricLoss, BurstyL
 def links_schema() -> dict:
     """The schema of ``experiment.links`` from the registry: the model, its seed, every model's top-level keys,
     and one block per model with its own keys."""
-    schema = {"model": (Choice(tuple(LINK_MODELS)), "independent"), "seed": (Int, 0, SEED_RANGE)}
+    schema: dict[str, tuple] = {"model": (Choice(tuple(LINK_MODELS)), "independent"), "seed": (Int, 0, SEED_RANGE)}
     for model in LINK_MODELS.values():
         schema.update(model.top_schema)
         if model.block_schema:
