@@ -16,6 +16,7 @@ from experiments.config import validate_config
 from foundation.schema import ConfigError, validate_mapping
 from optimizers.comm.aggregation import AGGREGATION_SCHEMA
 from optimizers.comm.faults import FAULT_KINDS, Faults, gaussian, validate_faults
+from optimizers.comm.link_models import IndependentLoss
 from optimizers.comm.network import InProcessNetwork
 from tests.test_runner import TINY, run, write_config
 
@@ -111,6 +112,29 @@ def test_every_fault_changes_what_the_receivers_combine_as_the_plain_reference_s
         torch.testing.assert_close(summed[i], expected_sum, rtol=1e-12, atol=1e-12, msg=f"{kind}: sum at robot {i}")
     if kind == "nan":  # counted per receiver: robot 1's neighbours dropped one message in each exchange
         assert net.tallies.dropped.tolist() == [2.0 if i in graph.neighbors(1) else 0.0 for i in range(N)]
+
+
+@pytest.mark.parametrize("kind", ["nan", "crash"])
+@pytest.mark.parametrize("lossy", [False, True])
+def test_a_robot_that_breaks_leaves_its_last_row_held_only_where_links_lose_messages(kind, lossy):
+    """Robot 1 sends finite rows, then (from round 7) NaN or nothing: a lost message to its neighbours. With lossy
+    links (here a loss rate of 0, so every other message arrives) they hold its last row; on exact links rows are
+    not kept, and each uses its own row in robot 1's place."""
+    graph, w = team_graph(), weights(team_graph())
+    hook = Faults(validate_faults("faults", [{"robots": [1], "kind": kind, "from_round": 7}]), N)
+    net = InProcessNetwork(graph, dtype=DT)
+    net.set_faults(hook)
+    if lossy:
+        net.set_link_model(IndependentLoss(seed=0, drop_prob=0.0))
+    before, after = rows(0), rows(1)
+    hook(5)
+    net.mix(before, "x")
+    hook(7)
+    mixed = net.mix(after, "x")
+    for i in graph.neighbors(1):
+        from_1 = before[1] if lossy else after[i]
+        expected = after[i] + sum(w[i, j] * ((from_1 if j == 1 else after[j]) - after[i]) for j in graph.neighbors(i))
+        torch.testing.assert_close(mixed[i], expected, rtol=1e-12, atol=1e-12, msg=f"{kind}: robot {i}")
 
 
 def test_a_fault_waits_for_its_round_and_a_stale_robot_repeats_its_row():

@@ -8,8 +8,9 @@ message over, so that every optimizer meets the faults unchanged.
 From round ``from_round`` on (rounds count from 1; 0 means from the start), every message a listed robot sends on
 any channel is replaced as its kind says. Faults that need no knowledge of others:
 
-- ``crash``: nothing is sent any more (a dead radio): receivers go on with the last row they heard.
-- ``nan``: every entry is NaN (a broken sensor or a diverged robot).
+- ``crash``: nothing is sent any more (a dead radio). Receivers treat it as a lost message: the last row they
+  heard where links lose messages (held rows are kept only then), else their own row in its place.
+- ``nan``: every entry is NaN (a broken sensor or a diverged robot); dropped on arrival, as a lost message.
 - ``noise``: Gaussian noise of ``scale`` times the row's norm (per entry std scale ||x|| / sqrt(n)) is added.
 - ``stale``: the row sent at ``from_round`` is sent again every time (a frozen model).
 - ``sign_flip``: -``scale`` times its row is sent.
