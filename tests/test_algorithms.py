@@ -24,24 +24,7 @@ from optimizers import (
 )
 from optimizers.comm.compressors import make_compressor
 from optimizers.comm.network import InProcessNetwork
-from tests.test_optimizers import DT, N, Reference, graph, make_problem, reference_theta, run_convex
-
-ROUNDS = 5
-
-
-def run_stack(cls, cfg, rounds=ROUNDS, links=None, perturb=None, on_graph=None):
-    problem = make_problem()
-    if perturb is not None:
-        problem.theta[perturb] += 0.3
-    net = InProcessNetwork(on_graph if on_graph is not None else graph(), dtype=DT)
-    if links is not None:
-        net.set_links(*links)
-    opt = cls(problem, net, {"outer_iterations": rounds, **cfg})
-    with torch.no_grad():
-        opt.setup()
-        for k in range(1, rounds + 1):
-            opt.round(k)
-    return problem.theta.clone(), net
+from tests.helpers.convex import DT, ROUNDS, N, Reference, graph, make_problem, reference_theta, run_convex, run_stack
 
 
 def neighbours(ref, i):
@@ -479,7 +462,7 @@ def test_dinno_duals_sum_to_zero_unless_messages_are_lost():
     """Why DiNNO stalls under lossy links: sum_i y_i = 0 holds exactly while every row arrives; a stale
     row makes the two ends of an edge add different dual increments, the sum drifts during the
     transient, and the consensus fixed point moves off the optimum by as much (documented)."""
-    from tests.test_optimizers import least_squares_problem
+    from tests.helpers.convex import least_squares_problem
 
     cfg = {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd",
            "primal_lr_start": 0.05, "lr_decay_type": "constant", "outer_iterations": 150}
@@ -521,7 +504,7 @@ def test_symmetric_links_keep_dinnos_duals_summing_to_zero_and_reach_the_optimum
     """With acknowledged links (an edge delivers both ways or is left out) DiNNO's dual increments stay
     antisymmetric: the duals sum to zero and the fixed point is the optimum, as without losses."""
     from optimizers.comm.link_models import SymmetricLoss
-    from tests.test_optimizers import least_squares_problem
+    from tests.helpers.convex import least_squares_problem
 
     cfg = {"rho_init": 1.0, "rho_scaling": 1.0, "primal_iterations": 30, "primal_optimizer": "sgd",
            "primal_lr_start": 0.05, "lr_decay_type": "constant", "outer_iterations": 300}
@@ -629,7 +612,7 @@ def test_relaxed_admm_reaches_the_optimum_where_dinno_does_not(model):
     """30% of the messages lost: relaxed ADMM's fixed point is still the optimum (DiNNO settles off it,
     test_dinno_duals_sum_to_zero_unless_messages_are_lost)."""
     from optimizers.comm.link_models import make_link_model
-    from tests.test_optimizers import least_squares_problem
+    from tests.helpers.convex import least_squares_problem
 
     links = {"independent": {"model": "independent", "drop_prob": 0.3, "seed": 0},
              "symmetric": {"model": "symmetric", "drop_prob": 0.3, "seed": 0},

@@ -21,7 +21,7 @@ from foundation.graph_files import graph_from_json
 from optimizers import DSGD
 from optimizers.comm.network import InProcessNetwork
 from problems.metrics import METRICS
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 PACKAGES = ("experiments", "optimizers", "problems", "lidar", "planner", "floorplans", "visualization", "foundation")
 # which packages each package may import (its own modules always): every import points down
@@ -103,6 +103,22 @@ def test_no_import_cycle_among_the_project_modules():
     for node in sorted(edges):
         if node not in state:
             visit(node, [node])
+
+
+def test_no_test_module_imports_another_and_the_helpers_import_no_test_module():
+    """Shared test code lives in tests/helpers/; conftest.py keeps only pytest's hooks and fixtures."""
+    offenders = []
+    for path in sorted((REPO_ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO_ROOT)}: {n}" for n in names
+                          if n.startswith(("tests.test_", "tests.conftest"))]
+    assert offenders == []
 
 
 def test_any_experiments_module_imports_first():

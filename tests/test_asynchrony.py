@@ -11,7 +11,7 @@ from optimizers import DSGD, DSGT, PushDIGing, RelaxedADMM
 from optimizers.comm.asynchrony import _DELAY
 from optimizers.comm.links import configure_asynchrony
 from optimizers.comm.network import InProcessNetwork
-from tests.test_optimizers import DT, N, Reference, least_squares_problem, make_problem
+from tests.helpers.convex import DT, N, Reference, least_squares_problem, make_problem
 
 
 def run(cls, cfg, rounds, asynchrony, problem=None, graph=None, after_round=None):
@@ -113,7 +113,7 @@ def test_every_robot_awake_and_nothing_late_is_the_synchronous_run():
 ])
 def test_bad_asynchrony_settings_are_refused_with_one_line(tmp_path, bad, message, capsys):
     from experiments.run import main
-    from tests.test_reliability import long_tiny, write_config
+    from tests.helpers.runs import long_tiny, write_config
 
     cfg = long_tiny(rounds=4)
     cfg["experiment"]["asynchrony"] = bad

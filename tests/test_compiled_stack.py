@@ -14,7 +14,7 @@ from problems.base import per_node_loss
 from problems.density import fourier_net
 from problems.mnist import mnist_cnn
 from problems.node_stack import NodeStack
-from tests.test_node_stack import DT, nll, perturbed_stack, reference_loss_and_grad
+from tests.helpers.stack import DT, nll, perturbed_stack, reference_loss_and_grad
 
 
 def bce(out, y):

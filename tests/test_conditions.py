@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments.conditions import main
-from tests.test_runner import TINY, data_overrides
+from tests.helpers.runs import TINY, data_overrides
 
 
 def write_config(tmp_path, cfg):

@@ -7,8 +7,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from tests.conftest import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook  # noqa: E402
-from tests.test_density import make_plan, run_config, tiny_online_config  # noqa: E402
+from tests.helpers.density import make_plan, run_config, tiny_online_config  # noqa: E402
+from tests.helpers.paths import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "density.ipynb"
 FIGURES = ("notebook_maps.png", "notebook_node_maps.png", "notebook_validation_loss.png", "notebook_map_quality.png",

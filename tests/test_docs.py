@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 ENTRY_POINTS = {"experiments/run.py": "experiments.runner", "experiments/tune.py": "experiments.tuning",
@@ -58,7 +58,7 @@ COMMANDS = [(page.name, command) for page in PAGES for command in shown_commands
 def test_every_command_shown_validates_as_written(page, command, capsys, monkeypatch):
     import importlib
 
-    from tests.conftest import shared_mnist_dir
+    from tests.helpers.paths import shared_mnist_dir
 
     words = shlex.split(command)
     entry = next(i for i, w in enumerate(words) if w in ENTRY_POINTS)

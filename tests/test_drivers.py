@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from experiments import runner
-from tests.conftest import REPO_ROOT
-from tests.test_runner import TINY, data_overrides
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TINY, data_overrides
 
 SWEEP = {
     "experiment": {"name": "sweep", "validation_size": 200, "execution": "grouped",

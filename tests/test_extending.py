@@ -15,7 +15,7 @@ from experiments import config_docs
 from experiments.kinds import KINDS
 from experiments.runner import main
 from optimizers import OPTIMIZERS
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "extending.md"
 
@@ -36,8 +36,7 @@ def test_the_pages_optimizer_is_one_module_and_one_registry_line(tmp_path, monke
     assert len(PAGE.read_text().split("class MomentumDSGD")[1].split("```")[0].splitlines()) < 45
     monkeypatch.setitem(OPTIMIZERS, cls.alg_name, cls)
     # the stacked round against the plain per-robot reference on the tests' small problem
-    from tests.test_algorithms import run_stack
-    from tests.test_optimizers import reference_theta
+    from tests.helpers.convex import reference_theta, run_stack
 
     theta, _ = run_stack(cls, {"alpha": 0.05, "beta": 0.8})
     torch.testing.assert_close(theta, reference_theta(cls, {"alpha": 0.05, "beta": 0.8}), rtol=0, atol=1e-6)
@@ -81,7 +80,7 @@ def test_the_pages_problem_kind_is_one_module_and_one_registry_line(tmp_path, mo
 def test_every_common_change_checks_as_written(line, capsys, monkeypatch):
     import shlex
 
-    from tests.conftest import shared_mnist_dir
+    from tests.helpers.paths import shared_mnist_dir
 
     data = shared_mnist_dir()
     if data is None:

@@ -18,7 +18,7 @@ from optimizers.comm.aggregation import AGGREGATION_SCHEMA
 from optimizers.comm.faults import FAULT_KINDS, Faults, gaussian, validate_faults
 from optimizers.comm.link_models import IndependentLoss
 from optimizers.comm.network import InProcessNetwork
-from tests.test_runner import TINY, run, write_config
+from tests.helpers.runs import TINY, run, write_config
 
 DT = torch.float64
 N, WIDTH = 6, 7
@@ -236,7 +236,7 @@ def read_csv(path):
 
 
 def test_fault_free_runs_with_the_mean_rule_are_unchanged_to_the_bit(tmp_path):
-    from tests.test_reliability import same_results
+    from tests.helpers.runs import same_results
 
     plain = tmp_path / "plain"
     assert run(write_config(tmp_path, short_cfg(), "plain.yaml"), plain) == 0

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from experiments.runner import main
-from tests.conftest import REPO_ROOT
-from tests.test_runner import TINY, data_overrides
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TINY, data_overrides
 
 P1 = "problem_configs.problem1"
 OPT1, OPT2, OPT3 = (f"problem_configs.problem{i}.optimizer_config" for i in (1, 2, 3))
@@ -257,7 +257,7 @@ def test_no_config_at_all_prints_the_usage_in_one_line(capsys):
 
 
 def test_a_waypoint_file_that_is_not_numpy_is_named(tmp_path, monkeypatch, capsys):
-    from tests.test_density import make_plan, tiny_online_config
+    from tests.helpers.density import make_plan, tiny_online_config
 
     plan = make_plan(tmp_path / "plan")
     (plan / "paths" / "robot_1.npy").write_bytes(b"these are not waypoints\n" * 4)

@@ -205,7 +205,7 @@ def test_trajectory_and_online_datasets():
     on.advance(7)
     np.testing.assert_array_equal(on.window_indices()[0], 4)
     # default: the original's non-overlapping windows with the short tail, then pose 0 again
-    from tests.test_density import original_windows
+    from tests.helpers.density import original_windows
     jump = OnlineTrajectoryLidarDataset(lid, w, 5, num_scans_in_window=7)
     for poses in original_windows(P, 7, P // 7 + 3):
         np.testing.assert_array_equal(jump.window_indices(), poses)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.test_runner import TINY, run, write_config
+from tests.helpers.runs import TINY, run, write_config
 
 
 def tiny(**experiment):

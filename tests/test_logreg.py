@@ -14,8 +14,8 @@ import yaml
 from experiments.config import load_yaml, validate_config
 from experiments.kinds import KINDS
 from experiments.runner import main
-from tests.conftest import REPO_ROOT
-from tests.test_distributed_run import assert_same_metrics, one_process, torchrun, write_config
+from tests.helpers.distributed import assert_same_metrics, one_process, torchrun, write_config
+from tests.helpers.paths import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "experiments" / "configs" / "logreg_algorithms.yaml"
 

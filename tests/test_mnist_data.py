@@ -7,7 +7,7 @@ import torch
 
 from problems.mnist_data import DATASET_CHOICES, images_to_tensor, load_mnist
 from problems.splits import SPLIT_TYPES, DataError, split_indices
-from tests.conftest import shared_mnist_dir
+from tests.helpers.paths import shared_mnist_dir
 
 SHARED_MNIST = shared_mnist_dir() or Path("/nonexistent")
 

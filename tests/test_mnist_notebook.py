@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 from experiments import runner  # noqa: E402
-from tests.conftest import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook, shared_mnist_dir  # noqa: E402
+from tests.helpers.paths import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook, shared_mnist_dir  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "mnist.ipynb"
 CONFIG = REPO_ROOT / "experiments" / "configs" / "mnist_paper.yaml"

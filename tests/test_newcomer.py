@@ -14,8 +14,8 @@ import torch
 from experiments import api
 from experiments.config import ConfigError, apply_overrides
 from experiments.runner import main
-from tests.conftest import REPO_ROOT
-from tests.test_runner import TINY, data_overrides, write_config
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TINY, data_overrides, write_config
 
 
 def tiny(rounds: int = 2) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 
-from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.helpers.paths import REPO_ROOT  # noqa: E402
 
 EXAMPLES = ("lidar/lidar_example.ipynb", "planner/planner_example.ipynb")
 

@@ -17,8 +17,8 @@ import yaml
 
 from experiments.runner import main
 from problems.node_stack import ExecutionPlanCache, NodeStack
-from tests.conftest import REPO_ROOT
-from tests.test_runner import TINY, data_overrides, run, write_config
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TINY, data_overrides, run, write_config
 
 
 def tiny(rounds: int = 4) -> dict:
@@ -154,7 +154,7 @@ def test_a_manifest_file_record_of_the_wrong_type_gets_one_line(tmp_path, capsys
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_study_database_gets_one_line(tmp_path, capsys, damage):
     from experiments.tuning import main as tune_main
-    from tests.test_tuning import TUNING
+    from tests.helpers.runs import TUNING
 
     config = tmp_path / "tune.yaml"
     cfg = copy.deepcopy(TUNING)

@@ -10,8 +10,7 @@ from optimizers import SGP, ConfigError, PushDIGing, validate_optimizer_config
 from optimizers.comm.link_models import make_link_model
 from optimizers.comm.network import InProcessNetwork
 from optimizers.push_sum import out_edges
-from tests.test_algorithms import run_stack
-from tests.test_optimizers import DT, N, Reference, least_squares_problem
+from tests.helpers.convex import DT, N, Reference, least_squares_problem, run_stack
 
 LOSSY = {"independent": {"model": "independent", "drop_prob": 0.3, "seed": 0},
          "bursty": {"model": "bursty", "seed": 0, "bursty": {"enter_bad": 0.1, "leave_bad": 0.3,

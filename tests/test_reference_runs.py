@@ -86,7 +86,7 @@ def run_kind(kind: str, folder: Path) -> dict:
     if kind == "mnist":
         cfg = mnist_config()
     else:
-        from tests.test_density import make_plan
+        from tests.helpers.density import make_plan
         cfg = density_config(make_plan(folder / "plan"), online=kind == "online_density")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"

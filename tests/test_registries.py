@@ -22,7 +22,7 @@ from optimizers.comm.link_models import LINK_MODELS, make_link_model, validate_l
 from optimizers.comm.network import InProcessNetwork
 from problems import metrics as metric_module
 from problems.metrics import METRICS, Metric
-from tests.test_optimizers import DT, graph, make_problem
+from tests.helpers.convex import DT, graph, make_problem
 
 ROUNDS = 4
 

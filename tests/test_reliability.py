@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import json
 import os
 import signal
 import socket
@@ -22,37 +20,17 @@ from foundation import results_io
 from optimizers.dinno import DiNNO
 from optimizers.local import LocalTraining
 from problems.node_stack import NodeStack
-from tests.conftest import REPO_ROOT
-from tests.test_density import make_plan, tiny_online_config
-from tests.test_runner import TINY, data_overrides, run, write_config
-
-SETS = sum((["--set", s] for s in data_overrides()), [])
-
-
-def long_tiny(rounds: int = 150, execution: str = "grouped") -> dict:
-    cfg = copy.deepcopy(TINY)
-    cfg["experiment"].update(individual_training={"train_solo": False}, centralized=True, execution=execution)
-    for pc in cfg["problem_configs"].values():
-        pc["optimizer_config"]["outer_iterations"] = rounds
-        pc["optimizer_config"]["profile"] = False
-        pc["metrics_config"] = {"evaluate_frequency": 10}
-    cfg["problem_configs"]["problem1"]["optimizer_config"]["persistant_primal_opt"] = True  # Adam moments carry over
-    return cfg
-
-
-def same_results(a, b, names):
-    for name in names:
-        assert (a / f"{name}_metrics.csv").read_bytes() == (b / f"{name}_metrics.csv").read_bytes(), name
-        pa = torch.load(a / f"{name}_final_params.pt", weights_only=True)
-        pb = torch.load(b / f"{name}_final_params.pt", weights_only=True)
-        assert torch.equal(pa, pb), name
-        ha = torch.load(a / f"{name}_results.pt", weights_only=True)
-        hb = torch.load(b / f"{name}_results.pt", weights_only=True)
-        assert ha.keys() == hb.keys()
-        for key in ha:
-            if key != "wall_time":
-                for x, y in zip(ha[key], hb[key]):
-                    torch.testing.assert_close(torch.as_tensor(x), torch.as_tensor(y), rtol=0, atol=0, equal_nan=True)
+from tests.helpers.density import make_plan, tiny_online_config
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import (
+    SETS,
+    crash_once,
+    long_tiny,
+    manifest_of,
+    run,
+    same_results,
+    write_config,
+)
 
 
 def start_run(cfg_path, out, *extra):
@@ -68,22 +46,6 @@ def wait_for(predicate, timeout=120.0):
             return True
         time.sleep(0.05)
     return False
-
-
-def crash_once(monkeypatch, optimizer_cls, round_index):
-    """Make ``optimizer_cls`` raise at ``round_index`` (a crash of the pair) until ``monkeypatch.undo()``."""
-    original = optimizer_cls.round
-
-    def crashing(self, k):
-        if k == round_index:
-            raise RuntimeError("simulated crash")
-        original(self, k)
-
-    monkeypatch.setattr(optimizer_cls, "round", crashing)
-
-
-def manifest_of(out):
-    return json.loads((out / "manifest.json").read_text())
 
 
 # ------------------------------------------------------------------------------ resume after kill -9

@@ -21,31 +21,7 @@ from problems.node_stack import Branches, NodeStack, load_flat_parameters
 from problems.ppo import PPOSettings, rewards_to_go
 from problems.tag import actor_critic, seed_of
 from problems.tag_env import ACTION_SIZE, TagEpisodes, TagScene
-
-TINY = {
-    "experiment": {
-        "name": "rl_tiny", "problem": "rl_tag", "seed": 2, "dtype": "float64",
-        "graph": {"num_nodes": 3, "type": "wheel"},
-        "episodes_per_batch": 3, "episode_steps": 8, "eval_episodes": 2,
-        "model": {"hidden": [16, 16]},
-        "centralized": True, "centralized_epochs": 3,
-        "individual_training": {"train_solo": True, "lr": 0.001, "steps_per_round": 2},
-    },
-    "problem_configs": {
-        "dinno": {"problem_name": "dinno", "ppo": {"epochs": 2}, "metrics_config": {"evaluate_frequency": 2},
-                  "optimizer_config": {"alg_name": "dinno", "outer_iterations": 4, "rho_init": 0.5,
-                                       "primal_iterations": 2, "primal_lr_start": 0.001}},
-        "dsgt": {"problem_name": "dsgt", "ppo": {"epochs": 2, "value_loss_coef": 0.01},
-                 "metrics_config": {"evaluate_frequency": 3},
-                 "optimizer_config": {"alg_name": "dsgt", "outer_iterations": 6, "alpha": 0.01}},
-    },
-}
-
-
-def tiny(**experiment) -> dict:
-    cfg = copy.deepcopy(TINY)
-    cfg["experiment"].update(experiment)
-    return cfg
+from tests.helpers.rl import TINY, tiny
 
 
 def setup_of(cfg: dict) -> TagSetup:
@@ -263,7 +239,7 @@ def test_a_crashed_pair_resumes_bit_for_bit(tmp_path, monkeypatch, crashing):
     batches, rewards and parameters exactly."""
     from optimizers.dsgt import DSGT
     from optimizers.local import LocalTraining
-    from tests.test_reliability import crash_once, same_results
+    from tests.helpers.runs import crash_once, same_results
 
     cfg = tiny(individual_training={"train_solo": False, "lr": 0.001, "steps_per_round": 2}, checkpoint_every=1)
     code_, reference = run_config(tmp_path, cfg, name="reference.yaml")

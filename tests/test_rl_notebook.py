@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("nbclient")
 
-from tests.conftest import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook  # noqa: E402
+from tests.helpers.paths import REPO_ROOT, assert_notebook_is_shipped_whole, execute_results_notebook  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "visualization" / "rl.ipynb"
 FIGURES = ("notebook_rl_reward.png", "notebook_rl_agreement.png", "notebook_rl_team.gif")
@@ -20,7 +20,7 @@ def test_rl_notebook_is_shipped_with_its_title_and_pictures():
 @pytest.mark.integration
 def test_rl_notebook_draws_rewards_agreement_and_the_team_of_a_small_run(tmp_path, monkeypatch):
     from experiments import api
-    from tests.test_rl import TINY
+    from tests.helpers.rl import TINY
 
     out = api.run(TINY, output_dir=tmp_path / "out")
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -11,56 +11,10 @@ import torch
 import yaml
 
 from experiments.runner import main
-from tests.conftest import REPO_ROOT, shared_mnist_dir
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TINY, data_overrides, run, write_config
 
 SEED_CONFIGS = REPO_ROOT.parent / "shared" / "seed" / "configs"
-
-
-def data_overrides():
-    path = shared_mnist_dir()
-    if path is None:
-        return ["experiment.dataset=mnist_subset"]
-    return [f"experiment.data_dir={path}", "experiment.dataset=mnist"]
-
-
-TINY = {
-    "experiment": {
-        "name": "tiny", "seed": 1, "validation_size": 1000, "data_split_type": "random", "loss": "NLL",
-        "graph": {"num_nodes": 4, "type": "cycle"},
-        "model": {"num_filters": 2, "kernel_size": 5, "linear_width": 8},
-        "individual_training": {"train_solo": True, "lr": 0.005, "epochs": 1, "train_batch_size": 100,
-                                "val_batch_size": 500},
-        "centralized": True,
-    },
-    "problem_configs": {
-        "problem1": {"problem_name": "dinno", "train_batch_size": 16, "val_batch_size": 500,
-                     "metrics": ["forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
-                                 "current_epoch", "validation_as_vector", "train_loss_moving_average"],
-                     "metrics_config": {"evaluate_frequency": 2},
-                     "optimizer_config": {"alg_name": "dinno", "outer_iterations": 4, "rho_init": 0.5,
-                                          "primal_iterations": 2, "primal_lr_start": 0.005,
-                                          "primal_lr_finish": 0.001, "lr_decay_type": "log", "profile": True}},
-        "problem2": {"problem_name": "dsgd", "train_batch_size": 16, "val_batch_size": 500,
-                     "metrics_config": {"evaluate_frequency": 2},
-                     "optimizer_config": {"alg_name": "dsgd", "outer_iterations": 3, "alpha0": 0.01, "mu": 0.001}},
-        "problem3": {"problem_name": "dsgt", "train_batch_size": 16, "val_batch_size": 500,
-                     "metrics_config": {"evaluate_frequency": 2},
-                     "optimizer_config": {"alg_name": "dsgt", "outer_iterations": 3, "alpha": 0.01}},
-    },
-}
-
-
-def write_config(tmp_path, cfg, name="cfg.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run(config_path, out_dir, *sets):
-    args = [str(config_path), "--output-dir", str(out_dir), "--quiet"]
-    for item in [*data_overrides(), *sets]:
-        args += ["--set", item]
-    return main(args)
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -194,14 +194,14 @@ NOTEBOOK = REPO / "visualization" / "scaling.ipynb"
 
 
 def test_scaling_notebook_is_shipped_with_its_title_and_pictures():
-    from tests.conftest import assert_notebook_is_shipped_whole
+    from tests.helpers.paths import assert_notebook_is_shipped_whole
     assert_notebook_is_shipped_whole(NOTEBOOK)
 
 
 @pytest.mark.integration
 def test_scaling_notebook_redraws_a_sweep(tmp_path, monkeypatch):
     pytest.importorskip("nbclient")
-    from tests.conftest import execute_results_notebook
+    from tests.helpers.paths import execute_results_notebook
 
     config = tmp_path / "cmp.yaml"
     config.write_text(yaml.safe_dump(COMPARE))

@@ -17,6 +17,7 @@ from optimizers.comm import team_messages as tm
 from optimizers.comm.network import InProcessNetwork
 from optimizers.comm.team_network import TeamConflictError, TeamNetwork
 from optimizers.comm.team_transport import LoopbackHub
+from tests.helpers.distributed import free_port_block
 
 KEY = b"k" * 32
 RUN = tm.run_id("a config")
@@ -280,28 +281,6 @@ def test_team_py_refuses_bad_command_lines_before_writing(tmp_path, capsys):
     assert "not a team's output folder" in capsys.readouterr().err
     assert team_launch.main([str(config), "--output-dir", str(out), "--pairs", "nope"]) == 2
     assert not out.exists()
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive TCP ports free on 127.0.0.1 now."""
-    import random
-    import socket
-
-    for _ in range(100):
-        base = random.randint(20000, 60000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def test_over_zenoh_three_robots_compute_the_one_process_product():

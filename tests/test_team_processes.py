@@ -19,8 +19,7 @@ import torch
 
 from foundation.results_io import check_files
 from optimizers.comm import team_messages as tm
-from tests.test_distributed_run import one_process, tiny_mnist_config, write_config
-from tests.test_team import free_port_block
+from tests.helpers.distributed import free_port_block, one_process, tiny_mnist_config, write_config
 
 pytestmark = pytest.mark.integration
 

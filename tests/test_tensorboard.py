@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from experiments.runner import main
-from tests.test_runner import TINY, data_overrides
+from tests.helpers.runs import TINY, data_overrides
 
 
 def events(folder):
@@ -55,7 +55,7 @@ def test_event_files_hold_every_evaluation_of_every_pair(tmp_path):
 
 
 def test_density_maps_go_in_as_images(tmp_path):
-    from tests.test_density import make_plan, run_config, tiny_online_config
+    from tests.helpers.density import make_plan, run_config, tiny_online_config
 
     cfg = tiny_online_config(make_plan(tmp_path / "plan"), rounds=4)
     cfg["experiment"]["tensorboard"] = True

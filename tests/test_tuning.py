@@ -16,27 +16,8 @@ import yaml
 
 from experiments.runner import main as run_main
 from experiments.tuning import main as tune_main
-from tests.conftest import REPO_ROOT
-
-TUNING = {
-    "tune": {
-        "trials": 4, "rounds": 60, "seeds": [0, 1],
-        "objective": {"metric": "optimality_gap", "summary": "final_mean"},
-        "pruner": {"startup_trials": 2},
-        "space": {"dsgd": {"optimizer_config.alpha0": {"log_uniform": [0.01, 1.0]}},
-                  "extra": {"optimizer_config.alpha": {"uniform": [0.05, 0.5]}}},
-    },
-    "experiment": {"name": "tiny_tune", "problem": "logreg", "dtype": "float64",
-                   "graph": {"num_nodes": 6, "type": "cycle"}},
-    "problem_configs": {
-        "dsgd": {"problem_name": "dsgd", "metrics": ["forward_pass_count", "validation_loss", "optimality_gap"],
-                 "metrics_config": {"evaluate_frequency": 10},
-                 "optimizer_config": {"alg_name": "dsgd", "alpha0": 0.1, "outer_iterations": 100}},
-        "extra": {"problem_name": "extra", "metrics": ["forward_pass_count", "validation_loss", "optimality_gap"],
-                  "metrics_config": {"evaluate_frequency": 10},
-                  "optimizer_config": {"alg_name": "extra", "alpha": 0.1, "outer_iterations": 100}},
-    },
-}
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import TUNING
 
 
 def write(tmp_path: Path, cfg=TUNING) -> Path:

@@ -19,9 +19,8 @@ from experiments.runner import main
 from foundation import results_io
 from foundation.schema import ConfigError
 from optimizers.dsgd import DSGD
-from tests.conftest import REPO_ROOT
-from tests.test_reliability import SETS, crash_once, long_tiny, manifest_of, same_results
-from tests.test_runner import run, write_config
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.runs import SETS, crash_once, long_tiny, manifest_of, run, same_results, write_config
 
 PAIRS = ["dinno", "dsgd", "dsgt", "centralized"]
 
