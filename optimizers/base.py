@@ -13,19 +13,46 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from foundation import state
 from foundation.results_io import atomic_path
 from foundation.schedules import learning_rates
-from foundation.schema import defaults
-from optimizers.comm.compressors import make_compressor
+from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range, defaults
+from optimizers.comm.compressors import COMPRESSOR, make_compressor
 from optimizers.comm.graphs import adjacency
 
 PROFILED_ROUNDS = 5
 # metrics the optimizer adds to the problem's from what the network counted (the last three with faults or a
 # robust rule configured)
 NETWORK_METRICS = ("bytes_sent", "messages_dropped", "messages_clipped", "robot_resets")
+
+
+
+# Keys shared by the optimizers' schemas: a learning-rate schedule, and the compressed-gossip pair
+LEARNING_RATE_KEYS: dict[str, tuple[Any, ...]] = {
+    "lr": (float, REQUIRED, POSITIVE),
+    "lr_finish": (float, None, POSITIVE),
+    "lr_decay_type": (("constant", "linear", "log"), "constant"),
+    "lr_decay_rounds": (int, None, AT_LEAST_ONE),
+}
+COMPRESSED_GOSSIP_KEYS: dict[str, tuple[Any, ...]] = {
+    "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
+    "compressor": (COMPRESSOR, {"name": "identity"}),
+}
+
+
+def optimizer_schema(keys: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """An optimizer's config schema: ``outer_iterations`` first, its own ``keys``, ``profile`` last."""
+    return {"outer_iterations": (int, REQUIRED, AT_LEAST_ONE), **keys, "profile": (bool, False)}
+
+
+def config_learning_rates(config: dict) -> np.ndarray:
+    """The learning rate of every round of a validated config with ``LEARNING_RATE_KEYS``."""
+    finish = config["lr"] if config["lr_finish"] is None else config["lr_finish"]
+    return learning_rates(config["lr_decay_type"], config["lr"], finish, config["outer_iterations"],
+                          config.get("lr_decay_rounds"))
 
 
 class DivergedError(RuntimeError):

@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schedules import learning_rates
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED, Range
-from optimizers.base import DistributedOptimizer
-from optimizers.comm.compressors import COMPRESSOR, make_compressor
+from optimizers.base import (
+    COMPRESSED_GOSSIP_KEYS,
+    LEARNING_RATE_KEYS,
+    DistributedOptimizer,
+    config_learning_rates,
+    optimizer_schema,
+)
+from optimizers.comm.compressors import make_compressor
 
 
 class BEER(DistributedOptimizer):
     alg_name = "beer"
     example_config = {"lr": 0.05, "consensus_stepsize": 0.5, "compressor": {"name": "top_k", "fraction": 0.3}}  # a small working config (contract tests, docs)
     derived: tuple[str, ...] = ("lrs", "compressor")
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
-        "lr": (float, REQUIRED, POSITIVE),
-        "lr_finish": (float, None, POSITIVE),
-        "lr_decay_type": (("constant", "linear", "log"), "constant"),
-        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
-        "consensus_stepsize": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
-        "compressor": (COMPRESSOR, {"name": "identity"}),
-        "profile": (bool, False),
-    }
+    config_schema = optimizer_schema({
+        **LEARNING_RATE_KEYS,
+        **COMPRESSED_GOSSIP_KEYS,
+    })
 
     def setup(self) -> None:
         cfg = self.config
@@ -78,9 +76,7 @@ class BEER(DistributedOptimizer):
 def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
     """BEER robot by robot: gossip on the public copies, the tracked gradient step, the compressed updates of
     the copies (of the model, then of the tracker)."""
-    lrs = learning_rates(config["lr_decay_type"], config["lr"],
-                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"],
-                         config.get("lr_decay_rounds"))
+    lrs = config_learning_rates(config)
     gamma = config["consensus_stepsize"]
     compressor = make_compressor(config["compressor"], segments)
     streams = [compressor.stream([i]) for i in range(robots.n)]

@@ -28,7 +28,7 @@ import torch
 
 from foundation.schedules import learning_rates
 from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, ConfigError
-from optimizers.base import DistributedOptimizer, make_torch_optimizer, reset_torch_optimizer
+from optimizers.base import DistributedOptimizer, make_torch_optimizer, optimizer_schema, reset_torch_optimizer
 
 PROXIMAL_OPTIMIZERS = ("adam", "sgd")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
@@ -38,8 +38,7 @@ class DiNNO(DistributedOptimizer):
     alg_name = "dinno"
     example_config = {"rho_init": 0.5, "primal_iterations": 2, "primal_lr_start": 0.01}  # a small working config (contract tests, docs)
     derived = ("lrs", "_round_opt")
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "rho_init": (float, REQUIRED, NON_NEGATIVE),
         "rho_scaling": (float, 1.0, POSITIVE),
         "primal_iterations": (int, 1, AT_LEAST_ONE),
@@ -51,8 +50,7 @@ class DiNNO(DistributedOptimizer):
         "primal_lr": (float, None, POSITIVE),
         "lr_decay_type": (("constant", "linear", "log"), "constant"),
         "lr_decay_rounds": (int, None, AT_LEAST_ONE),
-        "profile": (bool, False),
-    }
+    })
 
     @classmethod
     def check_config(cls, prefix: str, config: dict) -> None:

@@ -14,8 +14,8 @@ W stays row-stochastic, so the step is still an average and consensus stays a fi
 
 from __future__ import annotations
 
-from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
-from optimizers.base import DistributedOptimizer
+from foundation.schema import NON_NEGATIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, optimizer_schema
 
 
 class DSGD(DistributedOptimizer):
@@ -23,13 +23,11 @@ class DSGD(DistributedOptimizer):
     example_config = {"alpha0": 0.05, "mu": 0.1}  # a small working config (contract tests, docs)
     retired_keys = {"compressor": "dsgd sends its model uncompressed (a compressed model without error feedback "
                                   "does not average); for compressed messages use deepsqueeze, choco_sgd or beer"}
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "alpha0": (float, REQUIRED, NON_NEGATIVE),
         "mu": (float, 0.0, NON_NEGATIVE),
         "adapt_then_combine": (bool, False),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         self.alpha = float(self.config["alpha0"])

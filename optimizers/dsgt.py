@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, REQUIRED
-from optimizers.base import DistributedOptimizer
+from foundation.schema import NON_NEGATIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, optimizer_schema
 
 
 class DSGT(DistributedOptimizer):
     alg_name = "dsgt"
     example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "alpha": (float, REQUIRED, NON_NEGATIVE),
         "init_grads": (bool, True),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         theta = self.problem.theta

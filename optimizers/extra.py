@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
-from optimizers.base import DistributedOptimizer
+from foundation.schema import POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, optimizer_schema
 
 
 class EXTRA(DistributedOptimizer):
     alg_name = "extra"
     example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "alpha": (float, REQUIRED, POSITIVE),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         theta = self.problem.theta

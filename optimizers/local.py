@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schedules import learning_rates
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
-from optimizers.base import DistributedOptimizer, make_torch_optimizer
+from foundation.schema import AT_LEAST_ONE
+from optimizers.base import (
+    LEARNING_RATE_KEYS,
+    DistributedOptimizer,
+    config_learning_rates,
+    make_torch_optimizer,
+    optimizer_schema,
+)
 
 
 class LocalTraining(DistributedOptimizer):
     alg_name = "local"
     example_config = {"lr": 0.05}  # a small working config (contract tests, docs)
     derived = ("lrs",)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "optimizer": (("adam", "adamw", "sgd"), "adam"),
-        "lr": (float, REQUIRED, POSITIVE),
-        "lr_finish": (float, None, POSITIVE),
-        "lr_decay_type": (("constant", "linear", "log"), "constant"),
-        "lr_decay_rounds": (int, None, AT_LEAST_ONE),
+        **LEARNING_RATE_KEYS,
         "steps_per_round": (int, 1, AT_LEAST_ONE),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         cfg = self.config
@@ -48,9 +48,7 @@ class LocalTraining(DistributedOptimizer):
 
 def reference_rounds(robots, config: dict, rounds: int) -> None:
     """Every robot alone: its own optimizer on its own batches, ``steps_per_round`` steps a round."""
-    lrs = learning_rates(config["lr_decay_type"], config["lr"],
-                         config["lr"] if config["lr_finish"] is None else config["lr_finish"], config["outer_iterations"],
-                         config.get("lr_decay_rounds"))
+    lrs = config_learning_rates(config)
     leaves, optimizers = robots.optimizers(config["optimizer"], float(lrs[0]))
     for k in range(1, rounds + 1):
         for opt in optimizers:

@@ -27,6 +27,7 @@ import torch
 
 from foundation.schedules import learning_rates
 from foundation.schema import Range
+from optimizers.base import config_learning_rates
 from optimizers.beer import BEER
 from optimizers.comm.compressors import make_compressor
 
@@ -87,10 +88,7 @@ def consensus_steps(cfg: dict):
 def reference_rounds(robots, config: dict, rounds: int, segments=None) -> None:
     """MoTEF robot by robot: gossip on the public copies, the tracked step, the compressed copy of the model, the
     momentum of a fresh gradient, the tracker, the compressed copy of the tracker."""
-    lrs = warmed_up(learning_rates(config["lr_decay_type"], config["lr"],
-                                   config["lr"] if config["lr_finish"] is None else config["lr_finish"],
-                                   config["outer_iterations"], config.get("lr_decay_rounds")),
-                    config["lr_warmup_rounds"])
+    lrs = warmed_up(config_learning_rates(config), config["lr_warmup_rounds"])
     gammas = consensus_steps(config)
     lam = config["momentum"]
     compressor = make_compressor(config["compressor"], segments)

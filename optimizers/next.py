@@ -18,20 +18,18 @@ not remove.
 
 from __future__ import annotations
 
-from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED, Range
-from optimizers.base import DistributedOptimizer
+from foundation.schema import NON_NEGATIVE, POSITIVE, REQUIRED, Range
+from optimizers.base import DistributedOptimizer, optimizer_schema
 
 
 class NEXT(DistributedOptimizer):
     alg_name = "next"
     example_config = {"alpha0": 0.5, "mu": 0.1, "tau": 20.0}  # a small working config (contract tests, docs)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "alpha0": (float, REQUIRED, Range(0.0, 1.0, low_open=True)),
         "mu": (float, 0.0, NON_NEGATIVE),
         "tau": (float, REQUIRED, POSITIVE),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         self.alpha = float(self.config["alpha0"])

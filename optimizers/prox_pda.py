@@ -19,20 +19,18 @@ from __future__ import annotations
 import torch
 
 from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
-from optimizers.base import DistributedOptimizer, make_torch_optimizer
+from optimizers.base import DistributedOptimizer, make_torch_optimizer, optimizer_schema
 
 
 class ProxPDA(DistributedOptimizer):
     alg_name = "prox_pda"
     example_config = {"beta": 0.5, "primal_iterations": 2, "primal_lr": 0.01}  # a small working config (contract tests, docs)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "beta": (float, REQUIRED, POSITIVE),
         "primal_iterations": (int, 1, AT_LEAST_ONE),
         "primal_optimizer": (("adam", "adamw", "sgd"), "sgd"),
         "primal_lr": (float, REQUIRED, POSITIVE),
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         theta = self.problem.theta

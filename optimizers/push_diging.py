@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schema import AT_LEAST_ONE, POSITIVE, REQUIRED
-from optimizers.base import DistributedOptimizer
+from foundation.schema import POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, optimizer_schema
 from optimizers.push_sum import PUSH_SUM_SCHEMA, PushSum
 
 
@@ -25,12 +25,10 @@ class PushDIGing(DistributedOptimizer):
     alg_name = "push_diging"
     example_config = {"alpha": 0.05}  # a small working config (contract tests, docs)
     derived = ("pusher",)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "alpha": (float, REQUIRED, POSITIVE),
         **PUSH_SUM_SCHEMA,
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         theta = self.problem.theta

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from foundation.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, REQUIRED
-from optimizers.base import DistributedOptimizer
+from foundation.schema import NON_NEGATIVE, POSITIVE, REQUIRED
+from optimizers.base import DistributedOptimizer, optimizer_schema
 from optimizers.push_sum import PUSH_SUM_SCHEMA, PushSum
 
 
@@ -24,13 +24,11 @@ class SGP(DistributedOptimizer):
     alg_name = "sgp"
     example_config = {"lr": 0.05}  # a small working config (contract tests, docs)
     derived = ("pusher",)
-    config_schema = {
-        "outer_iterations": (int, REQUIRED, AT_LEAST_ONE),
+    config_schema = optimizer_schema({
         "lr": (float, REQUIRED, POSITIVE),
         "lr_decay": (float, 0.0, NON_NEGATIVE),
         **PUSH_SUM_SCHEMA,
-        "profile": (bool, False),
-    }
+    })
 
     def setup(self) -> None:
         theta = self.problem.theta
