@@ -58,6 +58,12 @@ class Compressor:
     name = ""
     config_schema: dict = {}
 
+    @classmethod
+    def settle(cls, prefix: str, params: dict) -> dict:
+        """Checks across its keys and the defaults that depend on them, for validated ``params`` (a one-line
+        ConfigError naming ``prefix``); the params to build it from."""
+        return params
+
     def __init__(self, segments: Sequence[int] | None = None, **params):
         self.params = params
         self.segments = list(segments) if segments is not None and params.get("scope") == "tensor" else None
@@ -143,6 +149,15 @@ class QSGD(Compressor):
     name = "qsgd"
     config_schema = {"levels": (int, OPTIONAL, AT_LEAST_ONE), "bits": (int, OPTIONAL, Range(1, 30)),
                      "scope": (SCOPES, "row"), "seed": (int, 0, SEED)}
+    DEFAULT_LEVELS = 16
+
+    @classmethod
+    def settle(cls, prefix: str, params: dict) -> dict:
+        if params.get("levels") is not None and params.get("bits") is not None:
+            raise ConfigError(f"{prefix}: give qsgd either levels or bits, not both")
+        if params.get("levels") is None and params.get("bits") is None:
+            params = {**params, "levels": cls.DEFAULT_LEVELS}
+        return params
 
     @property
     def levels(self) -> int:
@@ -186,12 +201,7 @@ def validate_compressor(prefix: str, data) -> dict:
         raise ConfigError(f"{prefix}.name: {name!r} is not allowed{did_you_mean(name, COMPRESSORS)}; "
                           f"allowed: {', '.join(COMPRESSORS)}")
     out = validate_mapping(prefix, {"name": (Str, REQUIRED), **COMPRESSORS[name].config_schema}, data)
-    if name == "qsgd":
-        if out["levels"] is not None and out["bits"] is not None:
-            raise ConfigError(f"{prefix}: give qsgd either levels or bits, not both")
-        if out["levels"] is None and out["bits"] is None:
-            out["levels"] = 16
-    return out
+    return COMPRESSORS[name].settle(prefix, out)
 
 
 COMPRESSOR = Custom(validate_compressor)  # the schema kind of an optimizer's ``compressor`` key
@@ -204,9 +214,7 @@ def make_compressor(config: dict | None, segments: Sequence[int] | None = None) 
     name = config.pop("name")
     cls = COMPRESSORS[name]
     defaults = {k: spec[1] for k, spec in cls.config_schema.items()}
-    params = {**defaults, **config}
-    if name == "qsgd" and params.get("levels") is None and params.get("bits") is None:
-        params["levels"] = 16
+    params = cls.settle(name, {**defaults, **config})
     if params.get("scope") == "tensor" and segments is None:
         raise ValueError(f"{name} with scope: tensor needs the sizes of the model's tensors")
     return cls(segments=segments, **params)

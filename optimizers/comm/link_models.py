@@ -26,11 +26,13 @@ numbers, so that a run resumes on any number of processes.
 
 Each model carries its config schema: ``top_schema`` (keys of ``experiment.links`` itself, e.g. ``drop_prob``)
 and ``block_schema`` (keys of its own block ``experiment.links.<name>``), and builds itself from a validated
-block with ``from_config``. ``LINK_MODELS`` is the registry and ``LINKS_SCHEMA`` the schema of
-``experiment.links`` it makes: a new model is one class and one registry entry.
+block with ``from_config`` (the :class:`LinkModel` protocol). ``LINK_MODELS`` is the registry and
+``links_schema()`` the schema of ``experiment.links`` it makes: a new model is one class and one registry entry.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import networkx as nx
 import torch
@@ -51,6 +53,27 @@ from foundation.schema import (
 )
 
 _STATE = counters.code("link state")
+
+
+class LinkModel(Protocol):
+    """What the networks ask of a link model (every entry of ``LINK_MODELS`` provides it)."""
+
+    name: str
+    absent_when_lost: bool  # a lost message leaves the edge out (True) or the held row in use (False)
+    top_schema: dict  # its keys in ``experiment.links`` itself
+    block_schema: dict  # its keys in its own block ``experiment.links.<name>``
+
+    @classmethod
+    def from_config(cls, links: dict) -> "LinkModel | None": ...  # None: it loses nothing with these settings
+
+    def describe(self) -> str: ...
+
+    def lost(self, exchange: int, src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, channel: str,
+             graph: nx.Graph) -> torch.Tensor: ...  # which of the listed directed messages are lost
+
+    def state(self, count: int) -> dict: ...  # what it remembers per link, for ``count`` links
+
+    def load_state(self, saved: dict) -> None: ...
 
 
 class IndependentLoss:
@@ -193,7 +216,9 @@ def join_link_states(parts: list[dict]) -> dict:
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
-LINK_MODELS = {cls.name: cls for cls in (IndependentLoss, SymmetricLoss, BurstyLoss, DistanceLoss)}
+LINK_MODELS: dict[str, type[LinkModel]] = {cls.name: cls for cls in (IndependentLoss, SymmetricLoss, BurstyLoss,
+                                                                      DistanceLoss)}
+
 
 def links_schema() -> dict:
     """The schema of ``experiment.links`` from the registry: the model, its seed, every model's top-level keys,
@@ -216,7 +241,7 @@ def validate_links(prefix: str, data) -> dict:
 LINKS = Custom(validate_links)  # the schema kind of ``experiment.links``
 
 
-def make_link_model(links: dict):
+def make_link_model(links: dict) -> LinkModel | None:
     """The model a validated ``experiment.links`` block describes (None: every message arrives)."""
     return LINK_MODELS[links.get("model", "independent")].from_config(links)
 
