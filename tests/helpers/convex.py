@@ -112,12 +112,17 @@ def reference_theta(cls, cfg, rounds=5, **kwargs):
     return torch.stack(robots.x)
 
 
-def least_squares_problem(num_nodes=5, rows=20, dim=4, seed=0):
+def least_squares_rows(num_nodes=5, rows=20, dim=4, seed=0):
+    """(a, b): ``rows`` rows per node, node i's rows first i * rows on; each node has its own ground truth, so
+    local optima differ from the global one."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(num_nodes * rows, dim, generator=g, dtype=DT)
-    # each node has its own ground truth, so local optima differ from the global one
     truths = torch.randn(num_nodes, dim, generator=g, dtype=DT) * 2
-    b = torch.cat([a[i * rows:(i + 1) * rows] @ truths[i] for i in range(num_nodes)]).unsqueeze(1)
+    return a, torch.cat([a[i * rows:(i + 1) * rows] @ truths[i] for i in range(num_nodes)]).unsqueeze(1)
+
+
+def least_squares_problem(num_nodes=5, rows=20, dim=4, seed=0):
+    a, b = least_squares_rows(num_nodes, rows, dim, seed)
     split = [torch.arange(i * rows, (i + 1) * rows) for i in range(num_nodes)]
     model = nn.Linear(dim, 1, bias=False)
     with torch.no_grad():
