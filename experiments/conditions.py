@@ -43,6 +43,7 @@ from experiments.config import (  # noqa: E402
 from foundation.log import LOG
 from foundation.log import configure as configure_logging
 from foundation.schema import NAME_RULE, SAFE_NAME, ConfigError, excerpt  # noqa: E402
+from problems.metrics import TOP1_ACCURACY
 
 ROW_KEYS = ("condition", "problem_name", "alg_name", "status", "metric", "final_mean", "final_worst",
             "rounds_to_target", "mb_per_robot_to_target", "mb_per_robot_sent")
@@ -319,7 +320,7 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted), before the conditions apply")
     parser.add_argument("--only", help="comma-separated condition names to run (default: all)")
-    parser.add_argument("--metric", default="top1_accuracy",
+    parser.add_argument("--metric", default=TOP1_ACCURACY,
                         help="the recorded metric the table reports (default top1_accuracy)")
     parser.add_argument("--target", type=float, default=None,
                         help="the node mean of --metric the table counts rounds and MB to (0.9)")

@@ -30,7 +30,7 @@ from optimizers.base import DistributedOptimizer, DivergedError
 from optimizers.comm.faults import faulty_robots
 from optimizers.comm.links import Chain, check_team_options, configure_asynchrony, configure_faults, configure_network
 from optimizers.comm.network import InProcessNetwork, block_network_state, team_network_state
-from problems.metrics import METRICS, csv_columns, progress_metrics, summary_metrics
+from problems.metrics import METRICS, VALIDATION_LOSS, csv_columns, progress_metrics, summary_metrics
 
 FINISHED = ("completed", "diverged")
 CHECKPOINT_FORMAT = 2  # {format, identity, sha256, payload (the checkpoint's torch.save bytes as uint8)}
@@ -302,7 +302,7 @@ class PairRun:
         def evaluated(k, metrics):
             if metrics is None:
                 return
-            if "validation_loss" in metrics:
+            if VALIDATION_LOSS in metrics:
                 bar.set_postfix(val_loss=f"{float(metrics['validation_loss'].mean()):.4f}")
             if self.verbose:
                 line = f"  [{name}] round {k}: {format_ranges(metrics)}"

@@ -38,6 +38,7 @@ from foundation import results_io
 from foundation.log import LOG
 from foundation.log import configure as configure_logging
 from foundation.schema import ConfigError, excerpt
+from problems.metrics import TOP1_ACCURACY
 
 HERE = Path(__file__).resolve().parent
 STUDY_KEY = "real_radio"
@@ -125,8 +126,8 @@ def pair_row(folder: Path, pair: str, loss: float, where: str, robots: int, kern
     results = folder / f"{pair}_results.pt"
     if results.is_file():
         history = torch.load(results, weights_only=True)
-        if history.get("top1_accuracy"):
-            final = torch.as_tensor(history["top1_accuracy"][-1], dtype=torch.float64)
+        if history.get(TOP1_ACCURACY):
+            final = torch.as_tensor(history[TOP1_ACCURACY][-1], dtype=torch.float64)
             final = final[~final.isnan()]
             row.update(top1_mean=round(float(final.mean()), 4), top1_worst=round(float(final.min()), 4))
     rounds, seconds = entry.get("rounds_completed", 0), entry.get("seconds", 0.0)

@@ -61,6 +61,7 @@ from foundation.graph_files import graph_from_json, graph_to_json
 from foundation.log import LOG
 from foundation.schema import ConfigError
 from optimizers.comm.graphs import GraphError, fiedler_value, make_graph
+from problems.metrics import CONSENSUS_ERROR, TOP1_ACCURACY, VALIDATION_LOSS
 from problems.splits import DataError
 
 CSV_FIELDS = ("trial", "num_nodes", "target_fiedler", "fiedler", "radius", "num_edges", "problem_name",
@@ -97,7 +98,7 @@ def rounds_to_target(history: dict, target: float | None) -> float:
     """First evaluated round whose node-mean top-1 accuracy reaches ``target`` (NaN when never)."""
     if target is None:
         return math.nan
-    for round_index, acc in zip(history.get("round", []), history.get("top1_accuracy", [])):
+    for round_index, acc in zip(history.get("round", []), history.get(TOP1_ACCURACY, [])):
         if float(torch.as_tensor(acc, dtype=torch.float64).nanmean()) >= target:
             return float(round_index)
     return math.nan
@@ -111,10 +112,10 @@ def pair_row(plan: dict, graph, pair: dict, history: dict, target: float | None)
            "rounds_to_target": rounds_to_target(history, target),
            "bytes_sent_per_node": pair.get("bytes_sent_total", math.nan) / plan["num_nodes"]}
     row["seconds_per_round"] = row["seconds"] / row["rounds"] if row["rounds"] else math.nan
-    for key, metric, reduce in (("final_top1_mean", "top1_accuracy", torch.mean),
-                                ("final_top1_min", "top1_accuracy", torch.min),
-                                ("final_validation_loss_mean", "validation_loss", torch.mean),
-                                ("final_consensus_error", "consensus_error", torch.mean)):
+    for key, metric, reduce in (("final_top1_mean", TOP1_ACCURACY, torch.mean),
+                                ("final_top1_min", TOP1_ACCURACY, torch.min),
+                                ("final_validation_loss_mean", VALIDATION_LOSS, torch.mean),
+                                ("final_consensus_error", CONSENSUS_ERROR, torch.mean)):
         values = final_stats(history, metric)
         row[key] = float(reduce(values)) if values is not None else math.nan
     return row
@@ -224,7 +225,7 @@ def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts, world=N
     scaling = cfg["experiment"]["scaling"]
     if scaling["target_accuracy"] is not None:
         return scaling["target_accuracy"]
-    if "top1_accuracy" not in setup.problem_class.available_metrics():
+    if TOP1_ACCURACY not in setup.problem_class.available_metrics():
         return None
     if world is not None:
         return world.share(target_accuracy(out_dir, cfg, setup, device, interrupts) if world.writer else None)
@@ -233,10 +234,10 @@ def target_accuracy(out_dir: Path, cfg: dict, setup, device, interrupts, world=N
     if reference is None:
         (pair, history), = train_trial_pairs(folder, setup, [PairSpec("centralized", "local", None)], device,
                                              interrupts)
-        top1 = final_stats(history, "top1_accuracy")
+        top1 = final_stats(history, TOP1_ACCURACY)
         assert top1 is not None  # the centralized reference evaluates top-1 accuracy
-        reference = folder.close({"top1_accuracy": float(top1.mean()), "pair": pair})
-    return scaling["target_fraction"] * reference["top1_accuracy"]
+        reference = folder.close({TOP1_ACCURACY: float(top1.mean()), "pair": pair})
+    return scaling["target_fraction"] * reference[TOP1_ACCURACY]
 
 
 def run_trial(out_dir: Path, cfg: dict, plan: dict, setup, device, target: float | None, interrupts,

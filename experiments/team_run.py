@@ -28,6 +28,7 @@ from optimizers.comm.distributed import PeerLostError, robot_blocks
 from optimizers.comm.team_network import TeamConflictError, TeamNetwork
 from optimizers.comm.team_transport import ZenohTransport, endpoint
 from problems.base import RobotBlock
+from problems.metrics import MEAN_MODEL_TOP1_ACCURACY
 
 
 class TeamStop(PeerLostError):
@@ -62,7 +63,7 @@ def team_unsupported(exp: dict, cfg: dict) -> str | None:
     if exp["problem"] == "online_density":
         return "experiment.problem online_density: its graph follows every robot's position each round; not in a team"
     for key, pc in cfg["problem_configs"].items():
-        if "mean_model_top1_accuracy" in pc.get("metrics", []):
+        if MEAN_MODEL_TOP1_ACCURACY in pc.get("metrics", []):
             return (f"problem_configs.{key}.metrics: mean_model_top1_accuracy needs every robot's parameters at "
                     f"each evaluation; not in a team")
     return None

@@ -92,7 +92,7 @@ from foundation.schema import (
     validate_mapping,
 )
 from optimizers.comm.graphs import GraphError
-from problems.metrics import METRICS
+from problems.metrics import METRICS, TOP1_ACCURACY
 from problems.splits import DataError
 
 SUMMARIES = ("last_quarter_mean", "final_mean", "final_worst")
@@ -137,7 +137,7 @@ TUNE_SCHEMA = {
     # None: train all the rounds; given: the first stop_after rounds of that schedule, and judge the trial there
     "stop_after": (Int, None, AT_LEAST_ONE),
     "seeds": (ListOf(Int), [0]),
-    "objective": ({"metric": (Str, "top1_accuracy"), "summary": (Choice(SUMMARIES), "last_quarter_mean"),
+    "objective": ({"metric": (Str, TOP1_ACCURACY), "summary": (Choice(SUMMARIES), "last_quarter_mean"),
                    "direction": (Choice(("maximize", "minimize")), None)}, {}),
     "pruner": ({"startup_trials": (Int, 5, AT_LEAST_ONE), "warmup_rounds": (Int, 0)}, {}),
     "sampler_seed": (Int, 0, SEED_RANGE),

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from foundation import state
-from problems.metrics import per_robot
+from problems.metrics import (
+    CONSENSUS_ERROR,
+    FORWARD_PASS_COUNT,
+    MEAN_MODEL_TOP1_ACCURACY,
+    TOP1_ACCURACY,
+    VALIDATION_LOSS,
+    per_robot,
+)
 from problems.node_stack import NodeStack
 from problems.sampling import NodeBatchSampler
 
@@ -175,7 +182,7 @@ class SupervisedProblem(StackProblem):
     and ``ranks`` (e.g. ``optimizers.comm.distributed.RankMetrics``) combines the blocks' metrics on rank 0.
     """
 
-    base_metrics: tuple[str, ...] = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+    base_metrics: tuple[str, ...] = (FORWARD_PASS_COUNT, VALIDATION_LOSS, CONSENSUS_ERROR, "current_epoch",
                                      "train_loss_moving_average")
 
     def __init__(self, name: str, model: nn.Module, node_indices: Sequence[torch.Tensor],
@@ -215,7 +222,7 @@ class SupervisedProblem(StackProblem):
 
     @classmethod
     def available_metrics(cls) -> tuple[str, ...]:
-        extra = ("top1_accuracy", "validation_as_vector", "mean_model_top1_accuracy") if cls.classification else ()
+        extra = (TOP1_ACCURACY, "validation_as_vector", MEAN_MODEL_TOP1_ACCURACY) if cls.classification else ()
         return cls.base_metrics + extra
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,7 +292,7 @@ class SupervisedProblem(StackProblem):
     def compute_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.metrics)
         values: dict[str, torch.Tensor] = {}
-        if wanted & {"validation_loss", "top1_accuracy", "validation_as_vector"}:
+        if wanted & {VALIDATION_LOSS, TOP1_ACCURACY, "validation_as_vector"}:
             nodes = self.eval_nodes
             val = self.validation_outputs(theta if nodes is None else theta[nodes])
 
@@ -296,30 +303,30 @@ class SupervisedProblem(StackProblem):
                 full[nodes] = v
                 return full
 
-            values["validation_loss"] = every_node(val["losses"].mean(dim=1))
-            if "validation_loss" in wanted:
+            values[VALIDATION_LOSS] = every_node(val["losses"].mean(dim=1))
+            if VALIDATION_LOSS in wanted:
                 extra = self.validation_breakdown(val["losses"])
                 values.update({key: every_node(value) for key, value in extra.items()})
                 wanted |= set(extra)
             if self.classification:
-                values["top1_accuracy"] = every_node(val["correct"].to(torch.float64).mean(dim=1))
+                values[TOP1_ACCURACY] = every_node(val["correct"].to(torch.float64).mean(dim=1))
                 if "validation_as_vector" in wanted:
                     values["validation_as_vector"] = val["correct"]
-        if "mean_model_top1_accuracy" in wanted and self.classification:
+        if MEAN_MODEL_TOP1_ACCURACY in wanted and self.classification:
             # what the team knows before it agrees: the accuracy of the mean of every robot's parameters
             team = theta.detach() if self.ranks is None else self.ranks.all_rows(theta.detach())
             mean_model = team.mean(0, keepdim=True)
-            values["mean_model_top1_accuracy"] = self.validation_outputs(mean_model)["correct"].to(
+            values[MEAN_MODEL_TOP1_ACCURACY] = self.validation_outputs(mean_model)["correct"].to(
                 torch.float64).mean().reshape(1)
-        if "consensus_error" in wanted:
+        if CONSENSUS_ERROR in wanted:
             if self.ranks is not None:  # the mean over every robot, from sums reduced across processes
-                values["consensus_error"] = self.ranks.consensus_error(theta.detach())
+                values[CONSENSUS_ERROR] = self.ranks.consensus_error(theta.detach())
             else:
-                values["consensus_error"], values["consensus_pairwise"] = consensus_distances(theta.detach())
-        values["forward_pass_count"] = self.sampler.samples_seen.clone()
+                values[CONSENSUS_ERROR], values["consensus_pairwise"] = consensus_distances(theta.detach())
+        values[FORWARD_PASS_COUNT] = self.sampler.samples_seen.clone()
         values["current_epoch"] = self.sampler.epochs.clone()
         values["train_loss_moving_average"] = self.train_loss_ma.clone()
-        keep = wanted | {"consensus_pairwise", "forward_pass_count"}
+        keep = wanted | {"consensus_pairwise", FORWARD_PASS_COUNT}
         return {k: v.detach().cpu() for k, v in values.items() if k in keep}
 
     # ---------------------------------------------------------------------- checkpoints

@@ -21,6 +21,7 @@ from torch import nn
 
 from foundation import state
 from problems.base import SupervisedProblem
+from problems.metrics import CONSENSUS_ERROR, FORWARD_PASS_COUNT, VALIDATION_LOSS
 from problems.sampling import shuffle_keys
 
 MESH_STRIDE = 8
@@ -119,9 +120,9 @@ class DensityProblem(SupervisedProblem):
     ``map_balanced_accuracy`` and ``map_wall_iou`` (:func:`map_quality`), is recorded at every evaluation.
     """
 
-    base_metrics: tuple[str, ...] = ("forward_pass_count", "validation_loss", "consensus_error", "current_epoch",
+    base_metrics: tuple[str, ...] = (FORWARD_PASS_COUNT, VALIDATION_LOSS, CONSENSUS_ERROR, "current_epoch",
                                      "train_loss_moving_average", "mesh_grid_density")
-    recorded_with = {"validation_loss_wall": "validation_loss", "validation_loss_free": "validation_loss",
+    recorded_with = {"validation_loss_wall": VALIDATION_LOSS, "validation_loss_free": VALIDATION_LOSS,
                      "map_balanced_accuracy": "mesh_grid_density", "map_wall_iou": "mesh_grid_density"}
 
     def __init__(self, *args, image_shape: tuple[int, int], mesh_only_at_end: bool = False,
@@ -366,7 +367,7 @@ class OnlineDensityProblem(DensityProblem):
         values = super().compute_metrics(theta)
         ws = self.window_sampler
         if self.pooled:
-            values["forward_pass_count"] = ws.samples_seen.sum().reshape(1).cpu()
+            values[FORWARD_PASS_COUNT] = ws.samples_seen.sum().reshape(1).cpu()
             if "current_epoch" in self.metrics:
                 values["current_epoch"] = ws.epochs.min().reshape(1).cpu()
         if "current_position" in self.metrics:

@@ -25,15 +25,22 @@ class Metric:
     target: float | None = None  # the level tables count rounds and megabytes to (None: none by default)
 
 
+# The names that code outside the registry refers to
+TOP1_ACCURACY = "top1_accuracy"
+MEAN_MODEL_TOP1_ACCURACY = "mean_model_top1_accuracy"
+VALIDATION_LOSS = "validation_loss"
+CONSENSUS_ERROR = "consensus_error"
+FORWARD_PASS_COUNT = "forward_pass_count"
+
 METRICS: dict[str, Metric] = {
-    "forward_pass_count": Metric("training samples processed", summary=True),
-    "validation_loss": Metric("validation loss", summary=True, better="lower", figure=True, progress=True,
+    FORWARD_PASS_COUNT: Metric("training samples processed", summary=True),
+    VALIDATION_LOSS: Metric("validation loss", summary=True, better="lower", figure=True, progress=True,
                               table=(("mean", "val loss (mean)", "{:.4f}"),)),
     "validation_loss_wall": Metric("validation loss on wall points", summary=True, better="lower"),
     "validation_loss_free": Metric("validation loss on free points", summary=True, better="lower"),
-    "top1_accuracy": Metric("top-1 accuracy", summary=True, better="higher", figure=True, progress=True,
+    TOP1_ACCURACY: Metric("top-1 accuracy", summary=True, better="higher", figure=True, progress=True,
                             table=(("mean", "top-1 mean", "{:.4f}"), ("min", "top-1 min", "{:.4f}")), target=0.9),
-    "mean_model_top1_accuracy": Metric("top-1 accuracy of the robots' mean model", per_robot=False, summary=True,
+    MEAN_MODEL_TOP1_ACCURACY: Metric("top-1 accuracy of the robots' mean model", per_robot=False, summary=True,
                                        better="higher", figure=True, table=(("mean", "mean model top-1", "{:.4f}"),),
                                        target=0.9),
     "optimality_gap": Metric("optimality gap f(x) - f*", summary=True, better="lower", log_scale=True, figure=True,
@@ -43,7 +50,7 @@ METRICS: dict[str, Metric] = {
                                   summary=True, better="lower", log_scale=True, figure=True,
                                   table=(("mean", "mean-model gap", "{:.3g}"),), target=1e-6),
     "validation_as_vector": Metric("per-sample correctness on the validation set", scalar=False),
-    "consensus_error": Metric("consensus error (unit-normalized parameters)", summary=True, better="lower",
+    CONSENSUS_ERROR: Metric("consensus error (unit-normalized parameters)", summary=True, better="lower",
                               log_scale=True, figure=True, progress=True,
                               table=(("mean", "consensus err", "{:.3g}"),)),
     "current_epoch": Metric("passes over the robot's data", summary=True),

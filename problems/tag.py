@@ -34,6 +34,7 @@ from torch import nn
 
 from foundation.counters import code, hash_keys
 from problems.base import StackProblem, consensus_distances
+from problems.metrics import CONSENSUS_ERROR, FORWARD_PASS_COUNT
 from problems.node_stack import Branches
 from problems.ppo import PPOSettings, log_prob, normalized_advantages, ppo_loss, rewards_to_go
 from problems.tag_env import ACTION_SIZE, TagEpisodes, TagScene
@@ -79,7 +80,7 @@ def seed_of(seed: int, *keys) -> int:
 class TagProblem(StackProblem):
     """Robots (or one pooled policy) learning the tag scene by PPO; see the module docstring."""
 
-    base_metrics = ("forward_pass_count", "consensus_error", "train_loss_moving_average", "episode_reward",
+    base_metrics = (FORWARD_PASS_COUNT, CONSENSUS_ERROR, "train_loss_moving_average", "episode_reward",
                     "policy_reward", "catches_per_episode", "timesteps")
 
     def __init__(self, name: str, model: nn.Module, scene: TagScene, *, episodes_per_batch: int, episode_steps: int,
@@ -234,14 +235,14 @@ class TagProblem(StackProblem):
             values["episode_reward"] = values["catches_per_episode"] = torch.tensor([math.nan], dtype=torch.float64)
         self.recent = []
         values["timesteps"] = torch.tensor([float(self.timesteps)], dtype=torch.float64)
-        if "consensus_error" in wanted and not self.pooled:
+        if CONSENSUS_ERROR in wanted and not self.pooled:
             if self.ranks is not None:
-                values["consensus_error"] = self.ranks.consensus_error(theta.detach())
+                values[CONSENSUS_ERROR] = self.ranks.consensus_error(theta.detach())
             else:
-                values["consensus_error"], values["consensus_pairwise"] = consensus_distances(theta.detach())
-        values["forward_pass_count"] = self.samples_seen.clone()
+                values[CONSENSUS_ERROR], values["consensus_pairwise"] = consensus_distances(theta.detach())
+        values[FORWARD_PASS_COUNT] = self.samples_seen.clone()
         values["train_loss_moving_average"] = self.train_loss_ma.clone()
-        keep = wanted | {"consensus_pairwise", "forward_pass_count"}
+        keep = wanted | {"consensus_pairwise", FORWARD_PASS_COUNT}
         return {k: v.detach().cpu() for k, v in values.items() if k in keep}
 
     # ---------------------------------------------------------------------------------------- checkpoints

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from foundation.results_io import atomic_path, save_figure  # noqa: E402
-from problems.metrics import METRICS, figure_metrics, label  # noqa: E402
+from problems.metrics import METRICS, TOP1_ACCURACY, VALIDATION_LOSS, figure_metrics, label  # noqa: E402
 
 
 def load_results(folder: str | Path) -> dict[str, dict]:
@@ -147,7 +147,7 @@ def save_standard_figures(folder: str | Path, metrics=None) -> list[Path]:
         save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
-    for metric, name in (("top1_accuracy", "top1"), ("optimality_gap", "optimality_gap")):
+    for metric, name in ((TOP1_ACCURACY, "top1"), ("optimality_gap", "optimality_gap")):
         if not any(res.get(metric) and megabytes_per_node(res) is not None for res in results.values()):
             continue
         fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.4))
@@ -227,7 +227,7 @@ def save_density_maps(folder: str | Path, image, paths: list) -> Path:
     for idx, (title, mesh, res, node) in enumerate(panels, start=1):
         ax = axes[idx // cols][idx % cols]
         ax.imshow(mesh.numpy(), cmap="gray", extent=extent, vmin=0, vmax=1)
-        val = res.get("validation_loss")
+        val = res.get(VALIDATION_LOSS)
         if val:
             title += f"\nval. loss {float(torch.as_tensor(val[-1]).reshape(-1)[node]):.4f}"
         if res.get("map_balanced_accuracy"):
@@ -459,9 +459,9 @@ def accuracy_table(results: dict[str, dict], threshold: float = 0.9) -> list[dic
     per node by then) at which the mean top-1 reached ``threshold`` (None: not reached)."""
     rows = []
     for name, res in results.items():
-        if not res.get("top1_accuracy"):
+        if not res.get(TOP1_ACCURACY):
             continue
-        top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["top1_accuracy"]])
+        top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[TOP1_ACCURACY]])
         mb = megabytes_per_node(res)
         reached = (top1.mean(1) >= threshold).nonzero()
         first = int(reached[0]) if len(reached) else None
@@ -489,10 +489,10 @@ def print_accuracy_table(folders: list[str], threshold: float = 0.9) -> None:
 
 def last_quarter_accuracy(res: dict) -> tuple[float, float] | None:
     """Top-1 averaged over the evaluations in the last quarter of the rounds: (node mean, worst node)."""
-    if not res.get("top1_accuracy"):
+    if not res.get(TOP1_ACCURACY):
         return None
     rounds = torch.as_tensor(res["round"], dtype=torch.float64)
-    top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res["top1_accuracy"]])
+    top1 = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in res[TOP1_ACCURACY]])
     late = top1[rounds > 0.75 * float(rounds[-1])]
     return float(late.mean(1).mean()), float(late.min(1).values.mean())
 
@@ -557,7 +557,7 @@ def print_seed_table(folders: list[str], threshold: float = 0.9) -> None:
               f"{_spread(sent, '{:.1f}') if sent else '-'} |")
 
 
-def seed_curves(folders: list[str], metric: str = "top1_accuracy") -> dict[str, dict]:
+def seed_curves(folders: list[str], metric: str = TOP1_ACCURACY) -> dict[str, dict]:
     """Per pair, a results dict whose "nodes" are the folders (seeds): at every evaluation round, each
     seed's node mean of ``metric`` and its megabytes sent per node, so that ``plot_metric`` draws the mean
     over seeds with the seeds' min-max band. A run that stopped early (diverged) counts until it stopped."""
@@ -586,7 +586,7 @@ def seed_curves(folders: list[str], metric: str = "top1_accuracy") -> dict[str, 
     return curves
 
 
-def save_seed_figure(folders: list[str], path: str | Path, metric: str = "top1_accuracy") -> Path:
+def save_seed_figure(folders: list[str], path: str | Path, metric: str = TOP1_ACCURACY) -> Path:
     """``metric`` against round and against megabytes sent per node (log axis): the mean over the
     folders (seeds) of the node mean, shaded between the seeds' lowest and highest."""
     curves = seed_curves(folders, metric)

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from foundation.results_io import atomic_path, save_figure  # noqa: E402
+from problems.metrics import CONSENSUS_ERROR
 from visualization.plotting import load_results  # noqa: E402
 
 BLOCK = 10  # batches per point of a reward curve (the original's committed curves: blocks of 10 batches)
@@ -39,7 +40,7 @@ def batch_curve(res: dict, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray] 
 
 def agreement_curve(res: dict) -> tuple[np.ndarray, np.ndarray] | None:
     """(timesteps, mean over robots of the distance to the mean unit parameters) at every evaluation."""
-    errors, steps = res.get("consensus_error"), res.get("timesteps")
+    errors, steps = res.get(CONSENSUS_ERROR), res.get("timesteps")
     if not errors or not steps:
         return None
     x = np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in steps])

@@ -42,6 +42,7 @@ from optimizers.comm.faults import FAULTS
 from optimizers.comm.graphs import GRAPH_TYPES, GRAPHS, graph_from_config
 from optimizers.comm.link_models import LINKS
 from problems.base import RobotBlock, StackProblem
+from problems.metrics import CONSENSUS_ERROR
 from problems.node_stack import default_plan_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -262,7 +263,7 @@ class ExperimentSetup:
 
     problem_class: type[StackProblem] = None  # type: ignore[assignment]  # every subclass sets it
     # metrics that need other robots (consensus) or a communication graph: not for a single model
-    team_metrics: tuple[str, ...] = ("consensus_error", "current_graph")
+    team_metrics: tuple[str, ...] = (CONSENSUS_ERROR, "current_graph")
 
     def __init__(self, cfg: dict, device: torch.device, graph: nx.Graph | None = None, data: Any = None,
                  base_model: torch.nn.Module | None = None):

@@ -57,6 +57,7 @@ from lidar.coords import trajectory_from_waypoints
 from optimizers.comm.graphs import disk_graph
 from optimizers.comm.links import FollowPositions
 from problems.density import DensityProblem, OnlineDensityProblem, WindowSampler, fourier_net, observable_walls
+from problems.metrics import CONSENSUS_ERROR, FORWARD_PASS_COUNT, VALIDATION_LOSS
 
 DENSITY_LOSSES = ("BCE", "MSE", "L1")
 ONLINE_ONLY_METRICS = tuple(m for m in OnlineDensityProblem.available_metrics()
@@ -115,8 +116,8 @@ DENSITY_METRICS_CONFIG = {
 
 # both kinds accept the online metrics in the schema; the static kind refuses them with its own line
 DENSITY_PROBLEM = problem_schema(OnlineDensityProblem.available_metrics(),
-                                 ["forward_pass_count", "train_loss_moving_average", "validation_loss",
-                                  "consensus_error", "current_epoch"],
+                                 [FORWARD_PASS_COUNT, "train_loss_moving_average", VALIDATION_LOSS,
+                                  CONSENSUS_ERROR, "current_epoch"],
                                  10000, 10000, metrics_config=DENSITY_METRICS_CONFIG,
                                  comm_radius=(Float, OPTIONAL, POSITIVE), dynamic_graph=(Bool, False))
 

@@ -18,6 +18,13 @@ from experiments.kinds.base import (
 )
 from foundation.schema import POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Range
 from problems.logreg import LOSSES, LogRegProblem, TeamObjective, linear_model, load_tabular, split_labels
+from problems.metrics import (
+    CONSENSUS_ERROR,
+    FORWARD_PASS_COUNT,
+    MEAN_MODEL_TOP1_ACCURACY,
+    TOP1_ACCURACY,
+    VALIDATION_LOSS,
+)
 from problems.splits import DataError, split_indices
 
 EXPERIMENT_SCHEMA = {
@@ -32,7 +39,7 @@ EXPERIMENT_SCHEMA = {
 }
 
 PROBLEM_SCHEMA = problem_schema(LogRegProblem.available_metrics(),
-                                ["forward_pass_count", "validation_loss", "consensus_error", "optimality_gap",
+                                [FORWARD_PASS_COUNT, VALIDATION_LOSS, CONSENSUS_ERROR, "optimality_gap",
                                  "mean_optimality_gap"], 16, 1000)
 
 
@@ -41,7 +48,7 @@ def check(cfg: dict) -> None:
     check_graph_parameters(exp["graph"])
     if LOSSES[exp["dataset"]] != "logistic":
         for key, pc in cfg["problem_configs"].items():
-            for metric in ("top1_accuracy", "mean_model_top1_accuracy"):
+            for metric in (TOP1_ACCURACY, MEAN_MODEL_TOP1_ACCURACY):
                 if metric in pc["metrics"]:
                     raise ConfigError(f"problem_configs.{key}.metrics: {metric} needs a classification data set "
                                       f"(dataset {exp['dataset']} is a regression); allowed datasets: breast_cancer")

@@ -20,6 +20,7 @@ from experiments.kinds.base import (
 )
 from foundation.log import LOG
 from foundation.schema import AT_LEAST_ONE, OPTIONAL, POSITIVE, REQUIRED, Bool, Choice, ConfigError, Float, Int
+from problems.metrics import CONSENSUS_ERROR, FORWARD_PASS_COUNT, TOP1_ACCURACY, VALIDATION_LOSS
 from problems.mnist import MNISTProblem, mnist_cnn
 from problems.mnist_data import DATASET_CHOICES, data_folder, images_to_tensor, load_mnist
 from problems.splits import SPLIT_TYPES, split_indices
@@ -38,7 +39,7 @@ EXPERIMENT_SCHEMA = {
 }
 
 PROBLEM_SCHEMA = problem_schema(MNISTProblem.available_metrics(),
-                                ["forward_pass_count", "validation_loss", "consensus_error", "top1_accuracy",
+                                [FORWARD_PASS_COUNT, VALIDATION_LOSS, CONSENSUS_ERROR, TOP1_ACCURACY,
                                  "current_epoch"], 64, 128)
 
 

@@ -33,6 +33,7 @@ from foundation.schema import (
     Range,
 )
 from optimizers import OPTIMIZER_CONFIG
+from problems.metrics import CONSENSUS_ERROR
 from problems.ppo import PPOSettings
 from problems.tag import TagProblem, base_model_from_config, scene_from_config
 from problems.tag_env import INTEGRATIONS, PAPER_OBSTACLES
@@ -100,7 +101,7 @@ class TagSetup(ExperimentSetup):
     """The team's graph, the scene and the frozen base actor-critic (every robot of every pair starts from it)."""
 
     problem_class = TagProblem
-    team_metrics = ("consensus_error",)
+    team_metrics = (CONSENSUS_ERROR,)
 
     def __init__(self, cfg: dict, device: torch.device, graph: nx.Graph | None = None, data=None, base_model=None):
         super().__init__(cfg, device, graph, data, base_model)
