@@ -339,7 +339,19 @@ class ExperimentSetup:
         return batch, rounds
 
     def robot_data_sizes(self) -> list[int]:
-        raise NotImplementedError
+        """Training samples per robot: its rows of the training set (``node_indices``, kinds with a fixed data
+        set); kinds that gather their data otherwise say it themselves."""
+        indices = getattr(self, "node_indices", None)
+        if indices is None:
+            raise NotImplementedError(f"{type(self).__name__} has no node_indices: it must say its robots' data sizes")
+        return [len(ix) for ix in indices]
+
+    def seeded_base_model(self, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """The run's base model: the one given, else ``build()`` under the run's seed, frozen."""
+        if self.base_model is None:
+            torch.manual_seed(self.seed)
+            self.base_model = self.frozen(build())
+        return self.base_model
 
     def make_baseline(self, which: str, ranks=None):
         """(problem, optimizer config) of the ``individual`` (every robot alone, with

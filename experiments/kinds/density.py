@@ -234,9 +234,7 @@ class DensitySetup(ExperimentSetup):
         # map quality is judged where the robots could see: one beam length around any pose of any robot
         self.map_truth = observable_walls(self.image, np.concatenate(self.node_positions), self.lidar.max_range,
                                           self.lidar.border_width)
-        if self.base_model is None:
-            torch.manual_seed(self.seed)
-            self.base_model = self.frozen(fourier_net(exp["model"]["shape"], exp["model"]["scale"]))
+        self.seeded_base_model(lambda: fourier_net(exp["model"]["shape"], exp["model"]["scale"]))
 
     # ------------------------------------------------------------------ data
     def _num_nodes(self) -> int | None:
@@ -335,9 +333,6 @@ class DensitySetup(ExperimentSetup):
         kwargs.update(image_shape=self.image_shape, total_rounds=rounds, map_truth=self.map_truth,
                       mesh_only_at_end=mc["mesh_only_at_end"], mesh_every=mc["mesh_every"])
         return kwargs
-
-    def robot_data_sizes(self) -> list[int]:
-        return [len(ix) for ix in self.node_indices]
 
     def build_problem(self, name, kwargs, pooled):
         indices = [torch.cat(self.node_indices)] if pooled else self.local(self.node_indices)

@@ -86,17 +86,12 @@ class LogRegSetup(ExperimentSetup):
         self.train_y = train_y.to(self.dtype)
         self.val_x = self.data["test_x"].to(self.dtype)
         self.val_y = self.data["test_y"].to(self.dtype)
-        if self.base_model is None:
-            torch.manual_seed(self.seed)
-            self.base_model = self.frozen(linear_model(self.train_x.shape[1]))
+        self.seeded_base_model(lambda: linear_model(self.train_x.shape[1]))
 
     @classmethod
     def load_data(cls, cfg: dict):
         exp = cfg["experiment"]
         return load_tabular(exp["dataset"], exp["test_fraction"], exp["seed"])
-
-    def robot_data_sizes(self) -> list[int]:
-        return [len(ix) for ix in self.node_indices]
 
     def describe(self) -> dict:
         return {"source": f"scikit-learn {self.exp['dataset']} ({self.loss} loss)",

@@ -90,9 +90,7 @@ class MnistSetup(ExperimentSetup):
             keep = torch.randperm(len(self.val_y), generator=torch.Generator().manual_seed(self.seed))[:size]
             keep = keep.sort().values
             self.val_x, self.val_y = self.val_x[keep], self.val_y[keep]
-        if self.base_model is None:
-            torch.manual_seed(self.seed)
-            self.base_model = self.frozen(mnist_cnn(**exp["model"]))
+        self.seeded_base_model(lambda: mnist_cnn(**exp["model"]))
 
     @classmethod
     def load_data(cls, cfg: dict):
@@ -111,9 +109,6 @@ class MnistSetup(ExperimentSetup):
         info["node_sizes"] = [len(ix) for ix in self.node_indices]
         info["node_classes"] = [sorted(set(self.train_y[ix].tolist())) for ix in self.node_indices]
         return info
-
-    def robot_data_sizes(self) -> list[int]:
-        return [len(ix) for ix in self.node_indices]
 
     def build_problem(self, name, kwargs, pooled):
         indices = [torch.cat(self.node_indices)] if pooled else self.local(self.node_indices)
