@@ -21,10 +21,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
@@ -244,6 +245,28 @@ class Interrupts:
     def stop(self) -> None:
         """From now on signals are only remembered: the run is writing what it has and ending."""
         self.stopping = True
+
+
+def run_interruptible(body: Callable[[Interrupts], int], what: str, restore_signals: bool = True) -> int:
+    """``body(interrupts)``'s exit status, with Ctrl-C / SIGTERM / SIGHUP handled from here on (a signal before
+    ``body`` holds them back ends it with one line and exit 130: nothing was written yet). After it, torch's
+    thread count is what it was (a run's choice does not outlive it: a notebook or a test runs several) and, with
+    ``restore_signals``, so are the signal handlers (``False``: they stay held back, the process is exiting)."""
+    interrupts = Interrupts()
+    previous_handlers = {sig: signal.getsignal(sig) for sig in Interrupts.SIGNALS}
+    threads = torch.get_num_threads()
+    interrupts.install()
+    try:
+        return body(interrupts)
+    except KeyboardInterrupt:
+        print(f"interrupted before {what} started; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        interrupts.stop()
+        torch.set_num_threads(threads)
+        if restore_signals:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
 
 
 def read_manifest(path: str | Path, what: str) -> dict[str, Any]:

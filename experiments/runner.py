@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from experiments.run_record import (
     pick_device,
     read_manifest,
     remove_partial_writes,
+    run_interruptible,
     run_is_live,
 )
 from experiments.tensorboard_log import check_available
@@ -299,21 +299,7 @@ def main(argv=None, restore_signals: bool = True, robot: int | None = None) -> i
     """Run (or resume) an experiment; returns the exit status. Ctrl-C / SIGTERM are handled from here
     on; ``restore_signals=False`` leaves them held back after the return (the process is exiting).
     ``robot``: run as that robot of a team of processes (``experiments/robot.py``)."""
-    interrupts = Interrupts()
-    previous_handlers = {sig: signal.getsignal(sig) for sig in Interrupts.SIGNALS}
-    threads = torch.get_num_threads()
-    interrupts.install()
-    try:
-        return _main(argv, interrupts, robot)
-    except KeyboardInterrupt:
-        print("interrupted before the run started; nothing was written", file=sys.stderr)
-        return 130
-    finally:
-        interrupts.stop()
-        torch.set_num_threads(threads)  # a run's choice does not outlive it (a notebook or test runs several)
-        if restore_signals:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+    return run_interruptible(lambda interrupts: _main(argv, interrupts, robot), "the run", restore_signals)
 
 
 USAGE = "usage: run.py CONFIG.yaml [--set KEY=VALUE ...] [--output-dir DIR] [--device cpu|cuda] | run.py --resume DIR"

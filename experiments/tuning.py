@@ -72,6 +72,7 @@ from experiments.run_record import (
     new_output_dir,
     now_iso,
     pick_device,
+    run_interruptible,
     run_is_live,
 )
 from experiments.tensorboard_log import check_available
@@ -523,17 +524,7 @@ def start_workers(args, out_dir: Path, trials: int, storage: str | None) -> list
 
 
 def main(argv=None) -> int:
-    interrupts = Interrupts()
-    interrupts.install()
-    threads = torch.get_num_threads()
-    try:
-        return _main(argv, interrupts)
-    except KeyboardInterrupt:
-        print("interrupted before the tuning started; nothing was written", file=sys.stderr)
-        return 130
-    finally:
-        interrupts.stop()
-        torch.set_num_threads(threads)  # the study's choice does not outlive it
+    return run_interruptible(lambda interrupts: _main(argv, interrupts), "the tuning")
 
 
 def _main(argv, interrupts: Interrupts) -> int:
