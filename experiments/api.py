@@ -87,9 +87,13 @@ class RunResults:
     metrics: Any  # pandas.DataFrame: every pair's rows, with a "pair" column
 
     def history(self, pair: str) -> dict:
-        """``<pair>_results.pt``: every recorded metric at every evaluation (tensors included)."""
+        """``<pair>_results.pt``: every recorded metric at every evaluation (tensors included). ``pair`` is one of
+        the manifest's problem names (a KeyError names the ones there are)."""
         import torch
 
+        names = [p.get("problem_name") for p in self.manifest.get("pairs", [])]
+        if pair not in names:
+            raise KeyError(f"{pair!r} is not a pair of {self.folder}; its pairs: {', '.join(map(str, names))}")
         return torch.load(self.folder / f"{pair}_results.pt", weights_only=True)
 
 

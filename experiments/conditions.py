@@ -125,17 +125,19 @@ def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]
         accuracy, sent = history.get(metric, []), history.get("bytes_sent", [])
         faulty = pair.get("faulty_robots") or []
 
-        def honest(values) -> torch.Tensor:
-            """A round's per-robot values without the faulty robots' (the team's numbers are the honest ones')."""
+        def honest(values, per_robot: bool = True) -> torch.Tensor:
+            """A round's per-robot values without the faulty robots' (the team's numbers are the honest ones');
+            a team metric's one value as it is."""
             values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-            if faulty and values.numel() > max(faulty):
+            if per_robot and faulty and values.numel() > max(faulty):
                 keep = torch.ones(values.numel(), dtype=torch.bool)
                 keep[faulty] = False
                 values = values[keep]
             return values
 
+        by_robot = metric not in METRICS or METRICS[metric].per_robot
         if accuracy:
-            last = honest(accuracy[-1])
+            last = honest(accuracy[-1], by_robot)
             last = last[~torch.isnan(last)]
             if last.numel():
                 row["final_mean"] = float(last.mean())
@@ -143,7 +145,7 @@ def pair_rows(name: str, folder: Path, metric: str, target: float) -> list[dict]
         if sent:
             row["mb_per_robot_sent"] = float(honest(sent[-1]).mean()) / 1e6
         for k, acc, bytes_then in zip(history.get("round", []), accuracy, sent or [None] * len(accuracy)):
-            mean = float(honest(acc).nanmean())
+            mean = float(honest(acc, by_robot).nanmean())
             if (mean <= target) if lower_is_better else (mean >= target):
                 row["rounds_to_target"] = float(k)
                 if bytes_then is not None:
@@ -323,7 +325,8 @@ def parse_args(argv):
     parser.add_argument("--metric", default=TOP1_ACCURACY,
                         help="the recorded metric the table reports (default top1_accuracy)")
     parser.add_argument("--target", type=float, default=None,
-                        help="the node mean of --metric the table counts rounds and MB to (0.9)")
+                        help="the node mean of --metric the table counts rounds and MB to (default: the "
+                             "metric's own target, e.g. 0.9 for top1_accuracy)")
     parser.add_argument("--check", action="store_true",
                         help="validate every condition's config (and --set) and print them; run nothing, write nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes (warnings and results only)")
@@ -427,7 +430,7 @@ def prepare(args) -> tuple[Path, dict[str, dict]]:
         if not (out_dir / "conditions.yaml").is_file():
             raise ConfigError(f"--resume {args.resume}: not a conditions folder (needs conditions.yaml)")
         if args.overrides:
-            raise ConfigError("--resume: the folder's conditions.yaml is used; give no --set")
+            raise ConfigError("--resume: the folder's conditions.yaml is used; give no --set, --rounds or --eval-every")
         configs = condition_configs(load_yaml(out_dir / "conditions.yaml"))
     else:
         out_dir = new_output_dir(args.output_dir, "with a CONFIG (the folder the conditions' runs go to)",

@@ -259,7 +259,7 @@ def prepare(args) -> tuple[Path, dict]:
         if not (out_dir / "study.yaml").is_file():
             raise ConfigError(f"--resume {out_dir}: not a real radio study's folder (needs study.yaml)")
         if args.overrides:
-            raise ConfigError("--set: not with --resume (the study's study.yaml is used)")
+            raise ConfigError("--set, --rounds, --eval-every: not with --resume (the study's study.yaml is used)")
         return out_dir, load_yaml(out_dir / "study.yaml") or {}
     if not args.output_dir:
         raise ConfigError("--output-dir: required with a CONFIG file")

@@ -478,6 +478,10 @@ def load_run(args, ranks, say: bool, request: Request):
         if exp["mlflow"]:
             from experiments.mlflow_log import check_available as mlflow_available
             mlflow_available("experiment.mlflow")
+            if exp["mlflow"] is True and not (args.output_dir or args.resume or exp["writeout"]):
+                raise ConfigError("experiment.mlflow: true keeps the store in the output folder, and this run "
+                                  "writes none (experiment.writeout: false); give a tracking URI such as "
+                                  "sqlite:///runs.db, or --output-dir")
         device = pick_device(args.device, exp["use_cuda"], say=say)
         if args.robot is not None:  # one robot of a team of processes
             from experiments import team_run
@@ -699,9 +703,9 @@ def run_one(args, setup, device, spec: PairSpec, out_dir, record: RunRecord, int
         writes = args.output_dir is not None or args.resume is not None or setup.exp["writeout"]
         tracking = setup.exp["mlflow"]
         uri = None
-        if tracking and out_dir is not None:
+        if tracking:  # (true needs the output folder: refused without one)
             from experiments.mlflow_log import tracking_uri
-            uri = tracking_uri(tracking, out_dir)
+            uri = tracking_uri(tracking, out_dir) if out_dir is not None else str(tracking)
         run = PairRun(spec, setup, device, out_dir, record, interrupts, world, checkpoints=writes,
                       tensorboard_dir=board, mlflow_uri=uri)
         run.train(args.quiet, resume)

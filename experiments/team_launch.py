@@ -110,7 +110,8 @@ def plan_team(args) -> tuple[dict, Path, list[str] | None]:
         cfg = validate_config(apply_overrides(load_yaml(args.config), args.overrides))
     else:
         if args.output_dir or args.overrides:
-            raise ConfigError("--output-dir and --set: not with --resume or --gather (the team's config.yaml is used)")
+            raise ConfigError("--output-dir, --set, --rounds, --eval-every: not with --resume or --gather (the team's "
+                              "config.yaml is used)")
         out_dir = Path(args.resume or args.gather).resolve()
         config = out_dir / "config.yaml"
         if not config.is_file() or not (out_dir / ROBOTS_FOLDER).is_dir():
@@ -265,7 +266,10 @@ def run_centralized(cfg_path: Path, out_dir: Path, device: str | None) -> None:
         [str(cfg_path), "--pairs", "centralized", "--output-dir", str(folder)]) + ["--quiet"] + (
         ["--device", device] if device else [])
     with open(out_dir / "logs" / "centralized.log", "ab") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        LOG.warning(f"warning: the centralized baseline ended with status {done.returncode}; see "
+                    f"{out_dir / 'logs' / 'centralized.log'}")
 
 
 def team_manifest(cfg: dict, out_dir: Path, status: str, team: dict | None = None,
@@ -394,7 +398,11 @@ def gather_team(out_dir: Path, cfg: dict, team: dict | None = None, interrupted:
         if spec.name == "centralized":
             folder = out_dir / "centralized"
             path = folder / "manifest.json"
-            central = read_manifest(path, str(path)) if path.is_file() else None
+            try:
+                central = read_manifest(path, str(path)) if path.is_file() else None
+            except ConfigError as exc:
+                LOG.warning(f"warning: the centralized baseline: {exc}; its results are left out")
+                central = None
             entry = next((p for p in (central or {}).get("pairs", []) if p["problem_name"] == "centralized"),
                          {"problem_name": "centralized", "alg_name": spec.alg_name, "status": "not started"})
             history = load_history(folder, "centralized")

@@ -484,7 +484,7 @@ def prepare(args) -> tuple[Path, dict, dict]:
         if manifest.get("kind") != "tuning":
             raise ConfigError(f"--resume {args.resume}: not a tuning folder (its manifest is not a tuning one)")
         if args.overrides:
-            raise ConfigError("--resume: the folder's config.yaml is used; give no --set")
+            raise ConfigError("--resume: the folder's config.yaml is used; give no --set, --rounds or --eval-every")
         if not args.worker and run_is_live(manifest):
             raise ConfigError(f"--resume {args.resume}: the tuning is still live (pid {manifest.get('pid')}); "
                               f"stop it first")

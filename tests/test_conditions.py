@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 
 from experiments.conditions import main
@@ -258,3 +259,21 @@ def test_a_conditions_row_reports_the_honest_robots_when_a_pair_had_faulty_ones(
     assert faulty["mb_per_robot_sent"] == pytest.approx(3.0)
     assert plain["final_mean"] == pytest.approx(2.0 / 3) and plain["final_worst"] == pytest.approx(0.1)
     assert plain["rounds_to_target"] != plain["rounds_to_target"]  # NaN: the mean of all three never reaches 0.9
+
+
+def test_a_team_metric_keeps_its_one_value_when_a_robot_is_faulty(tmp_path):
+    """Faulty robots leave the per-robot numbers; a team metric (one value a round) is the team's as it is."""
+    from experiments.conditions import pair_rows
+
+    folder = tmp_path / "nan_mean"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"pairs": [
+        {"problem_name": "dsgd", "alg_name": "dsgd", "status": "completed", "faulty_robots": [0]}]}))
+    torch.save({"round": [10, 20], "mean_model_top1_accuracy": [[0.5], [0.95]],
+                "top1_accuracy": [[0.1, 0.5, 0.7], [0.0, 0.92, 0.96]], "bytes_sent": [[1e6, 2e6, 2e6], [9e6, 4e6, 4e6]]},
+               folder / "dsgd_results.pt")
+    team, = pair_rows("nan_mean", folder, "mean_model_top1_accuracy", 0.9)
+    assert (team["final_mean"], team["final_worst"], team["rounds_to_target"]) == (0.95, 0.95, 20.0)
+    per_robot, = pair_rows("nan_mean", folder, "top1_accuracy", 0.9)
+    assert per_robot["final_mean"] == pytest.approx(0.94) and per_robot["final_worst"] == 0.92
+    assert per_robot["mb_per_robot_sent"] == pytest.approx(4.0) and per_robot["mb_per_robot_to_target"] == pytest.approx(4.0)

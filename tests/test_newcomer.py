@@ -86,6 +86,8 @@ def test_the_python_api_runs_a_config_and_reads_its_folder(tmp_path):
     assert sorted(results.metrics.query("pair == 'dsgd'")["round"].unique()) == [0, 1, 2]
     assert results.config["experiment"]["name"] == "tiny"
     assert len(results.history("dinno")["round"]) == 3
+    with pytest.raises(KeyError, match="its pairs: dinno, dsgd, dsgt"):
+        results.history("../dinno")
 
 
 def test_the_python_api_raises_with_the_runs_error_line(tmp_path):
@@ -176,3 +178,20 @@ def test_mlflow_tracks_every_pair_in_a_local_store(tmp_path):
     assert [m.step for m in history] == [0, 2, 4]
     final = json.loads((out / "manifest.json").read_text())
     assert 0.0 <= history[-1].value <= 1.0 and final["status"] == "completed"
+
+
+def test_mlflow_without_an_output_folder_tracks_to_its_uri_and_refuses_true(tmp_path, capsys):
+    pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
+    from mlflow.tracking import MlflowClient
+
+    cfg = tiny(rounds=2)
+    cfg["experiment"].update(writeout=False, mlflow=True)
+    sets = [a for item in data_overrides() for a in ("--set", item)]
+    assert main([str(write_config(tmp_path, cfg)), "--quiet", *sets]) == 2
+    assert "experiment.mlflow: true keeps the store in the output folder" in capsys.readouterr().err
+    store = tmp_path / "runs.db"
+    cfg["experiment"]["mlflow"] = f"sqlite:///{store}"
+    assert main([str(write_config(tmp_path, cfg, "uri.yaml")), "--quiet", *sets]) == 0
+    experiment = MlflowClient(f"sqlite:///{store}").get_experiment_by_name("tiny")
+    assert {r.info.run_name for r in MlflowClient(f"sqlite:///{store}").search_runs([experiment.experiment_id])} == \
+        {"dinno", "dsgd", "dsgt"}

@@ -211,6 +211,9 @@ def test_the_results_page_figures_and_tables_come_from_runs_of_several_seeds(tmp
     assert "| dsgt | " in printed and "seed3.yaml.out |" in printed  # the minutes table, one column per seed
     with pytest.raises(SystemExit):
         rl_figures.main([str(tmp_path), "--figure-dir", str(figures)])  # not a run folder
+    with pytest.raises(SystemExit):
+        rl_figures.main([*folders, "--figure-dir", str(figures), "--animate", "../outside"])  # not a pair
+    assert not (figures.parent / "outside.gif").exists() and not list(figures.glob("rl_tag_..*"))
 
 
 SHORT_PAIR = {"problem_name": "p", "metrics_config": {"evaluate_frequency": 2},

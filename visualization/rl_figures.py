@@ -317,6 +317,9 @@ def main(argv=None) -> int:
     missing = [f for f in args.folders if not (Path(f) / "manifest.json").is_file()]
     if missing:
         parser.error(f"{missing[0]}: not a run folder (no manifest.json)")
+    pairs = [p.get("problem_name") for p in json.loads((Path(args.folders[0]) / "manifest.json").read_text())["pairs"]]
+    if args.animate not in pairs:
+        parser.error(f"--animate: {args.animate!r} is not a pair of {args.folders[0]}; its pairs: {', '.join(pairs)}")
     out = Path(args.figure_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(save_reward_figure(args.folders, out / "rl_reward.png", original=args.original))

@@ -110,8 +110,7 @@ class TagSetup(ExperimentSetup):
             self.graph = build_graph(exp)
         self.num_nodes = self.graph.number_of_nodes()
         self.scene = scene_from_config(exp)
-        if self.base_model is None:
-            self.base_model = self.frozen(base_model_from_config(exp))
+        self.seeded_base_model(lambda: base_model_from_config(exp))  # (which seeds itself, for the figures too)
 
     def robot_data_sizes(self) -> list[int]:
         """Samples a robot collects per batch."""
