@@ -32,8 +32,9 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q --runslow
 
-# Static type check of the package with mypy ([tool.mypy] in pyproject.toml: the package folders, bodies of
-# unannotated functions too): wrong keyword arguments, missing attributes, None where a value is needed.
+# Lint and import order with ruff, then the static type check of the package with mypy ([tool.ruff], [tool.mypy]
+# in pyproject.toml; bodies of unannotated functions too): unused imports, wrong keyword arguments, missing
+# attributes, None where a value is needed.
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy

@@ -46,7 +46,8 @@ MEANINGS = {
     "experiment.tensorboard": "TensorBoard event files per pair in `OUTPUT_DIR/tensorboard/`",
     "experiment.mlflow": "MLflow tracking, one MLflow run per pair: `true` for a store in the output folder "
                          "(`OUTPUT_DIR/mlflow.db`), or a tracking URI; the config as parameters, the evaluations' "
-                         "scalars by round",
+                         "scalars by round (robots as processes: each robot tracks its own runs, in its folder "
+                         "or at the URI)",
     "experiment.individual_training.train_solo": "also run the individual baseline: every robot alone",
     "experiment.individual_training.optimizer": "optimizer of both baselines (individual and centralized)",
     "experiment.individual_training.lr": "the baselines' learning rate (the start of their schedule)",

@@ -5,11 +5,12 @@ only its own row: its data stream, its row of the node stack and its optimizer s
 hosts one robot). Its pairs run over a :class:`optimizers.comm.team_network.TeamNetwork` on Zenoh: no collective,
 no lockstep. A robot writes a run folder of its own (``<team folder>/robots/<i>/``: its metrics, checkpoints and
 final parameters, and in its manifest what it sent, used and dropped); ``experiments/team.py`` gathers the robots'
-folders into one output folder that reads as any run's (:func:`gather_team`).
+folders into one output folder that reads as any run's (``experiments.team_launch.gather_team``).
 
 What a robot cannot know alone: ``consensus_error`` is its distance to the mean of its neighbourhood (its own row
 and the newest rows it holds from its neighbours, unit-normalized), not to the mean of the team; the team's
-final consensus error, from every robot's final parameters, is in the team's summary. Problems that need every
+final consensus error, from every robot's final parameters, is ``final_team_consensus_error`` in the team's
+manifest. Problems that need every
 robot's rows each round (online density's dynamic graph, the team mean of ``mean_model_top1_accuracy``) are
 refused with one line.
 """

@@ -1,5 +1,5 @@
-"""Nothing wrong without notice: every row of the adversarial pass that once went silently wrong or ended in a
-traceback, reproduced, with what happens now."""
+"""Nothing wrong without notice: cases that could go silently wrong or end in a traceback (a damaged plan cache,
+a full disk, a longer resume, mixed studies, ...), each reproduced, with the refusal or the record it gets."""
 
 from __future__ import annotations
 

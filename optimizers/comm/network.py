@@ -365,7 +365,7 @@ class EdgeExchange:
         self.set_graph(graph)
         self.bytes_sent.copy_(saved["bytes_sent"])
         self.exchanges = int(saved["exchanges"])
-        if "tallies" in saved:  # checkpoints before faults and robust rules kept none
+        if "tallies" in saved:  # a checkpoint without tallies: none counted yet
             self.tallies.load_state_dict(saved["tallies"])
 
 

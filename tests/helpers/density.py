@@ -72,8 +72,8 @@ def run_config(cfg: dict, folder: Path, out_name: str = "out", extra=()) -> tupl
 
 
 def original_windows(num_poses: int, window: int, count: int) -> list[list[int]]:
-    """The original's window rule (``OnlineTrajectoryLidarDataset.gen_next_index_list`` as the issue
-    states it), one window at a time: the window ends where the last one ended plus ``window`` poses,
+    """The original's window rule (``OnlineTrajectoryLidarDataset.gen_next_index_list`` of the
+    original's lidar datasets), one window at a time: the window ends where the last one ended plus ``window`` poses,
     cut at the end of the trajectory, and starts again at pose 0 after the end."""
     out, end = [], 0
     for _ in range(count):
