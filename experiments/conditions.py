@@ -293,10 +293,13 @@ def draw(rows: list[dict], names: list[str], metric: str, path: Path) -> None:
     conditions = [n for n in names if any(r["condition"] == n for r in rows)]
     width = 0.8 / max(1, len(conditions))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.2))
+    # one colour per condition (beyond 10, the default cycle would repeat colours)
+    palette = plt.get_cmap("tab10" if len(conditions) <= 10 else "turbo")
     for c, condition in enumerate(conditions):
         values = {r["problem_name"]: r["final_mean"] for r in rows if r["condition"] == condition}
         xs = [p + (c - (len(conditions) - 1) / 2) * width for p in range(len(pairs))]
-        ax.bar(xs, [values.get(p, math.nan) for p in pairs], width, label=condition)
+        color = palette(c) if len(conditions) <= 10 else palette(c / max(1, len(conditions) - 1))
+        ax.bar(xs, [values.get(p, math.nan) for p in pairs], width, label=condition, color=color)
     ax.set_xticks(range(len(pairs)), pairs, rotation=30, ha="right")
     ax.set_ylabel(f"final {metric} (node mean)")
     ax.grid(axis="y", alpha=0.3)
